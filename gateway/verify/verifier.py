@@ -1,0 +1,202 @@
+"""Decides whether a device message is trusted: registered device, valid signature, fresh, not a
+replay. Every refusal is a ``Rejection`` with one of ``REASONS``; nothing else escapes.
+
+Cheap checks run first (size, decoding, registry, timestamp window, replay); the signature costs
+one verification per message once a device's key is known, since the key recovered from its
+first message is cached (two recoveries, once per device and process).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from gateway.codec import pebble
+from gateway.errors import CodecError, W3gateError
+from gateway.verify.registry import Device, Registry
+from gateway.verify.replay import ReplayGuard
+from gateway.verify.secp256k1 import Key, recover
+
+REASONS = (
+    "oversized",  # payload larger than the configured limit
+    "malformed",  # does not decode (protobuf, JSON, signature length ...)
+    "unsupported",  # decodes, but is a package the gateway does not take (STATE)
+    "unknown_device",  # IMEI not in the registry
+    "bad_signature",  # does not verify against the device's key or address
+    "stale",  # device timestamp older than the window
+    "future",  # device timestamp too far ahead of the gateway clock
+    "replay",  # a message with this digest was already accepted
+    "nonce_reuse",  # the device repeated a recent nonce with other data
+    "not_proposed",  # confirm from a device nobody proposed to own
+    "wrong_owner",  # confirm naming an owner other than the proposer
+    "buffer_full",  # verified, but the buffer refused it (full, policy "refuse")
+)
+
+
+class Rejection(W3gateError):
+    """A refused message: ``reason`` is one of REASONS, ``device`` the IMEI when known."""
+
+    def __init__(self, reason: str, detail: str = "", *, device: str | None = None) -> None:
+        assert reason in REASONS, reason
+        self.device = device
+        super().__init__(detail, reason=reason)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A verified message, ready to be buffered."""
+
+    device: Device
+    kind: str  # "data", "config", "confirm" (protobuf era) or "data" with wire "json" (G1)
+    wire: str  # "protobuf" or "json"
+    timestamp: int  # device time, unix seconds (signed)
+    digest: bytes  # sha256 of the signed preimage
+    body: object  # SensorData | SensorConfig | ConfirmPackage | G1Message
+    payload: bytes  # exactly as received
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_payload: int = 1024  # bytes; a real BinPackage is under 600
+    max_age_s: float = 600.0  # oldest accepted device timestamp, relative to the gateway clock
+    max_future_s: float = 120.0  # how far ahead a device clock may run
+    nonce_memory: int = 64  # recent nonces remembered per device
+
+
+class Verifier:
+    def __init__(self, registry: Registry, policy: Policy = Policy(), *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self.policy = policy
+        self.clock = clock
+        self.replay = ReplayGuard(policy.max_age_s + policy.max_future_s, nonce_memory=policy.nonce_memory)
+        self._keys: dict[str, Key] = {}
+
+    # -- entry points --------------------------------------------------------------------------
+
+    def data(self, imei: str, payload: bytes) -> Accepted:
+        """A message from ``device/<IMEI>/data``: a DATA or CONFIG BinPackage, or G1 JSON."""
+        self._check_size(imei, payload)
+        if payload[:1] == b"{":
+            return self._g1(imei, payload)
+        try:
+            package = pebble.decode_binpackage(payload)
+        except CodecError as e:
+            raise Rejection("malformed", e.detail, device=imei) from None
+        if package.type == pebble.PackageType.STATE:
+            raise Rejection("unsupported", "STATE packages are never sent by released firmware",
+                            device=imei)
+        device = self._device(imei)
+        self._check_time(imei, package.timestamp)
+        digest = hashlib.sha256(package.preimage).digest()
+        self._check_replay(imei, package.timestamp, digest)
+        try:
+            if package.type == pebble.PackageType.DATA:
+                profile = pebble.PROFILES.get(device.profile)
+                body = pebble.decode_sensor_data(package.data,
+                                                 temperature_hint=profile.temperature if profile else None)
+                kind, nonce = "data", body.random
+            else:
+                body, kind, nonce = pebble.decode_sensor_config(package.data), "config", None
+        except CodecError as e:
+            raise Rejection("malformed", e.detail, device=imei) from None
+        self._check_signature(device, digest, package.signature)
+        if nonce and self.replay.nonce_seen(imei, nonce):
+            raise Rejection("nonce_reuse", f"nonce {nonce} was used by a recent message", device=imei)
+        self.replay.remember(imei, package.timestamp, digest, nonce)
+        return Accepted(device, kind, "protobuf", package.timestamp, digest, body, payload)
+
+    def confirm(self, imei: str, payload: bytes) -> Accepted:
+        """A ``ConfirmPackage`` from ``device/<IMEI>/confirm``: the device accepts its proposer."""
+        self._check_size(imei, payload)
+        try:
+            package = pebble.decode_confirm(payload)
+        except CodecError as e:
+            raise Rejection("malformed", e.detail, device=imei) from None
+        device = self._device(imei)
+        self._check_time(imei, package.timestamp)
+        digest = hashlib.sha256(package.preimage).digest()
+        self._check_replay(imei, package.timestamp, digest)
+        self._check_signature(device, digest, package.signature)
+        if not device.owner:
+            raise Rejection("not_proposed", "no owner has proposed this device", device=imei)
+        if package.owner_address.lower() != device.owner.lower():
+            raise Rejection("wrong_owner", f"confirm names {package.owner_address}, proposer is {device.owner}",
+                            device=imei)
+        self.replay.remember(imei, package.timestamp, digest, None)
+        return Accepted(device, "confirm", "protobuf", package.timestamp, digest, package, payload)
+
+    def forget_keys(self) -> None:
+        """Drop cached keys (after the registry changed)."""
+        self._keys.clear()
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def _g1(self, imei: str, payload: bytes) -> Accepted:
+        try:
+            message = pebble.decode_g1(payload)
+        except CodecError as e:
+            raise Rejection("malformed", e.detail, device=imei) from None
+        device = self._device(imei)
+        self._check_time(imei, message.timestamp)
+        digest = hashlib.sha256(message.text).digest()
+        self._check_replay(imei, message.timestamp, digest)
+        if message.public_key is not None and imei not in self._keys:
+            key = Key(message.public_key)
+            if key.address != device.address:
+                raise Rejection("bad_signature", f"eccPubkey belongs to {key.address}, not {device.address}",
+                                device=imei)
+            self._keys[imei] = key
+        self._check_signature(device, digest, message.signature)
+        if message.random and self.replay.nonce_seen(imei, message.random):
+            raise Rejection("nonce_reuse", f"nonce {message.random} was used by a recent message", device=imei)
+        self.replay.remember(imei, message.timestamp, digest, message.random)
+        return Accepted(device, "data", "json", message.timestamp, digest, message, payload)
+
+    def _check_size(self, imei: str, payload: bytes) -> None:
+        if len(payload) > self.policy.max_payload:
+            raise Rejection("oversized", f"{len(payload)} bytes, limit {self.policy.max_payload}", device=imei)
+        if not payload:
+            raise Rejection("malformed", "empty payload", device=imei)
+
+    def _device(self, imei: str) -> Device:
+        device = self.registry.get(imei)
+        if device is None:
+            raise Rejection("unknown_device", f"IMEI {imei} is not registered", device=imei)
+        return device
+
+    def _check_time(self, imei: str, timestamp: int) -> None:
+        now = self.clock()
+        if timestamp < now - self.policy.max_age_s:
+            raise Rejection("stale", f"device time {timestamp} is {now - timestamp:.0f} s old, "
+                            f"window {self.policy.max_age_s:.0f} s", device=imei)
+        if timestamp > now + self.policy.max_future_s:
+            raise Rejection("future", f"device time {timestamp} is {timestamp - now:.0f} s ahead, "
+                            f"limit {self.policy.max_future_s:.0f} s", device=imei)
+
+    def _check_replay(self, imei: str, timestamp: int, digest: bytes) -> None:
+        if self.replay.seen(timestamp, digest):
+            raise Rejection("replay", f"message {digest.hex()[:16]} was already accepted", device=imei)
+
+    def _check_signature(self, device: Device, digest: bytes, signature: bytes) -> None:
+        key = self._keys.get(device.imei)
+        if key is None or key.address != device.address:
+            key = self._learn_key(device, digest, signature)
+        if not key.verify(digest, signature):
+            raise Rejection("bad_signature", f"signature does not verify for {device.address}",
+                            device=device.imei)
+
+    def _learn_key(self, device: Device, digest: bytes, signature: bytes) -> Key:
+        if device.public_key:
+            key = Key(bytes.fromhex(device.public_key))
+        else:
+            for _, candidate in recover(digest, signature):
+                if candidate.address == device.address:
+                    key = candidate
+                    break
+            else:
+                raise Rejection("bad_signature", f"signature does not recover to {device.address}",
+                                device=device.imei)
+        self._keys[device.imei] = key
+        return key

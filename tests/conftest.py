@@ -1,0 +1,18 @@
+"""Shared fixtures: the real Pebble vectors from ../shared/reference."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VECTORS_PATH = Path(os.environ.get("W3GATE_VECTORS", ROOT / "tests" / "data" / "pebble_vectors.json"))
+
+
+@pytest.fixture(scope="session")
+def vectors() -> dict:
+    """Vectors by short name: A (data, high-S), B (confirm), C (G1 JSON)."""
+    data = json.loads(VECTORS_PATH.read_text())
+    return {v["name"][0]: v for v in data["vectors"]}
