@@ -16,3 +16,13 @@ def vectors() -> dict:
     """Vectors by short name: A (data, high-S), B (confirm), C (G1 JSON)."""
     data = json.loads(VECTORS_PATH.read_text())
     return {v["name"][0]: v for v in data["vectors"]}
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A real mosquitto broker on a random loopback port, stopped after the test."""
+    from gateway.broker import start_broker
+
+    broker = start_broker(tmp_path)
+    yield broker
+    broker.stop()

@@ -1,7 +1,9 @@
 """Replay protection with memory bounded by the accepted-timestamp window.
 
 A replayed message is a byte-identical copy (its signature covers the timestamp), so the digest
-only needs to be looked up among messages that carry the same device timestamp: digests are kept
+only needs to be looked up among messages that carry the same device timestamp. Digests are keyed
+with the device, since some signed preimages name no device (a confirm signs only owner and time,
+so two devices confirming one owner in the same second sign the same bytes). They are kept
 in buckets keyed by that timestamp, and a bucket is dropped once its timestamps fall out of the
 window, since older messages are rejected as stale before this check. Nonce reuse (a device
 repeating its ``random`` with different data) is checked against each device's last few nonces.
@@ -21,16 +23,16 @@ class ReplayGuard:
         self._nonces: dict[str, tuple[deque, set]] = {}
         self._oldest_bucket = 0
 
-    def seen(self, timestamp: int, digest: bytes) -> bool:
+    def seen(self, device: str, timestamp: int, digest: bytes) -> bool:
         bucket = self._buckets.get(timestamp // BUCKET_S)
-        return bucket is not None and digest[:16] in bucket
+        return bucket is not None and _key(device, digest) in bucket
 
     def nonce_seen(self, device: str, nonce: str) -> bool:
         entry = self._nonces.get(device)
         return entry is not None and nonce in entry[1]
 
     def remember(self, device: str, timestamp: int, digest: bytes, nonce: str | None) -> None:
-        self._buckets.setdefault(timestamp // BUCKET_S, set()).add(digest[:16])
+        self._buckets.setdefault(timestamp // BUCKET_S, set()).add(_key(device, digest))
         if nonce:
             order, members = self._nonces.setdefault(device, (deque(), set()))
             order.append(nonce)
@@ -49,3 +51,7 @@ class ReplayGuard:
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets.values())
+
+
+def _key(device: str, digest: bytes) -> bytes:
+    return digest[:16] + device.encode()

@@ -176,7 +176,7 @@ class Verifier:
                             f"limit {self.policy.max_future_s:.0f} s", device=imei)
 
     def _check_replay(self, imei: str, timestamp: int, digest: bytes) -> None:
-        if self.replay.seen(timestamp, digest):
+        if self.replay.seen(imei, timestamp, digest):
             raise Rejection("replay", f"message {digest.hex()[:16]} was already accepted", device=imei)
 
     def _check_signature(self, device: Device, digest: bytes, signature: bytes) -> None:

@@ -252,3 +252,19 @@ def test_state_packages_are_unsupported(registry, signer):
     with pytest.raises(Rejection) as e:
         make_verifier(registry, 1_800_000_000).data(signer.imei, payload)
     assert e.value.reason == "unsupported"
+
+
+def test_two_devices_confirming_one_owner_in_the_same_second_are_not_replays(registry):
+    owner = "0x" + "ab" * 20
+    now = 1_800_000_000
+    v = make_verifier(registry, now)
+    for imei in ("353000000000011", "353000000000029"):
+        s = Signer(imei)
+        registry.add(make_device(imei, address=s.address, owner=owner))
+        preimage = bytes.fromhex(owner[2:]) + now.to_bytes(4, "big")
+        sig = secp256k1.sign(s.key, hashlib.sha256(preimage).digest())
+        payload = pebble.encode_confirm(pebble.ConfirmPackage(bytes.fromhex(owner[2:]), now, sig, 8183))
+        assert v.confirm(imei, payload).kind == "confirm"
+        with pytest.raises(Rejection) as e:
+            v.confirm(imei, payload)
+        assert e.value.reason == "replay"

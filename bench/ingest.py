@@ -1,0 +1,187 @@
+"""Ingest benchmark: emulated Pebble fleet → mosquitto → `w3gate run` (verify + durable buffer).
+
+Everything crosses real process boundaries: a private mosquitto, the gateway as the user runs
+it, and publisher processes that send pre-signed messages from emulated Pebbles (signing is done
+before the clock starts, as a real fleet signs on its own hardware). The gateway's `--trace`
+hook reports when each record became durable, so latency is measured publish → on disk.
+
+    python -m bench.ingest [--messages 100000] [--devices 1000] [--rate 10000] [--publishers 2]
+
+Prints: saturation throughput (publishers flat out), publish→durable p50/p99 at the offered
+rate, the gateway's peak RSS, and nothing lost (every published message durable exactly once).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.broker import start_broker, stop_group
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pregenerate(args: tuple[str, int, int, float]) -> list[tuple[str, bytes, str]]:
+    from hardware.pebble.fleet import Fleet
+    from hardware.pebble.keystore import Keystore
+
+    fleet_dir, start, count, now = args
+    identities = Keystore(fleet_dir).load()
+    # each worker signs for its own slice of devices so no two workers share a nonce stream
+    workers = max(1, os.cpu_count() or 1)
+    part = identities[start::workers] or identities
+    fleet = Fleet(part, seed=None)
+    return [(m.topic, m.payload, m.digest.hex()) for m in fleet.pregenerate(count, now)]
+
+
+def pregenerate(fleet_dir: Path, count: int) -> list[tuple[str, bytes, str]]:
+    workers = max(1, os.cpu_count() or 1)
+    now = time.time() + 60  # the run lasts a while: stay inside the gateway's timestamp window
+    shares = [(str(fleet_dir), w, count // workers + (1 if w < count % workers else 0), now)
+              for w in range(workers)]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        parts = pool.map(_pregenerate, shares)
+    return [m for part in parts for m in part]
+
+
+def vm_hwm_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def read_trace(path: Path) -> dict[str, tuple[float, float]]:
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                out[parts[0]] = (float(parts[1]), float(parts[2]))
+    return out
+
+
+def run_phase(name: str, work: Path, port: int, messages: list[tuple[str, bytes, str]], *, rate: float,
+              publishers: int, trace: Path, timeout: float) -> dict:
+    """Publish ``messages`` from ``publishers`` processes at ``rate`` in total; wait until all are durable."""
+    chunks = [messages[i::publishers] for i in range(publishers)]
+    procs = []
+    for i, chunk in enumerate(chunks):
+        src, out = work / f"{name}-{i}.pkl", work / f"{name}-{i}.times"
+        with open(src, "wb") as f:
+            pickle.dump([(t, p) for t, p, _ in chunk], f)
+        proc = subprocess.Popen([sys.executable, "-m", "bench.publisher", str(port), str(src), str(out),
+                                 str(rate / publishers if rate else 0), "1"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert proc.stdout.readline().strip() == "ready"
+        procs.append((proc, out, chunk))
+    already = len(read_trace(trace))
+    for proc, _, _ in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    for proc, _, _ in procs:
+        proc.wait()
+    deadline = time.time() + timeout
+    wanted = {d for _, _, d in messages}
+    durable = read_trace(trace)
+    while not wanted <= durable.keys() and time.time() < deadline:
+        time.sleep(0.2)
+        durable = read_trace(trace)
+    published = {}
+    for proc, out, chunk in procs:
+        with open(out, "rb") as f:
+            times = pickle.load(f)
+        for (_, _, digest), t in zip(chunk, times):
+            published[digest] = t
+    latencies = sorted(durable[d][1] - published[d] for d in wanted if d in durable)
+    missing = len(wanted - durable.keys())
+    first_pub = min(published.values())
+    last_durable = max(durable[d][1] for d in wanted if d in durable)
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
+    return {"messages": len(messages), "durable": len(latencies), "missing": missing,
+            "duplicates": len(durable) - already - len(latencies),
+            "offered_rate": rate or None,
+            "throughput_per_s": round(len(latencies) / (last_durable - first_pub)),
+            "p50_ms": round(pick(0.50), 2), "p99_ms": round(pick(0.99), 2), "max_ms": round(latencies[-1] * 1000, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=100_000, help="messages per phase")
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=10_000, help="offered rate of the latency phase (msg/s)")
+    parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=ROOT))
+    broker = start_broker(work / "broker")
+    gateway = None
+    try:
+        from hardware.pebble.keystore import Keystore
+
+        fleet_dir = work / "fleet"
+        Keystore(fleet_dir).ensure(args.devices, profile="riverrock-1.0.14")
+        data_dir = work / "data"
+        w3gate = [sys.executable, "-m", "gateway"]
+        subprocess.run([*w3gate, "device", "import", str(fleet_dir / "devices.json"), "--data-dir", str(data_dir)],
+                       check=True, capture_output=True)
+        print(f"pre-signing {2 * args.messages} messages from {args.devices} emulated Pebbles ...", flush=True)
+        t = time.time()
+        msgs = pregenerate(fleet_dir, 2 * args.messages)
+        print(f"  done in {time.time() - t:.1f} s", flush=True)
+        trace = work / "trace.txt"
+        env = {**os.environ, "W3GATE_MQTT_PORT": str(broker.port), "W3GATE_LOG_LEVEL": "warning",
+               "W3GATE_MQTT_CLIENT_ID": "w3gate-bench"}
+        log = open(work / "gateway.log", "wb")
+        gateway = subprocess.Popen([*w3gate, "run", "--data-dir", str(data_dir), "--trace", str(trace)],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            status = json.loads((data_dir / "status.json").read_text()) if (data_dir / "status.json").exists() else {}
+            if status.get("mqtt", {}).get("connected"):
+                break
+            time.sleep(0.1)
+        else:
+            raise SystemExit(f"gateway did not come up: {(work / 'gateway.log').read_text()}")
+
+        print(f"phase 1: saturation, {args.publishers} publishers flat out (QoS 1)", flush=True)
+        sat = run_phase("sat", work, broker.port, msgs[:args.messages], rate=0, publishers=args.publishers,
+                        trace=trace, timeout=120)
+        print(f"  {sat}", flush=True)
+        print(f"phase 2: latency at an offered {args.rate:.0f} msg/s", flush=True)
+        lat = run_phase("lat", work, broker.port, msgs[args.messages:], rate=args.rate,
+                        publishers=args.publishers, trace=trace, timeout=120)
+        print(f"  {lat}", flush=True)
+        rss = vm_hwm_kb(gateway.pid)
+        status = json.loads((data_dir / "status.json").read_text())
+        print()
+        print("ingest benchmark (emulated Pebbles → mosquitto → w3gate run: verify + durable TinyDB)")
+        print(f"  sustained throughput, saturated:     {sat['throughput_per_s']:>8} verified msg/s")
+        print(f"  offered {args.rate:>6.0f} msg/s: achieved   {lat['throughput_per_s']:>8} msg/s")
+        print(f"  publish → durable latency p50 / p99: {lat['p50_ms']:>8} / {lat['p99_ms']} ms "
+              f"(max {lat['max_ms']} ms)")
+        print(f"  lost / duplicated:                   {sat['missing'] + lat['missing']:>8} / "
+              f"{sat['duplicates'] + lat['duplicates']}")
+        print(f"  gateway peak RSS:                    {rss / 1024:>8.1f} MB")
+        print(f"  rejected by the gateway:             {status.get('rejected', {})}")
+    finally:
+        if gateway is not None:
+            stop_group(gateway)
+        broker.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"work directory kept: {work}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""``w3gate device``: the registry of devices allowed to send data, and their downlinks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
+from gateway.codec import downlink
+from gateway.codec.pebble import PROFILES, DEFAULT_PROFILE
+from gateway.errors import W3gateError
+from gateway.verify.registry import Registry, make_device
+
+
+def _registry(config_path, data_dir) -> Registry:
+    return Registry(get_config(config_path, data_dir).registry_path)
+
+
+@click.group()
+def device() -> None:
+    """Register, list and remove devices; send them configuration."""
+
+
+@device.command("add")
+@click.argument("imei")
+@click.option("--address", help="The device's Ethereum-style address (0x...), checked by key recovery.")
+@click.option("--public-key", help="The device's uncompressed secp256k1 public key (04...).")
+@click.option("--owner", help="Owner (proposer) address; the device confirms it with a signed message.")
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True,
+              help="Firmware profile (wire format, temperature encoding).")
+@click.option("--replace", is_flag=True, help="Replace an existing entry for this IMEI.")
+@config_option
+@data_dir_option
+def add(imei, address, public_key, owner, profile, replace, config_path, data_dir) -> None:
+    """Register a device by IMEI with its address or public key."""
+    try:
+        dev = make_device(imei, address=address, public_key=public_key, owner=owner, profile=profile)
+        _registry(config_path, data_dir).add(dev, replace_existing=replace)
+    except W3gateError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"added {dev.imei} {dev.address} profile={dev.profile} status={dev.status}")
+
+
+@device.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--replace", is_flag=True, help="Replace entries that already exist.")
+@config_option
+@data_dir_option
+def import_(path, replace, config_path, data_dir) -> None:
+    """Register every device in a JSON list of {imei, address|public_key, owner, profile}
+    (the devices.json an emulated fleet writes)."""
+    try:
+        entries = json.loads(Path(path).read_text())
+        devices = [make_device(e["imei"], address=e.get("address"), public_key=e.get("public_key"),
+                               owner=e.get("owner"), profile=e.get("profile", DEFAULT_PROFILE))
+                   for e in entries]
+        added = _registry(config_path, data_dir).add_many(devices, replace_existing=replace)
+    except (ValueError, KeyError, TypeError) as e:
+        raise click.ClickException(f"{path}: not a device list ({e})") from None
+    except W3gateError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"imported {added} of {len(devices)} devices")
+
+
+@device.command("list")
+@json_option
+@config_option
+@data_dir_option
+def list_(as_json, config_path, data_dir) -> None:
+    """List registered devices."""
+    devices = list(_registry(config_path, data_dir))
+    if as_json:
+        return emit_json([d.to_dict() for d in devices])
+    if not devices:
+        click.echo("no devices registered (w3gate device add IMEI --address 0x...)")
+    for d in devices:
+        click.echo(f"{d.imei}  {d.address}  {d.profile:<17} {d.status:<9} owner={d.owner or '-'}")
+
+
+@device.command("remove")
+@click.argument("imei")
+@config_option
+@data_dir_option
+def remove(imei, config_path, data_dir) -> None:
+    """Remove a device; its data is refused from then on."""
+    if not _registry(config_path, data_dir).remove(imei):
+        raise click.ClickException(f"device {imei} is not registered")
+    click.echo(f"removed {imei}")
+
+
+def _publish(config_path, data_dir, imei: str, topic: str, payload: bytes) -> None:
+    import paho.mqtt.publish as publish
+
+    config = get_config(config_path, data_dir)
+    if _registry(config_path, data_dir).get(imei) is None:
+        raise click.ClickException(f"device {imei} is not registered")
+    auth = {"username": config.mqtt.username, "password": config.mqtt.password} if config.mqtt.username else None
+    try:
+        publish.single(topic, payload, qos=1, retain=True, hostname=config.mqtt.host,
+                       port=config.mqtt.port, auth=auth, client_id=f"w3gate-cli-{imei}")
+    except OSError as e:
+        raise click.ClickException(f"broker {config.mqtt.host}:{config.mqtt.port}: {e}") from None
+    click.echo(f"sent {len(payload)} bytes to {topic} (retained until the device picks it up)")
+
+
+@device.command("config")
+@click.argument("imei")
+@click.option("--period", type=int, help="Upload period in seconds (10..86400).")
+@click.option("--channels", type=int, help="Data channel mask (0..8183; 8183 = all).")
+@click.option("--precise-gps/--rounded-gps", default=None, help="Disable the 0.01 degree GPS rounding.")
+@config_option
+@data_dir_option
+def config_(imei, period, channels, precise_gps, config_path, data_dir) -> None:
+    """Send a configuration downlink (backend/<IMEI>/config)."""
+    try:
+        payload = downlink.config(upload_period=period, data_channel=channels, precise_gps=precise_gps)
+    except W3gateError as e:
+        raise click.ClickException(str(e)) from None
+    _publish(config_path, data_dir, imei, downlink.CONFIG_TOPIC.format(imei), payload)
+
+
+@device.command("firmware")
+@click.argument("imei")
+@click.option("--version", "version", required=True, help="Firmware version, e.g. 1.0.15.")
+@click.option("--uri", required=True, help="HTTPS URL of the image.")
+@click.option("--app", default="Riverrock", show_default=True)
+@config_option
+@data_dir_option
+def firmware(imei, version, uri, app, config_path, data_dir) -> None:
+    """Send a firmware-update downlink (backend/<IMEI>/firmware)."""
+    try:
+        payload = downlink.firmware(app, version, uri)
+    except W3gateError as e:
+        raise click.ClickException(str(e)) from None
+    _publish(config_path, data_dir, imei, downlink.FIRMWARE_TOPIC.format(imei), payload)
+
+
+COMMANDS = [device]

@@ -1,0 +1,41 @@
+"""``w3gate run``: the gateway process."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import click
+
+from gateway.cli.common import config_option, data_dir_option, get_config
+
+
+@click.command()
+@config_option
+@data_dir_option
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False), hidden=True,
+              help="Bench hook: append 'digest received durable' per record to this file.")
+def run(config_path: str | None, data_dir: str | None, trace_path: str | None) -> None:
+    """Run the gateway: verify Pebble data from MQTT and buffer it durably.
+
+    SIGTERM or Ctrl-C stops it cleanly: records in flight are written, acknowledged and the
+    broker keeps everything not yet acknowledged for the next start.
+    """
+    from gateway.node import Node
+
+    config = get_config(config_path, data_dir)
+    logging.basicConfig(level=config.log.level.upper(),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    node = Node(config, trace_path=trace_path)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await node.run(stop)
+
+    asyncio.run(main())
+
+
+COMMANDS = [run]

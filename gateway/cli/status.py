@@ -1,0 +1,57 @@
+"""``w3gate status``: counters and buffer state of the (running or last) gateway."""
+from __future__ import annotations
+
+import os
+import time
+
+import click
+
+from gateway.buffer.store import RecordStore
+from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
+from gateway.status import read_status
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+@click.command()
+@json_option
+@config_option
+@data_dir_option
+def status(as_json, config_path, data_dir) -> None:
+    """Show accepted and rejected counts (by reason), buffer size and latency."""
+    config = get_config(config_path, data_dir)
+    info = read_status(config.status_path) or {}
+    running = _alive(info.get("pid")) and time.time() - info.get("time", 0) < 10
+    if config.records_path.exists() and not running:
+        store = RecordStore(config.records_path, readonly=True)
+        info["buffer"] = {**info.get("buffer", {}), **store.stats()}
+        store.close()
+    info["running"] = running
+    if as_json:
+        return emit_json(info)
+    buf = info.get("buffer", {})
+    click.echo(f"gateway    {'running, pid %s' % info['pid'] if running else 'not running'}"
+               + (f", broker {info['mqtt']['broker']} {'connected' if info['mqtt']['connected'] else 'DISCONNECTED'}"
+                  if running else ""))
+    click.echo(f"devices    {info.get('devices', '?')}")
+    click.echo(f"accepted   {info.get('accepted_total', 0)}  " +
+               "  ".join(f"{k}={v}" for k, v in sorted(info.get("accepted", {}).items())))
+    click.echo(f"rejected   {info.get('rejected_total', 0)}  " +
+               "  ".join(f"{k}={v}" for k, v in sorted(info.get("rejected", {}).items())))
+    click.echo(f"buffer     {buf.get('records', 0)} records in {buf.get('segments', 0)} segments, "
+               f"{buf.get('bytes', 0) / 1e6:.1f} MB; refused {buf.get('refused_total', 0)}, "
+               f"dropped {buf.get('dropped_total', 0)}, expired {buf.get('expired_total', 0)}")
+    lat = info.get("latency_receive_to_durable") or {}
+    if lat:
+        click.echo(f"latency    receive→durable p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
+
+
+COMMANDS = [status]

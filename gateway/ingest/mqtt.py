@@ -1,0 +1,206 @@
+"""The gateway's MQTT link: one paho-mqtt client driven by the asyncio loop, with no network
+thread, so a message goes from the socket to verification without a thread hop.
+
+The session is persistent (MQTT 3.1.1, clean session off, fixed client id) and acknowledgement
+is manual: the node acknowledges a QoS 1 message only once it is durably buffered, so anything
+received but not yet on disk is redelivered by the broker after a crash or restart. MQTT 3.1.1
+rather than 5: paho parses v5 properties on every message, which costs a quarter of the receive
+path; the broker's ``max_inflight_messages`` then bounds what is unacknowledged (gateway/broker.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import select
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+
+from gateway.config import MqttConfig
+
+log = logging.getLogger("w3gate.mqtt")
+
+READ_BURST = 256
+
+
+def _readable(sock: socket.socket) -> bool:
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received: float  # unix seconds, when the message came off the socket
+
+
+class MqttLink:
+    """Connects, subscribes, reconnects with backoff; hands each message to ``on_message``."""
+
+    def __init__(self, config: MqttConfig, subscriptions: list[str],
+                 on_message: Callable[[Inbound], None]) -> None:
+        self.config = config
+        self.subscriptions = subscriptions
+        self.on_message = on_message
+        self.connected = False
+        self.connects = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
+        self._paused = False
+        self._lost = asyncio.Event()
+        self._up = asyncio.Event()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id,
+                             protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True)
+        if config.username:
+            client.username_pw_set(config.username, config.password or None)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        self._client = client
+
+    # -- public ---------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep the link up until ``stop`` is set, reconnecting with exponential backoff."""
+        self._loop = asyncio.get_running_loop()
+        delay = self.config.reconnect_min_s
+        misc = asyncio.create_task(self._misc_loop())
+        try:
+            while not stop.is_set():
+                self._lost.clear()
+                try:
+                    self._connect()
+                except OSError as e:
+                    log.warning("broker %s:%d unreachable (%s); retrying in %.1f s",
+                                self.config.host, self.config.port, e, delay)
+                    await _wait_any(stop, None, delay)
+                    delay = min(delay * 2, self.config.reconnect_max_s)
+                    continue
+                await _wait_any(stop, self._lost, None)
+                if self._up.is_set():
+                    delay = self.config.reconnect_min_s
+                    self._up.clear()
+                elif not stop.is_set():
+                    await _wait_any(stop, None, delay)
+                    delay = min(delay * 2, self.config.reconnect_max_s)
+        finally:
+            misc.cancel()
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def close(self) -> None:
+        """Disconnect cleanly; the broker keeps our session and anything not yet acknowledged."""
+        if self.connected:
+            self._client.disconnect()
+            # flush the DISCONNECT packet: paho writes it from its queue on the next loop_write
+            self._client.loop_write()
+        self.connected = False
+
+    def ack(self, mid: int, qos: int) -> None:
+        if qos > 0 and self.connected:
+            self._client.ack(mid, qos)
+
+    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
+        self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def pause(self) -> None:
+        """Stop reading from the broker (backpressure while the buffer catches up)."""
+        if not self._paused and self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock)
+        self._paused = True
+
+    def resume(self) -> None:
+        if self._paused and self._sock is not None and self._loop is not None:
+            self._loop.add_reader(self._sock, self._read)
+        self._paused = False
+
+    # -- paho plumbing ----------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
+
+    def _read(self) -> None:
+        # paho reads one packet per call; keep reading while the socket has more, so a burst is
+        # handled in one pass of the event loop instead of one pass per message.
+        sock = self._sock
+        for _ in range(READ_BURST):
+            if self._client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                self._mark_lost()
+                return
+            if self._paused or sock is None or sock is not self._sock or not _readable(sock):
+                return
+
+    def _write(self) -> None:
+        self._client.loop_write()
+
+    async def _misc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self._sock is not None:
+                self._client.loop_misc()
+
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        self._sock = sock
+        if not self._paused:
+            self._loop.add_reader(sock, self._read)
+
+    def _on_socket_close(self, client, userdata, sock) -> None:
+        self._loop.remove_reader(sock)
+        self._loop.remove_writer(sock)
+        self._sock = None
+        self._mark_lost()
+
+    def _on_register_write(self, client, userdata, sock) -> None:
+        self._loop.add_writer(sock, self._write)
+
+    def _on_unregister_write(self, client, userdata, sock) -> None:
+        self._loop.remove_writer(sock)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            self._mark_lost()
+            return
+        self.connected = True
+        self.connects += 1
+        self._up.set()
+        client.subscribe([(topic, 1) for topic in self.subscriptions])
+        log.info("connected to %s:%d (session %s)", self.config.host, self.config.port,
+                 "resumed" if flags.session_present else "new")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected:
+            log.warning("disconnected from broker: %s", reason_code)
+        self._mark_lost()
+
+    def _mark_lost(self) -> None:
+        self.connected = False
+        self._lost.set()
+
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        self.on_message(Inbound(message.topic, message.payload, message.mid, message.qos, time.time()))
+
+
+async def _wait_any(stop: asyncio.Event, other: asyncio.Event | None, timeout: float | None) -> None:
+    waits = [asyncio.create_task(stop.wait())]
+    if other is not None:
+        waits.append(asyncio.create_task(other.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()

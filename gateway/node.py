@@ -1,0 +1,211 @@
+"""The running gateway: MQTT in, verification, durable buffer, acknowledgement, downlinks.
+
+Data flows one way: ``MqttLink`` hands each message to ``Node.on_message`` on the event loop,
+the ``Verifier`` accepts or rejects it, accepted records go to the ``GroupCommitter``, and the
+broker gets its acknowledgement only after the record is on disk. Rejections are counted by
+reason, logged once each (rate-limited), and acknowledged in order: nothing crashes the node.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from gateway.buffer.commit import GroupCommitter
+from gateway.buffer.records import nonce_of, record_doc
+from gateway.buffer.store import FullPolicy, RecordState, RecordStore, StoreConfig
+from gateway.codec import downlink
+from gateway.config import Config
+from gateway.ingest.mqtt import Inbound, MqttLink
+from gateway.status import Counters, Latencies, RejectLog, read_status, write_status
+from gateway.verify.registry import STATUS_CODES, STATUS_CONFIRMED, Registry
+from gateway.verify.verifier import Accepted, Policy, Rejection, Verifier
+
+log = logging.getLogger("w3gate.node")
+
+SUBSCRIPTIONS = ["device/+/data", "device/+/confirm", "device/+/query"]
+# Stop reading from the broker while this many records wait for the disk; QoS 1 traffic is also
+# bounded by the broker's in-flight window, QoS 0 (real Pebbles) only by this.
+PAUSE_ABOVE, RESUME_BELOW = 20000, 5000
+
+
+class Node:
+    def __init__(self, config: Config, *, trace_path: str | None = None) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.registry = Registry(config.registry_path)
+        v = config.verify
+        self.verifier = Verifier(self.registry, Policy(v.max_payload, v.max_age_s, v.max_future_s, v.nonce_memory))
+        b = config.buffer
+        self.store = RecordStore(config.records_path, StoreConfig(
+            segment_records=b.segment_records, max_records=b.max_records,
+            full_policy=FullPolicy(b.full_policy), retention_s=b.retention_s))
+        self.committer = GroupCommitter(self.store, max_batch=b.max_batch, min_interval_s=b.commit_interval_s)
+        self.link = MqttLink(config.mqtt, SUBSCRIPTIONS, self.on_message)
+        self.counters = Counters(read_status(config.status_path))
+        self.latency = Latencies()
+        self.reject_log = RejectLog()
+        self.started = time.time()
+        self._buffer_stats: dict = {}
+        self._paused = False
+        self._trace = open(trace_path, "a", buffering=1 << 16) if trace_path else None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then shut down without losing anything received."""
+        await self._rebuild_replay_state()
+        self._buffer_stats = await self.committer.call(self.store.stats)
+        tasks = [asyncio.create_task(self._housekeeping(stop))]
+        link = asyncio.create_task(self.link.run(stop))
+        log.info("w3gate running: %d devices registered, %d records buffered, broker %s:%d",
+                 len(self.registry), self._buffer_stats.get("records", 0),
+                 self.config.mqtt.host, self.config.mqtt.port)
+        try:
+            await stop.wait()
+        finally:
+            self.link.pause()  # take no more; what is unacknowledged stays with the broker
+            await self.committer.drain()
+            self.link.close()
+            await link
+            for task in tasks:
+                task.cancel()
+            self._buffer_stats = await self.committer.call(self.store.stats)
+            self._write_status()
+            await self.committer.call(self.store.close)
+            self.committer.close()
+            if self._trace:
+                self._trace.close()
+            log.info("w3gate stopped: everything received is on disk or still with the broker")
+
+    async def _rebuild_replay_state(self) -> None:
+        """Replay protection must survive restarts: re-learn digests and nonces still in the window."""
+        since = time.time() - self.verifier.policy.max_age_s - self.verifier.policy.max_future_s
+
+        def scan() -> int:
+            count = 0
+            for doc in self.store.iter_records(since_rx=since, newest_first=False):
+                self.verifier.replay.remember(doc["device"], doc["ts"], bytes.fromhex(doc["digest"]),
+                                              nonce_of(doc))
+                count += 1
+            return count
+
+        count = await self.committer.call(scan)
+        if count:
+            log.info("replay protection restored from %d recent records", count)
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        last_expire = 0.0
+        while not stop.is_set():
+            await asyncio.sleep(1.0)
+            if self.registry.reload():
+                self.verifier.forget_keys()
+                log.info("device registry reloaded: %d devices", len(self.registry))
+            self.verifier.replay.prune(time.time())
+            if time.time() - last_expire > 60:
+                last_expire = time.time()
+                # No applet runtime or chain yet: records expire on age alone.
+                expired = await self.committer.call(self.store.expire, None, RecordState.ACCEPTED)
+                if expired:
+                    log.info("expired %d records past the retention of %.0f s", expired,
+                             self.config.buffer.retention_s)
+            self._buffer_stats = await self.committer.call(self.store.stats)
+            self._write_status()
+
+    # -- the data path ---------------------------------------------------------------------------
+
+    def on_message(self, msg: Inbound) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) != 3 or parts[0] != "device":
+            return self._reject(msg, Rejection("malformed", f"unexpected topic {msg.topic}"))
+        imei, channel = parts[1].removeprefix("nrf-"), parts[2]
+        try:
+            if channel == "data":
+                accepted = self.verifier.data(imei, msg.payload)
+            elif channel == "confirm":
+                accepted = self.verifier.confirm(imei, msg.payload)
+            elif channel == "query":
+                self._answer_query(imei)
+                return self.committer.submit(None, self._acker(msg))
+            else:
+                raise Rejection("malformed", f"unexpected topic {msg.topic}", device=imei)
+        except Rejection as rejection:
+            return self._reject(msg, rejection)
+        self.committer.submit(record_doc(accepted, msg.received, msg.topic), self._on_durable(msg, accepted))
+        if self.committer.backlog > PAUSE_ABOVE and not self._paused:
+            self._paused = True
+            self.link.pause()
+            log.warning("buffer is %d records behind: pausing MQTT reads", self.committer.backlog)
+
+    def _on_durable(self, msg: Inbound, accepted: Accepted):
+        def done(seq: int | None) -> None:
+            if seq is None:
+                self._count_rejection(msg, Rejection("buffer_full", "the buffer is full (policy refuse)",
+                                                     device=accepted.device.imei))
+            else:
+                now = time.time()
+                self.counters.accepted[accepted.kind] += 1
+                self.latency.add(now - msg.received)
+                if self._trace:
+                    self._trace.write(f"{accepted.digest.hex()} {msg.received:.6f} {now:.6f}\n")
+                if accepted.kind == "confirm":
+                    self._confirmed(accepted)
+            self.link.ack(msg.mid, msg.qos)
+            if self._paused and self.committer.backlog < RESUME_BELOW:
+                self._paused = False
+                self.link.resume()
+        return done
+
+    def _acker(self, msg: Inbound):
+        return lambda seq: self.link.ack(msg.mid, msg.qos)
+
+    def _reject(self, msg: Inbound, rejection: Rejection) -> None:
+        self._count_rejection(msg, rejection)
+        self.committer.submit(None, self._acker(msg))
+
+    def _count_rejection(self, msg: Inbound, rejection: Rejection) -> None:
+        self.counters.rejected[rejection.reason] += 1
+        self.reject_log(rejection.reason, rejection.device, msg.topic, rejection.detail)
+
+    # -- registration (pebble.md 7.1) ------------------------------------------------------------
+
+    def _answer_query(self, imei: str) -> None:
+        device = self.registry.get(imei)
+        if device is None:
+            self.counters.rejected["unknown_device"] += 1
+            self.reject_log("unknown_device", imei, f"device/{imei}/query", f"IMEI {imei} is not registered")
+            return
+        code = STATUS_CODES.get(device.status, 0)
+        payload = downlink.status(code, device.owner if code >= 1 else None)
+        self.link.publish(downlink.STATUS_TOPIC.format(imei), payload, qos=1)
+
+    def _confirmed(self, accepted: Accepted) -> None:
+        device = accepted.device
+        if device.status != STATUS_CONFIRMED:
+            self.registry.update(device.imei, status=STATUS_CONFIRMED)
+            log.info("device %s confirmed ownership by %s", device.imei, device.owner)
+        self.link.publish(downlink.STATUS_TOPIC.format(device.imei),
+                          downlink.status(STATUS_CODES[STATUS_CONFIRMED], device.owner), qos=1)
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        return {
+            "time": time.time(),
+            "started": self.started,
+            "pid": os.getpid(),
+            "mqtt": {"broker": f"{self.config.mqtt.host}:{self.config.mqtt.port}",
+                     "connected": self.link.connected, "connects": self.link.connects},
+            **self.counters.snapshot(),
+            "devices": len(self.registry),
+            "buffer": {**self._buffer_stats, "pending": self.committer.backlog,
+                       "commits": self.committer.commits, "write_failures": self.committer.failures},
+            "latency_receive_to_durable": self.latency.percentiles(),
+        }
+
+    def _write_status(self) -> None:
+        try:
+            write_status(self.config.status_path, self.status())
+        except OSError as e:
+            log.warning("could not write %s: %s", self.config.status_path, e)

@@ -1,0 +1,78 @@
+"""What the running node tells the outside: counters, latencies, rejection log lines, and the
+``status.json`` that ``w3gate status`` reads (written atomically once a second)."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, deque
+from pathlib import Path
+
+from gateway.atomicstorage import atomic_write
+
+reject_log = logging.getLogger("w3gate.reject")
+
+
+class RejectLog:
+    """One readable line per rejection, but at most ``burst`` lines per reason per ``period``;
+    the rest are summed up in one line, so a flood of garbage cannot flood the log."""
+
+    def __init__(self, burst: int = 20, period: float = 10.0) -> None:
+        self.burst, self.period = burst, period
+        self._window: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, reason: str, device: str | None, topic: str, detail: str) -> None:
+        now = time.monotonic()
+        start, count = self._window.get(reason, (now, 0))
+        if now - start > self.period:
+            if count > self.burst:
+                reject_log.warning("... %d more %s rejections in the last %.0f s", count - self.burst,
+                                   reason, now - start)
+            start, count = now, 0
+        count += 1
+        self._window[reason] = (start, count)
+        if count <= self.burst:
+            reject_log.warning("rejected %s from %s on %s: %s", reason, device or "?", topic, detail)
+
+
+class Latencies:
+    """The most recent latencies (seconds), for p50/p99 without unbounded memory."""
+
+    def __init__(self, size: int = 20000) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+
+    def add(self, value: float) -> None:
+        self._values.append(value)
+
+    def percentiles(self) -> dict:
+        if not self._values:
+            return {}
+        ordered = sorted(self._values)
+        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+        return {"p50_ms": round(pick(0.50) * 1000, 2), "p99_ms": round(pick(0.99) * 1000, 2),
+                "max_ms": round(ordered[-1] * 1000, 2), "samples": len(ordered)}
+
+
+class Counters:
+    """Accepted by kind and rejected by reason, cumulative across restarts."""
+
+    def __init__(self, previous: dict | None = None) -> None:
+        previous = previous or {}
+        self.accepted: Counter[str] = Counter(previous.get("accepted", {}))
+        self.rejected: Counter[str] = Counter(previous.get("rejected", {}))
+
+    def snapshot(self) -> dict:
+        return {"accepted": dict(self.accepted), "rejected": dict(self.rejected),
+                "accepted_total": sum(self.accepted.values()),
+                "rejected_total": sum(self.rejected.values())}
+
+
+def write_status(path: Path, status: dict) -> None:
+    atomic_write(path, json.dumps(status, indent=1, sort_keys=True).encode())
+
+
+def read_status(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None

@@ -1,0 +1,100 @@
+"""`w3gate` as the user runs it: a real `w3gate run` process and the CLI, for HIL tests."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gateway.broker import stop_group
+
+
+def w3gate_exe() -> list[str]:
+    exe = shutil.which("w3gate", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "gateway"]
+
+
+def cli(*args: str, data_dir: Path, config: Path | None = None, check: bool = True,
+        timeout: float = 60) -> subprocess.CompletedProcess:
+    cmd = [*w3gate_exe(), *args, "--data-dir", str(data_dir)]
+    if config:
+        cmd += ["--config", str(config)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def cli_json(*args: str, data_dir: Path, config: Path | None = None):
+    return json.loads(cli(*args, "--json", data_dir=data_dir, config=config).stdout)
+
+
+class GatewayProcess:
+    """`w3gate run` against a test broker, with its own data directory and log file."""
+
+    def __init__(self, workdir: Path, broker_port: int, **settings: object) -> None:
+        self.data_dir = workdir / "data"
+        self.config = workdir / "w3gate.toml"
+        self.log = workdir / "gateway.log"
+        sections: dict[str, dict] = {"mqtt": {"host": "127.0.0.1", "port": broker_port,
+                                              "client_id": f"w3gate-test-{broker_port}"}}
+        for key, value in settings.items():
+            section, _, name = key.partition("__")
+            sections.setdefault(section, {})[name] = value
+        lines = []
+        for section, values in sections.items():
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, *extra: str, wait: bool = True) -> "GatewayProcess":
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen([*w3gate_exe(), "run", "--config", str(self.config), "--data-dir",
+                                      str(self.data_dir), *extra], stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        if wait:
+            self.wait_connected()
+        return self
+
+    def status(self) -> dict:
+        try:
+            return json.loads((self.data_dir / "status.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def wait_connected(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"w3gate run exited {self.proc.returncode}:\n{self.log.read_text()}")
+            s = self.status()
+            if s.get("pid") == self.proc.pid and s.get("mqtt", {}).get("connected"):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"w3gate run did not connect in {timeout} s:\n{self.log.read_text()}")
+
+    def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition") -> dict:
+        deadline = time.monotonic() + timeout
+        status = {}
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status and predicate(status):
+                return status
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; last status {json.dumps(status)}\n"
+                             f"{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd does; returns the exit code."""
+        return stop_group(self.proc, signal.SIGTERM, timeout=20)
+
+    def kill(self) -> None:
+        stop_group(self.proc, signal.SIGKILL)
+
+    def log_text(self) -> str:
+        return self.log.read_text()

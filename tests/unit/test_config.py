@@ -1,0 +1,47 @@
+"""Configuration: built-in defaults, a TOML file over them, W3GATE_* variables over both."""
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+
+
+def test_defaults_need_no_file():
+    config = load_config(env={})
+    assert config.mqtt.port == 1883 and config.buffer.full_policy == "refuse"
+
+
+def test_file_overrides_defaults_and_environment_overrides_file(tmp_path):
+    path = tmp_path / "w3gate.toml"
+    path.write_text('data_dir = "/srv/w3gate"\n[mqtt]\nport = 1884\nhost = "broker.local"\n')
+    config = load_config(path, env={"W3GATE_MQTT_PORT": "1999", "W3GATE_BUFFER_MAX_RECORDS": "5000"})
+    assert config.mqtt.host == "broker.local"
+    assert config.mqtt.port == 1999
+    assert config.buffer.max_records == 5000
+    assert str(config.data_dir) == "/srv/w3gate"
+
+
+def test_data_dir_argument_wins(tmp_path):
+    config = load_config(env={"W3GATE_DATA_DIR": "/nope"}, data_dir=tmp_path)
+    assert config.data_dir == tmp_path
+    assert config.registry_path == tmp_path / "devices.json"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[mqtt]\nprot = 1\n", "unknown key mqtt.prot"),
+    ("[mqtt]\nport = 'x'\n", "mqtt.port must be a int"),
+    ("[buffer]\nfull_policy = 'drop-newest'\n", "full_policy"),
+    ("nonsense = 1\n", "unknown key 'nonsense'"),
+    ("[mqtt\n", "config file"),
+])
+def test_bad_files_are_clear_errors(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, env={})
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(ConfigError, match="W3GATE_MQTT_PORT"):
+        load_config(env={"W3GATE_MQTT_PORT": "many"})
