@@ -131,6 +131,10 @@ class Node:
             else:
                 raise Rejection("malformed", f"unexpected topic {msg.topic}", device=imei)
         except Rejection as rejection:
+            if rejection.reason == "replay" and msg.dup:
+                # the broker redelivers what we stored but could not acknowledge before a crash
+                self.counters.redelivered += 1
+                return self.committer.submit(None, self._acker(msg))
             return self._reject(msg, rejection)
         self.committer.submit(record_doc(accepted, msg.received, msg.topic), self._on_durable(msg, accepted))
         if self.committer.backlog > PAUSE_ABOVE and not self._paused:

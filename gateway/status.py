@@ -60,9 +60,10 @@ class Counters:
         previous = previous or {}
         self.accepted: Counter[str] = Counter(previous.get("accepted", {}))
         self.rejected: Counter[str] = Counter(previous.get("rejected", {}))
+        self.redelivered: int = previous.get("redelivered", 0)  # broker resent what was already stored
 
     def snapshot(self) -> dict:
-        return {"accepted": dict(self.accepted), "rejected": dict(self.rejected),
+        return {"accepted": dict(self.accepted), "rejected": dict(self.rejected), "redelivered": self.redelivered,
                 "accepted_total": sum(self.accepted.values()),
                 "rejected_total": sum(self.rejected.values())}
 

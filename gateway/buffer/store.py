@@ -318,7 +318,8 @@ class RecordStore:
                 if newest_first:
                     return
                 continue
-            docs = sorted(self._table(k, firsts[k]), key=lambda d: d.doc_id, reverse=newest_first)
+            docs = self._table(k, firsts[k]).all()  # one read of the file
+            docs.sort(key=lambda d: d.doc_id, reverse=newest_first)
             for doc in docs:
                 seq = doc.doc_id
                 if seq > last or after_seq is not None and seq <= after_seq:
@@ -450,7 +451,7 @@ class RecordStore:
 
 
 def _newest_rx(table: Table) -> float | None:
-    return max((doc["rx"] for doc in table), default=None)
+    return max((doc["rx"] for doc in table.all()), default=None)
 
 
 def _size(path: Path) -> int:

@@ -65,12 +65,14 @@ def _message_line(message) -> str:
 @click.option("--messages", type=click.IntRange(min=1), help="Stop after this many DATA messages per device.")
 @click.option("--register/--no-register", default=False, show_default=True,
               help="Boot devices in registration mode (query, confirm the proposer, send CONFIG).")
+@click.option("--seed", help="Make sensor values, nonces and fault choices reproducible (never reuse one "
+              "against a gateway that saw it: repeated nonces are refused).")
 @click.option("--quiet", "-q", is_flag=True, help="No line per published message.")
 @json_option
 @config_option
 @data_dir_option
 def pebble(count, profile, owner, fault_spec, broker, fleet_dir, time_scale, period, qos, duration,
-           messages, register, quiet, as_json, config_path, data_dir) -> None:
+           messages, register, seed, quiet, as_json, config_path, data_dir) -> None:
     """Emulate a fleet of Pebble trackers publishing signed data over MQTT.
 
     Identities persist in the fleet directory; register them with the gateway once with
@@ -113,7 +115,7 @@ def pebble(count, profile, owner, fault_spec, broker, fleet_dir, time_scale, per
                    err=as_json)
 
     fleet = Fleet(identities, host=host, port=port, qos=qos, time_scale=time_scale, upload_period=period,
-                  faults=plan, register=register, on_message=None if quiet else on_message,
+                  faults=plan, register=register, seed=seed, on_message=None if quiet else on_message,
                   on_downlink=None if quiet else on_downlink)
 
     async def main():

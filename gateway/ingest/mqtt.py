@@ -36,6 +36,7 @@ class Inbound:
     payload: bytes
     mid: int
     qos: int
+    dup: bool  # the broker is redelivering it (we did not acknowledge it before a disconnect)
     received: float  # unix seconds, when the message came off the socket
 
 
@@ -105,10 +106,10 @@ class MqttLink:
     def close(self) -> None:
         """Disconnect cleanly; the broker keeps our session and anything not yet acknowledged."""
         if self.connected:
+            self.connected = False  # so the disconnect callback does not report a lost link
             self._client.disconnect()
             # flush the DISCONNECT packet: paho writes it from its queue on the next loop_write
             self._client.loop_write()
-        self.connected = False
 
     def ack(self, mid: int, qos: int) -> None:
         if qos > 0 and self.connected:
@@ -192,7 +193,8 @@ class MqttLink:
         self._lost.set()
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        self.on_message(Inbound(message.topic, message.payload, message.mid, message.qos, time.time()))
+        self.on_message(Inbound(message.topic, message.payload, message.mid, message.qos, bool(message.dup),
+                                time.time()))
 
 
 async def _wait_any(stop: asyncio.Event, other: asyncio.Event | None, timeout: float | None) -> None:

@@ -1,0 +1,146 @@
+"""A TinyDB storage that never tears a file and never forgets an acknowledged write.
+
+TinyDB's own JSONStorage rewrites its file in place: a crash can tear it, and a kill between
+the write and the truncate leaves trailing bytes TinyDB cannot parse again. Here every write
+goes to ``<file>.tmp`` in the same directory, is flushed and fsync'd, replaces the file with
+``os.replace`` and then the directory is fsync'd, so after a kill or a power cut the file holds
+the old or the new data, never a mix, and a write that returned is on disk.
+
+The writer may keep what it last wrote in memory (``keep=True``): TinyDB reads the whole table
+before every write, and re-parsing the file it has just written would make each append cost
+a full JSON parse. It then also keeps each table's JSON text: TinyDB hands over the whole
+database on every insert, and when a table only grew (same documents, new ones at the end),
+only the new documents are encoded and appended to the kept text, so a group commit encodes
+O(batch), not O(segment). Anything else (removals, updates) is encoded in full. A read-only
+storage never caches (the file changes under it) and never creates or writes anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tinydb.storages import Storage
+
+from gateway.errors import W3gateError
+
+TMP_SUFFIX = ".tmp"
+
+
+class StoreError(W3gateError):
+    """The record store cannot do what was asked; ``reason`` says why, the message names the file."""
+
+    reason = "store"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable (the directory entry is data too)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` durably: temp file, fsync, rename, fsync directory."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``; None when missing or empty; StoreError naming it when corrupt."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {e}", reason="io") from None
+    if not raw or raw.isspace():
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise StoreError(f"{path} is not valid JSON ({e})", reason="corrupt") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"{path} does not hold a JSON object", reason="corrupt")
+    return data
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one instance: json.dumps builds one per call
+
+
+def _dumps(value: object) -> str:
+    return _ENCODER.encode(value)
+
+
+def dump_json(data: dict) -> bytes:
+    return _dumps(data).encode()
+
+
+class AtomicJSONStorage(Storage):
+    """Compact JSON with atomic, durable replace on every write.
+
+    ``readonly``: never creates, writes or caches (for readers in other processes).
+    ``keep``: the writer keeps the last data read or written in memory and serves ``read()``
+    from it, so TinyDB's read-modify-write does not re-parse the file on every insert.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, keep: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._keep = keep and not readonly
+        self._data: dict | None = None
+        self._text: dict[str, str] = {}  # table name -> its JSON text as last written (keep only)
+        self.size: int | None = None  # bytes of the last write, for the store's disk accounting
+
+    def read(self) -> dict | None:
+        if self._data is None:
+            data = read_json(self.path)
+            if data is None or not self._keep:
+                return data
+            self._data = data
+        # A shallow copy: TinyDB assigns the rebuilt table into the dict it was given, and that
+        # must not touch the kept data before the write has succeeded.
+        return dict(self._data)
+
+    def write(self, data: dict) -> None:
+        if self.readonly:
+            raise StoreError(f"{self.path} is open read-only", reason="readonly")
+        if self._keep:
+            text = {name: self._encode_table(name, table) for name, table in data.items()}
+            raw = ("{" + ",".join(_dumps(name) + ":" + t for name, t in text.items()) + "}").encode()
+        else:
+            raw = dump_json(data)
+        atomic_write(self.path, raw)
+        self.size = len(raw)
+        if self._keep:
+            self._data, self._text = data, text
+
+    def _encode_table(self, name: str, table: dict) -> str:
+        """The table's JSON text, re-using what was written last time when the table only grew."""
+        old = (self._data or {}).get(name)
+        text = self._text.get(name)
+        if old is None or text is None or not isinstance(table, dict) or len(table) < len(old):
+            return _dumps(table)
+        new = iter(table.items())
+        for (key, doc), (new_key, new_doc) in zip(old.items(), new):
+            if key != new_key or doc is not new_doc:  # changed or reordered: no shortcut
+                return _dumps(table)
+        added = dict(new)
+        if not added:
+            return text
+        return text[:-1] + ("," if old else "") + _dumps(added)[1:]
+
+    def close(self) -> None:
+        self._data = None
+        self._text = {}
