@@ -6,17 +6,20 @@ goes to ``<file>.tmp`` in the same directory, is flushed and fsync'd, replaces t
 ``os.replace`` and then the directory is fsync'd, so after a kill or a power cut the file holds
 the old or the new data, never a mix, and a write that returned is on disk.
 
-The writer may keep what it last wrote in memory (``keep=True``): TinyDB reads the whole table
-before every write, and re-parsing the file it has just written would make each append cost
-a full JSON parse. It then also keeps each table's JSON text: TinyDB hands over the whole
-database on every insert, and when a table only grew (same documents, new ones at the end),
-only the new documents are encoded and appended to the kept text, so a group commit encodes
-O(batch), not O(segment). Anything else (removals, updates) is encoded in full. A read-only
-storage never caches (the file changes under it) and never creates or writes anything.
+The record store's writer opens its active segment with ``append_only=True``: the storage keeps
+what it last wrote in memory and serves ``read()`` from it (TinyDB reads the whole table before
+every write; re-parsing the file just written would cost a full JSON parse per append), and it
+keeps each table's JSON text: when a table only grew (the same document objects, new ones at
+the end), only the new documents are encoded and spliced in, so a group commit encodes O(batch),
+not O(segment). Removals and replacements are detected and encoded in full, but a document
+changed *in place* (TinyDB's ``update``/``upsert`` do that) would not be: that is why this mode
+is only for append-only tables. A read-only storage never caches (the file changes under it)
+and never creates or writes anything.
 """
 from __future__ import annotations
 
 import json
+import operator
 import os
 from pathlib import Path
 
@@ -91,14 +94,15 @@ class AtomicJSONStorage(Storage):
     """Compact JSON with atomic, durable replace on every write.
 
     ``readonly``: never creates, writes or caches (for readers in other processes).
-    ``keep``: the writer keeps the last data read or written in memory and serves ``read()``
-    from it, so TinyDB's read-modify-write does not re-parse the file on every insert.
+    ``append_only``: serve reads from memory and encode only appended documents (see the module
+    docstring); only for a single writer whose documents, once written, never change in place.
     """
 
-    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, keep: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False,
+                 append_only: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
-        self._keep = keep and not readonly
+        self._keep = append_only and not readonly
         self._data: dict | None = None
         self._text: dict[str, str] = {}  # table name -> its JSON text as last written (keep only)
         self.size: int | None = None  # bytes of the last write, for the store's disk accounting
@@ -132,13 +136,14 @@ class AtomicJSONStorage(Storage):
         text = self._text.get(name)
         if old is None or text is None or not isinstance(table, dict) or len(table) < len(old):
             return _dumps(table)
-        new = iter(table.items())
-        for (key, doc), (new_key, new_doc) in zip(old.items(), new):
-            if key != new_key or doc is not new_doc:  # changed or reordered: no shortcut
-                return _dumps(table)
-        added = dict(new)
-        if not added:
+        n = len(old)
+        keys = list(table)
+        # the same keys first, in the same order, holding the very same document objects
+        if keys[:n] != list(old) or not all(map(operator.is_, old.values(), table.values())):
+            return _dumps(table)
+        if len(keys) == n:
             return text
+        added = {key: table[key] for key in keys[n:]}
         return text[:-1] + ("," if old else "") + _dumps(added)[1:]
 
     def close(self) -> None:

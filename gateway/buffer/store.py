@@ -17,23 +17,27 @@ Why it is shaped like this (see platform-notes §8):
 - The store is bounded; when full it refuses new records or drops anchored ones, as configured,
   counts every one and says so in the log once per episode.
 
-One thread owns a writable store. Other processes may open the same directory with
-``readonly=True`` at any time: each file is replaced atomically, so they see a consistent
-snapshot of what was durable when they opened it.
+One thread owns a writable store, and one store per directory may write (``writer.lock``, an
+flock the kernel releases when the process dies). Other processes may open the same directory
+with ``readonly=True`` at any time: each file is replaced atomically, so they see a consistent,
+gap-free snapshot of what was durable when they opened it (open a new one for fresh data).
 """
 from __future__ import annotations
 
 import enum
+import fcntl
 import logging
+import operator
 import os
 import re
 import time
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import reduce
 from pathlib import Path
 
-from tinydb import TinyDB
+from tinydb import Query, TinyDB
 from tinydb.table import Document, Table
 
 from gateway.buffer.storage import (TMP_SUFFIX, AtomicJSONStorage, StoreError, atomic_write,
@@ -45,6 +49,7 @@ log = logging.getLogger("w3gate.buffer")
 
 SEGMENTS = "segments"
 META = "meta.json"
+LOCK = "writer.lock"
 TABLE = "records"
 _SEGMENT_RE = re.compile(r"seg-(\d{12})\.json")
 _COUNTERS = ("refused_total", "dropped_total", "expired_total")
@@ -92,7 +97,11 @@ class RecordStore:
         self.path = Path(path)
         self.config = config
         self.readonly = readonly
-        self._policy = FullPolicy(config.full_policy)
+        try:
+            self._policy = FullPolicy(config.full_policy)
+        except ValueError:
+            raise StoreError(f"full_policy must be one of {[p.value for p in FullPolicy]}, "
+                             f"not {config.full_policy!r}", reason="bad_config") from None
         self._seg_dir = self.path / SEGMENTS
         self._meta_path = self.path / META
         self._meta: dict[str, int] = {k: 0 for k in _CURSORS + _COUNTERS}
@@ -106,7 +115,12 @@ class RecordStore:
         self._active_count = 0
         self._episode: dict | None = None    # refusals/drops since the store last had room
         self._closed = False
-        self._open()
+        self._lock_fd: int | None = None
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -116,6 +130,7 @@ class RecordStore:
                 self._seg_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise StoreError(f"cannot create {self._seg_dir}: {e}", reason="io") from None
+            self._lock()
             self._remove_leftovers()
         meta = read_json(self._meta_path) or {}
         for key in self._meta:
@@ -137,13 +152,12 @@ class RecordStore:
         last_seq = removed
         if firsts:
             first = firsts[-1]
-            storage = AtomicJSONStorage(self._seg_dir / segment_name(first), readonly=self.readonly,
-                                        keep=not self.readonly)
-            db = TinyDB(storage=lambda: storage)
-            ids = sorted(int(k) for k in ((storage.read() or {}).get(TABLE) or {}))
+            path = self._seg_dir / segment_name(first)
+            db = TinyDB(path, storage=AtomicJSONStorage, readonly=self.readonly,
+                        append_only=not self.readonly)
+            ids = sorted(int(k) for k in ((db.storage.read() or {}).get(TABLE) or {}))
             if ids and ids != list(range(first, first + len(ids))):
-                raise StoreError(f"{storage.path}: seqs are not {first}..{first + len(ids) - 1}",
-                                 reason="corrupt")
+                raise StoreError(f"{path}: seqs are not {first}..{first + len(ids) - 1}", reason="corrupt")
             if ids and ids[-1] <= removed or not ids and first <= removed:
                 stale.append(first)
                 firsts.pop()
@@ -151,7 +165,7 @@ class RecordStore:
             else:
                 last_seq = max(last_seq, first + len(ids) - 1)
                 if not self.readonly:
-                    self._db, self._active, self._active_count = db, db.table(TABLE), len(ids)
+                    self._db, self._active, self._active_count = db, db.table(TABLE, cache_size=0), len(ids)
         if stale and not self.readonly:
             for first in stale:
                 (self._seg_dir / segment_name(first)).unlink(missing_ok=True)
@@ -160,6 +174,18 @@ class RecordStore:
         self._firsts = firsts
         self._sizes = {f: _size(self._seg_dir / segment_name(f)) for f in firsts}
         self._next_seq = last_seq + 1
+
+    def _lock(self) -> None:
+        """One writer per directory: a second one would hand out the same seqs and lose records.
+        The kernel drops the lock when the process dies, so a kill never leaves it stale."""
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"{self.path} is already open for writing (by this or another process)",
+                             reason="locked") from None
+        self._lock_fd = fd
 
     def _remove_leftovers(self) -> None:
         """A crash mid-write leaves ``*.tmp``: never part of the data, so just remove it."""
@@ -180,7 +206,7 @@ class RecordStore:
         self._check_writable()
         docs = list(docs)
         for doc in docs:
-            if not isinstance(doc, Mapping) or not isinstance(doc.get("rx"), (int, float)):
+            if not isinstance(doc, dict) or not isinstance(doc.get("rx"), (int, float)):
                 raise StoreError("every record must be a dict with a numeric 'rx' (receive time)",
                                  reason="bad_record")
         if not docs:
@@ -198,13 +224,13 @@ class RecordStore:
             changes = {"refused_total": self._meta["refused_total"] + refused,
                        "dropped_total": self._meta["dropped_total"] + dropped}
             if gone:
-                changes["removed_upto"] = self._end_of(self._firsts.index(gone[-1]))
+                changes["removed_upto"] = self._end_of(len(gone) - 1)
             self._save_meta(**changes)  # before deleting: a crash then only leaves files to tidy
             self._delete_segments(gone)
             self._note_full(refused, dropped)
         return AppendResult(self._write(docs[:accepted]), refused, dropped)
 
-    def _write(self, docs: list[Mapping]) -> list[int]:
+    def _write(self, docs: list[dict]) -> list[int]:
         seqs: list[int] = []
         done = 0
         while done < len(docs):
@@ -214,13 +240,16 @@ class RecordStore:
             first = self._next_seq
             batch = []
             for seq, doc in zip(range(first, first + take), docs[done:done + take]):
-                record = {**doc, "seq": seq}
+                record = Document(doc, doc_id=seq)  # a copy: the caller's dict is left alone
+                record["seq"] = seq
                 record.pop("state", None)  # derived on read, never stored
-                batch.append(Document(record, doc_id=seq))
+                batch.append(record)
             try:
                 self._active.insert_multiple(batch)
             except OSError as e:
                 raise StoreError(f"cannot write {self._active_path()}: {e}", reason="io") from e
+            except TypeError as e:  # raised before anything is written
+                raise StoreError(f"a record is not JSON-serialisable: {e}", reason="bad_record") from e
             self._active_count += take
             self._next_seq += take
             self._sizes[self._firsts[-1]] = self._db.storage.size or 0
@@ -231,13 +260,12 @@ class RecordStore:
     def _rotate(self) -> None:
         """Start a new segment at the next seq; the full one is never written again."""
         if self._db is not None:
-            full = self._firsts[-1]
-            self._newest_rx[full] = _newest_rx(self._active)
+            kept = (self._db.storage.read() or {}).get(TABLE) or {}
+            self._newest_rx[self._firsts[-1]] = max((d["rx"] for d in kept.values()), default=None)
             self._db.close()
         first = self._next_seq
-        storage = AtomicJSONStorage(self._seg_dir / segment_name(first), keep=True)
-        self._db = TinyDB(storage=lambda: storage)
-        self._active = self._db.table(TABLE)
+        self._db = TinyDB(self._seg_dir / segment_name(first), storage=AtomicJSONStorage, append_only=True)
+        self._active = self._db.table(TABLE, cache_size=0)
         self._active_count = 0
         self._firsts.append(first)
         self._sizes[first] = 0
@@ -267,8 +295,10 @@ class RecordStore:
                 RecordState.ANCHORED: self._meta["anchored_upto"]}[RecordState(min_state)]
         gone: list[int] = []
         for k, first in enumerate(self._firsts):
-            newest = self._segment_newest_rx(k)
-            if self._end_of(k) > upto or newest is not None and newest >= cutoff:
+            if self._end_of(k) > upto:
+                break
+            newest = self._segment_newest_rx(k)  # read only once the state allows expiry
+            if newest is not None and newest >= cutoff:
                 break
             gone.append(first)
         if not gone:
@@ -284,6 +314,9 @@ class RecordStore:
         if self._db is not None:
             self._db.close()
         self._db = self._active = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         self._closed = True
 
     def __enter__(self) -> RecordStore:
@@ -310,6 +343,12 @@ class RecordStore:
         firsts, last = list(self._firsts), self._next_seq - 1  # a stable view while we yield
         if limit is not None and limit <= 0:
             return
+        # TinyDB applies the query to the raw documents and copies only those that match
+        q = Query()
+        conds = ([q.device == device] if device is not None else []) + \
+                ([q.rx >= since_rx] if since_rx is not None else []) + \
+                ([q.seq > after_seq] if after_seq is not None else [])
+        cond = reduce(operator.and_, conds) if conds else None
         order = range(len(firsts) - 1, -1, -1) if newest_first else range(len(firsts))
         yielded = 0
         for k in order:
@@ -318,15 +357,11 @@ class RecordStore:
                 if newest_first:
                     return
                 continue
-            docs = self._table(k, firsts[k]).all()  # one read of the file
+            table = self._table(k, firsts[k])
+            docs = table.search(cond) if cond is not None else table.all()  # one read of the file
             docs.sort(key=lambda d: d.doc_id, reverse=newest_first)
             for doc in docs:
-                seq = doc.doc_id
-                if seq > last or after_seq is not None and seq <= after_seq:
-                    continue
-                if device is not None and doc.get("device") != device:
-                    continue
-                if since_rx is not None and doc["rx"] < since_rx:
+                if doc.doc_id > last:  # appended after this read-only view was opened
                     continue
                 yield self._with_state(doc)
                 yielded += 1
@@ -370,8 +405,8 @@ class RecordStore:
         first = self._firsts[k] if first is None else first
         if self._active is not None and first == self._firsts[-1]:
             return self._active
-        storage = AtomicJSONStorage(self._seg_dir / segment_name(first), readonly=True)
-        return TinyDB(storage=lambda: storage).table(TABLE)
+        db = TinyDB(self._seg_dir / segment_name(first), storage=AtomicJSONStorage, readonly=True)
+        return db.table(TABLE, cache_size=0)
 
     def _with_state(self, doc: Document) -> dict:
         out = dict(doc)
