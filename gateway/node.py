@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 
 from gateway.buffer.commit import GroupCommitter
@@ -55,6 +56,9 @@ class Node:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down without losing anything received."""
+        # Each signature check releases the GIL for ~50 us; with the default 5 ms switch interval
+        # the store thread can then keep it for milliseconds and the message loop convoys behind it.
+        sys.setswitchinterval(0.0005)
         await self._rebuild_replay_state()
         self._buffer_stats = await self.committer.call(self.store.stats)
         tasks = [asyncio.create_task(self._housekeeping(stop))]
@@ -112,6 +116,8 @@ class Node:
                              self.config.buffer.retention_s)
             self._buffer_stats = await self.committer.call(self.store.stats)
             self._write_status()
+            if self._trace:
+                self._trace.flush()
 
     # -- the data path ---------------------------------------------------------------------------
 

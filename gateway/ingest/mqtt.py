@@ -23,7 +23,7 @@ from gateway.config import MqttConfig
 
 log = logging.getLogger("w3gate.mqtt")
 
-READ_BURST = 256
+READ_BURST = 64
 
 
 def _readable(sock: socket.socket) -> bool:

@@ -1,0 +1,9 @@
+"""`python -m bench`: every benchmark, one after the other."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+for module, args in (("bench.buffer", ["--backlog", "1000000"]), ("bench.ingest", [])):
+    print(f"== {module} ==", flush=True)
+    subprocess.run([sys.executable, "-m", module, *args, *sys.argv[1:]], check=True)
