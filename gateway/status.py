@@ -8,7 +8,7 @@ import time
 from collections import Counter, deque
 from pathlib import Path
 
-from gateway.atomicstorage import atomic_write
+from gateway.storage import atomic_write
 
 reject_log = logging.getLogger("w3gate.reject")
 

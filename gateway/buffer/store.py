@@ -40,7 +40,7 @@ from pathlib import Path
 from tinydb import Query, TinyDB
 from tinydb.table import Document, Table
 
-from gateway.buffer.storage import (TMP_SUFFIX, AtomicJSONStorage, StoreError, atomic_write,
+from gateway.storage import (TMP_SUFFIX, AtomicJSONStorage, StoreError, atomic_write,
                                     dump_json, fsync_dir, read_json)
 
 __all__ = ["AppendResult", "FullPolicy", "RecordState", "RecordStore", "StoreConfig", "StoreError"]

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from tinydb import Query, TinyDB
 
-from gateway.atomicstorage import AtomicJSONStorage
+from gateway.storage import AtomicJSONStorage
 from gateway.codec.pebble import PROFILES, DEFAULT_PROFILE
 from gateway.errors import W3gateError
 from gateway.verify.secp256k1 import Key, normalize_address

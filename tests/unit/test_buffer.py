@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from tinydb import TinyDB
 
-from gateway.buffer import storage as storage_mod
-from gateway.buffer.storage import AtomicJSONStorage
+from gateway import storage as storage_mod
+from gateway.storage import AtomicJSONStorage
 from gateway.buffer.store import (FullPolicy, RecordState, RecordStore, StoreConfig, StoreError,
                                   segment_name)
 
