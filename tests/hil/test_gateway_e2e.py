@@ -177,3 +177,53 @@ def test_a_restart_in_the_middle_loses_nothing_and_duplicates_nothing(tmp_path, 
     assert len(stored) == len(set(stored)), "a record was stored twice"
     status = gateway.status()
     assert status["rejected"].get("replay", 0) == 0  # redeliveries are recognised, not called replays
+
+
+def test_config_and_firmware_downlinks_reach_the_device(gateway, mosquitto, fleet):
+    devices = json.loads((fleet / "devices.json").read_text())
+    imei = next(d["imei"] for d in devices if d["profile"] == "riverrock-1.0.10")
+    out = cli("device", "config", imei, "--period", "60", "--channels", "8183", data_dir=gateway.data_dir,
+              config=gateway.config).stdout
+    assert f"backend/{imei}/config" in out
+    cli("device", "firmware", imei, "--version", "1.0.15", "--uri", "https://example.com/app_update.bin",
+        data_dir=gateway.data_dir, config=gateway.config)
+    too_big = cli("device", "firmware", imei, "--version", "1.0.16", "--uri", "https://example.com/" + "x" * 300,
+                  data_dir=gateway.data_dir, config=gateway.config, check=False)
+    assert too_big.returncode != 0 and "256" in too_big.stderr
+    summary = sim(mosquitto, fleet, "--messages", "1", "--time-scale", "300", "--qos", "1")
+    assert summary["downlinks"].get("config", 0) >= 1, summary
+    assert summary["ota"] >= 1, summary
+
+
+def test_the_gateway_reconnects_after_the_broker_restarts(tmp_path, mosquitto, fleet, gateway):
+    from gateway.broker import start_broker
+
+    port = mosquitto.port
+    mosquitto.stop()
+    gateway.wait_for(lambda s: not s["mqtt"]["connected"], what="the gateway to notice the broker is gone")
+    restarted = start_broker(tmp_path / "again", port=port)
+    try:
+        gateway.wait_for(lambda s: s["mqtt"]["connected"] and s["mqtt"]["connects"] >= 2, timeout=40,
+                         what="reconnect")
+        summary = sim(restarted, fleet, "--messages", "1", "--time-scale", "300", "--qos", "1")
+        gateway.wait_for(lambda s: s.get("accepted", {}).get("data", 0) == summary["published"]["data"],
+                         what="data after the reconnect")
+    finally:
+        restarted.stop()
+
+
+def test_a_full_buffer_refuses_by_policy_and_says_so(tmp_path, mosquitto, fleet):
+    gw = GatewayProcess(tmp_path, mosquitto.port, buffer__max_records=5, buffer__segment_records=5)
+    cli("device", "import", str(fleet / "devices.json"), data_dir=gw.data_dir)
+    gw.start()
+    try:
+        summary = sim(mosquitto, fleet, "--messages", "2", "--time-scale", "300", "--qos", "1")
+        sent = summary["published"]["data"]
+        status = gw.wait_for(lambda s: s.get("accepted_total", 0) + s.get("rejected_total", 0) == sent,
+                             what="every message judged")
+        assert status["accepted"]["data"] == 5
+        assert status["rejected"] == {"buffer_full": sent - 5}
+        assert status["buffer"]["refused_total"] == sent - 5
+        assert gw.log_text().count("buffer full") == 1  # one line per episode, not per record
+    finally:
+        gw.stop()
