@@ -80,17 +80,11 @@ class Verifier:
         self._check_size(imei, payload)
         if payload[:1] == b"{":
             return self._g1(imei, payload)
-        try:
-            package = pebble.decode_binpackage(payload)
-        except CodecError as e:
-            raise Rejection("malformed", e.detail, device=imei) from None
+        package = _decode(pebble.decode_binpackage, imei, payload)
         if package.type == pebble.PackageType.STATE:
             raise Rejection("unsupported", "STATE packages are never sent by released firmware",
                             device=imei)
-        device = self._device(imei)
-        self._check_time(imei, package.timestamp)
-        digest = hashlib.sha256(package.preimage).digest()
-        self._check_replay(imei, package.timestamp, digest)
+        device, digest = self._admit(imei, package.timestamp, package.preimage)
         try:
             if package.type == pebble.PackageType.DATA:
                 profile = pebble.PROFILES.get(device.profile)
@@ -110,14 +104,8 @@ class Verifier:
     def confirm(self, imei: str, payload: bytes) -> Accepted:
         """A ``ConfirmPackage`` from ``device/<IMEI>/confirm``: the device accepts its proposer."""
         self._check_size(imei, payload)
-        try:
-            package = pebble.decode_confirm(payload)
-        except CodecError as e:
-            raise Rejection("malformed", e.detail, device=imei) from None
-        device = self._device(imei)
-        self._check_time(imei, package.timestamp)
-        digest = hashlib.sha256(package.preimage).digest()
-        self._check_replay(imei, package.timestamp, digest)
+        package = _decode(pebble.decode_confirm, imei, payload)
+        device, digest = self._admit(imei, package.timestamp, package.preimage)
         self._check_signature(device, digest, package.signature)
         if not device.owner:
             raise Rejection("not_proposed", "no owner has proposed this device", device=imei)
@@ -134,14 +122,8 @@ class Verifier:
     # -- checks --------------------------------------------------------------------------------
 
     def _g1(self, imei: str, payload: bytes) -> Accepted:
-        try:
-            message = pebble.decode_g1(payload)
-        except CodecError as e:
-            raise Rejection("malformed", e.detail, device=imei) from None
-        device = self._device(imei)
-        self._check_time(imei, message.timestamp)
-        digest = hashlib.sha256(message.text).digest()
-        self._check_replay(imei, message.timestamp, digest)
+        message = _decode(pebble.decode_g1, imei, payload)
+        device, digest = self._admit(imei, message.timestamp, message.text)
         if message.public_key is not None and imei not in self._keys:
             key = Key(message.public_key)
             if key.address != device.address:
@@ -153,6 +135,14 @@ class Verifier:
             raise Rejection("nonce_reuse", f"nonce {message.random} was used by a recent message", device=imei)
         self.replay.remember(imei, message.timestamp, digest, message.random)
         return Accepted(device, "data", "json", message.timestamp, digest, message, payload)
+
+    def _admit(self, imei: str, timestamp: int, preimage: bytes) -> tuple[Device, bytes]:
+        """The checks every signed message passes before its signature: registered, fresh, new."""
+        device = self._device(imei)
+        self._check_time(imei, timestamp)
+        digest = hashlib.sha256(preimage).digest()
+        self._check_replay(imei, timestamp, digest)
+        return device, digest
 
     def _check_size(self, imei: str, payload: bytes) -> None:
         if len(payload) > self.policy.max_payload:
@@ -200,3 +190,10 @@ class Verifier:
                                 device=device.imei)
         self._keys[device.imei] = key
         return key
+
+
+def _decode(decoder: Callable, imei: str, payload: bytes):
+    try:
+        return decoder(payload)
+    except CodecError as e:
+        raise Rejection("malformed", e.detail, device=imei) from None
