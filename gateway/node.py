@@ -1,7 +1,8 @@
 """The running gateway: MQTT in, verification, durable buffer, acknowledgement, downlinks.
 
 Data flows one way: ``MqttLink`` hands each message to ``Node.on_message`` on the event loop,
-the ``Verifier`` accepts or rejects it, accepted records go to the ``GroupCommitter``, and the
+the ``Verifier`` admits or rejects it, the ``SignatureChecker`` verifies admitted messages in
+batches on its own thread, accepted records go to the ``GroupCommitter``, and the
 broker gets its acknowledgement only after the record is on disk. Rejections are counted by
 reason, logged once each (rate-limited), and acknowledged in order: nothing crashes the node.
 """
@@ -21,7 +22,8 @@ from gateway.config import Config
 from gateway.ingest.mqtt import Inbound, MqttLink
 from gateway.status import Counters, Latencies, RejectLog, read_status, write_status
 from gateway.verify.registry import STATUS_CODES, STATUS_CONFIRMED, Registry
-from gateway.verify.verifier import Accepted, Policy, Rejection, Verifier
+from gateway.verify.checker import SignatureChecker
+from gateway.verify.verifier import Accepted, Admitted, Policy, Rejection, Verifier
 
 log = logging.getLogger("w3gate.node")
 
@@ -42,6 +44,7 @@ class Node:
         self.store = RecordStore(config.records_path, StoreConfig(
             segment_records=b.segment_records, max_records=b.max_records,
             full_policy=FullPolicy(b.full_policy), retention_s=b.retention_s))
+        self.checker = SignatureChecker()
         self.committer = GroupCommitter(self.store, max_batch=b.max_batch, min_interval_s=b.commit_interval_s)
         self.link = MqttLink(config.mqtt, SUBSCRIPTIONS, self.on_message)
         self.counters = Counters(read_status(config.status_path))
@@ -70,6 +73,7 @@ class Node:
             await stop.wait()
         finally:
             self.link.pause()  # take no more; what is unacknowledged stays with the broker
+            await self.checker.drain()
             await self.committer.drain()
             self.link.close()
             await link
@@ -79,6 +83,7 @@ class Node:
             self._write_status()
             await self.committer.call(self.store.close)
             self.committer.close()
+            self.checker.close()
             if self._trace:
                 self._trace.close()
             log.info("w3gate stopped: everything received is on disk or still with the broker")
@@ -126,24 +131,24 @@ class Node:
     def on_message(self, msg: Inbound) -> None:
         parts = msg.topic.split("/")
         if len(parts) != 3 or parts[0] != "device":
-            return self._reject(msg, Rejection("malformed", f"unexpected topic {msg.topic}"))
+            return self._rejected(msg, Rejection("malformed", f"unexpected topic {msg.topic}"))
         imei, channel = parts[1].removeprefix("nrf-"), parts[2]
+        if channel == "query":
+            self._answer_query(imei)
+            return self.committer.submit(None, self._acker(msg))
         try:
-            if channel == "data":
-                accepted = self.verifier.data(imei, msg.payload)
-            elif channel == "confirm":
-                accepted = self.verifier.confirm(imei, msg.payload)
-            elif channel == "query":
-                self._answer_query(imei)
-                return self.committer.submit(None, self._acker(msg))
-            else:
+            if channel not in ("data", "confirm"):
                 raise Rejection("malformed", f"unexpected topic {msg.topic}", device=imei)
+            admitted = self.verifier.admit(channel, imei, msg.payload)
         except Rejection as rejection:
-            if rejection.reason == "replay" and msg.dup:
-                # the broker redelivers what we stored but could not acknowledge before a crash
-                self.counters.redelivered += 1
-                return self.committer.submit(None, self._acker(msg))
-            return self._reject(msg, rejection)
+            return self._rejected(msg, rejection)
+        self.checker.submit(admitted, lambda valid: self._checked(msg, admitted, valid))
+
+    def _checked(self, msg: Inbound, admitted: Admitted, valid: bool) -> None:
+        try:
+            accepted = self.verifier.conclude(admitted, valid)
+        except Rejection as rejection:
+            return self._rejected(msg, rejection)
         self.committer.submit(record_doc(accepted, msg.received, msg.topic), self._on_durable(msg, accepted))
         if self.committer.backlog > PAUSE_ABOVE and not self._paused:
             self._paused = True
@@ -172,8 +177,12 @@ class Node:
     def _acker(self, msg: Inbound):
         return lambda seq: self.link.ack(msg.mid, msg.qos)
 
-    def _reject(self, msg: Inbound, rejection: Rejection) -> None:
-        self._count_rejection(msg, rejection)
+    def _rejected(self, msg: Inbound, rejection: Rejection) -> None:
+        if rejection.reason == "replay" and msg.dup:
+            # the broker redelivers what we stored but could not acknowledge before a crash
+            self.counters.redelivered += 1
+        else:
+            self._count_rejection(msg, rejection)
         self.committer.submit(None, self._acker(msg))
 
     def _count_rejection(self, msg: Inbound, rejection: Rejection) -> None:

@@ -23,16 +23,20 @@ class ReplayGuard:
         self._nonces: dict[str, tuple[deque, set]] = {}
         self._oldest_bucket = 0
 
+    @staticmethod
+    def key(device: str, digest: bytes) -> bytes:
+        return digest[:16] + device.encode()
+
     def seen(self, device: str, timestamp: int, digest: bytes) -> bool:
         bucket = self._buckets.get(timestamp // BUCKET_S)
-        return bucket is not None and _key(device, digest) in bucket
+        return bucket is not None and self.key(device, digest) in bucket
 
     def nonce_seen(self, device: str, nonce: str) -> bool:
         entry = self._nonces.get(device)
         return entry is not None and nonce in entry[1]
 
     def remember(self, device: str, timestamp: int, digest: bytes, nonce: str | None) -> None:
-        self._buckets.setdefault(timestamp // BUCKET_S, set()).add(_key(device, digest))
+        self._buckets.setdefault(timestamp // BUCKET_S, set()).add(self.key(device, digest))
         if nonce:
             order, members = self._nonces.setdefault(device, (deque(), set()))
             order.append(nonce)
@@ -51,7 +55,3 @@ class ReplayGuard:
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets.values())
-
-
-def _key(device: str, digest: bytes) -> bytes:
-    return digest[:16] + device.encode()

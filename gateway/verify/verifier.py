@@ -56,6 +56,23 @@ class Accepted:
     payload: bytes  # exactly as received
 
 
+@dataclass(slots=True)
+class Admitted:
+    """A message that passed every check but its signature."""
+
+    device: Device
+    kind: str
+    wire: str
+    timestamp: int
+    digest: bytes
+    body: object
+    payload: bytes
+    signature: bytes
+    nonce: str | None
+    key: Key  # the device's key, cached or just learned
+    replay_key: bytes
+
+
 @dataclass(frozen=True)
 class Policy:
     max_payload: int = 1024  # bytes; a real BinPackage is under 600
@@ -72,14 +89,42 @@ class Verifier:
         self.clock = clock
         self.replay = ReplayGuard(policy.max_age_s + policy.max_future_s, nonce_memory=policy.nonce_memory)
         self._keys: dict[str, Key] = {}
+        self._inflight: set[bytes] = set()
 
     # -- entry points --------------------------------------------------------------------------
 
     def data(self, imei: str, payload: bytes) -> Accepted:
         """A message from ``device/<IMEI>/data``: a DATA or CONFIG BinPackage, or G1 JSON."""
+        return self.check(self.admit("data", imei, payload))
+
+    def confirm(self, imei: str, payload: bytes) -> Accepted:
+        """A ``ConfirmPackage`` from ``device/<IMEI>/confirm``: the device accepts its proposer."""
+        return self.check(self.admit("confirm", imei, payload))
+
+    def check(self, admitted: "Admitted") -> Accepted:
+        """Verify the signature here and now (``admit`` then ``conclude``)."""
+        return self.conclude(admitted, admitted.key.verify(admitted.digest, admitted.signature))
+
+    def admit(self, channel: str, imei: str, payload: bytes) -> "Admitted":
+        """Every check but the signature itself, which the caller may run elsewhere (on another
+        thread: libsecp256k1 releases the GIL) before calling ``conclude`` in arrival order."""
         self._check_size(imei, payload)
+        if channel == "confirm":
+            package = _decode(pebble.decode_confirm, imei, payload)
+            device, digest = self._admit(imei, package.timestamp, package.preimage)
+            return self._admitted(device, "confirm", "protobuf", package.timestamp, digest, package, payload,
+                                  package.signature, None)
         if payload[:1] == b"{":
-            return self._g1(imei, payload)
+            message = _decode(pebble.decode_g1, imei, payload)
+            device, digest = self._admit(imei, message.timestamp, message.text)
+            if message.public_key is not None and imei not in self._keys:
+                key = Key(message.public_key)
+                if key.address != device.address:
+                    raise Rejection("bad_signature", f"eccPubkey belongs to {key.address}, not {device.address}",
+                                    device=imei)
+                self._keys[imei] = key
+            return self._admitted(device, "data", "json", message.timestamp, digest, message, payload,
+                                  message.signature, message.random)
         package = _decode(pebble.decode_binpackage, imei, payload)
         if package.type == pebble.PackageType.STATE:
             raise Rejection("unsupported", "STATE packages are never sent by released firmware",
@@ -95,46 +140,40 @@ class Verifier:
                 body, kind, nonce = pebble.decode_sensor_config(package.data), "config", None
         except CodecError as e:
             raise Rejection("malformed", e.detail, device=imei) from None
-        self._check_signature(device, digest, package.signature)
-        if nonce and self.replay.nonce_seen(imei, nonce):
-            raise Rejection("nonce_reuse", f"nonce {nonce} was used by a recent message", device=imei)
-        self.replay.remember(imei, package.timestamp, digest, nonce)
-        return Accepted(device, kind, "protobuf", package.timestamp, digest, body, payload)
+        return self._admitted(device, kind, "protobuf", package.timestamp, digest, body, payload,
+                              package.signature, nonce)
 
-    def confirm(self, imei: str, payload: bytes) -> Accepted:
-        """A ``ConfirmPackage`` from ``device/<IMEI>/confirm``: the device accepts its proposer."""
-        self._check_size(imei, payload)
-        package = _decode(pebble.decode_confirm, imei, payload)
-        device, digest = self._admit(imei, package.timestamp, package.preimage)
-        self._check_signature(device, digest, package.signature)
-        if not device.owner:
-            raise Rejection("not_proposed", "no owner has proposed this device", device=imei)
-        if package.owner_address.lower() != device.owner.lower():
-            raise Rejection("wrong_owner", f"confirm names {package.owner_address}, proposer is {device.owner}",
-                            device=imei)
-        self.replay.remember(imei, package.timestamp, digest, None)
-        return Accepted(device, "confirm", "protobuf", package.timestamp, digest, package, payload)
+    def conclude(self, a: "Admitted", valid: bool) -> Accepted:
+        """Judge an admitted message once its signature was checked; must run in arrival order."""
+        imei = a.device.imei
+        self._inflight.discard(a.replay_key)
+        if not valid:
+            raise Rejection("bad_signature", f"signature does not verify for {a.device.address}", device=imei)
+        if a.kind == "confirm":
+            if not a.device.owner:
+                raise Rejection("not_proposed", "no owner has proposed this device", device=imei)
+            if a.body.owner_address.lower() != a.device.owner.lower():
+                raise Rejection("wrong_owner", f"confirm names {a.body.owner_address}, proposer is {a.device.owner}",
+                                device=imei)
+        if a.nonce and self.replay.nonce_seen(imei, a.nonce):
+            raise Rejection("nonce_reuse", f"nonce {a.nonce} was used by a recent message", device=imei)
+        self.replay.remember(imei, a.timestamp, a.digest, a.nonce)
+        return Accepted(a.device, a.kind, a.wire, a.timestamp, a.digest, a.body, a.payload)
+
+    def _admitted(self, device: Device, kind: str, wire: str, timestamp: int, digest: bytes, body: object,
+                  payload: bytes, signature: bytes, nonce: str | None) -> "Admitted":
+        key = self._keys.get(device.imei)
+        if key is None or key.address != device.address:
+            key = self._learn_key(device, digest, signature)
+        replay_key = self.replay.key(device.imei, digest)
+        self._inflight.add(replay_key)  # an identical copy arriving before we conclude is a replay too
+        return Admitted(device, kind, wire, timestamp, digest, body, payload, signature, nonce, key, replay_key)
 
     def forget_keys(self) -> None:
         """Drop cached keys (after the registry changed)."""
         self._keys.clear()
 
     # -- checks --------------------------------------------------------------------------------
-
-    def _g1(self, imei: str, payload: bytes) -> Accepted:
-        message = _decode(pebble.decode_g1, imei, payload)
-        device, digest = self._admit(imei, message.timestamp, message.text)
-        if message.public_key is not None and imei not in self._keys:
-            key = Key(message.public_key)
-            if key.address != device.address:
-                raise Rejection("bad_signature", f"eccPubkey belongs to {key.address}, not {device.address}",
-                                device=imei)
-            self._keys[imei] = key
-        self._check_signature(device, digest, message.signature)
-        if message.random and self.replay.nonce_seen(imei, message.random):
-            raise Rejection("nonce_reuse", f"nonce {message.random} was used by a recent message", device=imei)
-        self.replay.remember(imei, message.timestamp, digest, message.random)
-        return Accepted(device, "data", "json", message.timestamp, digest, message, payload)
 
     def _admit(self, imei: str, timestamp: int, preimage: bytes) -> tuple[Device, bytes]:
         """The checks every signed message passes before its signature: registered, fresh, new."""
@@ -166,16 +205,8 @@ class Verifier:
                             f"limit {self.policy.max_future_s:.0f} s", device=imei)
 
     def _check_replay(self, imei: str, timestamp: int, digest: bytes) -> None:
-        if self.replay.seen(imei, timestamp, digest):
+        if self.replay.seen(imei, timestamp, digest) or self.replay.key(imei, digest) in self._inflight:
             raise Rejection("replay", f"message {digest.hex()[:16]} was already accepted", device=imei)
-
-    def _check_signature(self, device: Device, digest: bytes, signature: bytes) -> None:
-        key = self._keys.get(device.imei)
-        if key is None or key.address != device.address:
-            key = self._learn_key(device, digest, signature)
-        if not key.verify(digest, signature):
-            raise Rejection("bad_signature", f"signature does not verify for {device.address}",
-                            device=device.imei)
 
     def _learn_key(self, device: Device, digest: bytes, signature: bytes) -> Key:
         if device.public_key:
