@@ -268,3 +268,24 @@ def test_two_devices_confirming_one_owner_in_the_same_second_are_not_replays(reg
         with pytest.raises(Rejection) as e:
             v.confirm(imei, payload)
         assert e.value.reason == "replay"
+
+
+def test_a_copy_arriving_while_the_original_is_being_checked_is_a_replay(registry, signer):
+    now = 1_800_000_000
+    v = make_verifier(registry, now)
+    payload = signer.data(now, nonce="1" * 16)
+    first = v.admit("data", signer.imei, payload)
+    with pytest.raises(Rejection) as e:
+        v.admit("data", signer.imei, payload)  # the first one's signature is still being checked
+    assert e.value.reason == "replay"
+    assert v.conclude(first, first.key.verify(first.digest, first.signature)).kind == "data"
+
+
+def test_a_failed_signature_check_is_refused_and_not_remembered(registry, signer):
+    now = 1_800_000_000
+    v = make_verifier(registry, now)
+    admitted = v.admit("data", signer.imei, signer.data(now, nonce="2" * 16))
+    with pytest.raises(Rejection) as e:
+        v.conclude(admitted, False)
+    assert e.value.reason == "bad_signature"
+    assert not v.replay.seen(signer.imei, now, admitted.digest)
