@@ -59,8 +59,8 @@ class Node:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down without losing anything received."""
-        # Each signature check releases the GIL for ~50 us; with the default 5 ms switch interval
-        # the store thread can then keep it for milliseconds and the message loop convoys behind it.
+        # The signature and store threads take the GIL whenever the loop releases it; with the
+        # default 5 ms switch interval the loop can then wait milliseconds to get it back.
         sys.setswitchinterval(0.0005)
         await self._rebuild_replay_state()
         self._buffer_stats = await self.committer.call(self.store.stats)
@@ -93,14 +93,15 @@ class Node:
         since = time.time() - self.verifier.policy.max_age_s - self.verifier.policy.max_future_s
 
         def scan() -> int:
-            count = 0
+            recent = []
             for doc in self.store.iter_records(newest_first=True):  # lazily, newest segment first
                 if doc["rx"] < since - 60:  # a minute of slack for receive-order jitter
                     break
+                recent.append(doc)
+            for doc in reversed(recent):  # oldest first, so each device keeps its latest nonces
                 self.verifier.replay.remember(doc["device"], doc["ts"], bytes.fromhex(doc["digest"]),
                                               nonce_of(doc))
-                count += 1
-            return count
+            return len(recent)
 
         count = await self.committer.call(scan)
         if count:

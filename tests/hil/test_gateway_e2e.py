@@ -227,3 +227,17 @@ def test_a_full_buffer_refuses_by_policy_and_says_so(tmp_path, mosquitto, fleet)
         assert gw.log_text().count("buffer full") == 1  # one line per episode, not per record
     finally:
         gw.stop()
+
+
+def test_replay_protection_survives_a_restart(gateway, mosquitto, fleet):
+    observer = Observer(mosquitto)
+    sim(mosquitto, fleet, "--messages", "1", "--time-scale", "300", "--qos", "1")
+    gateway.wait_for(lambda s: s.get("accepted", {}).get("data", 0) == 6, what="the first readings")
+    captured = [(t, p) for t, p in observer.messages if t.endswith("/data")]
+    observer.stop()
+    assert gateway.stop() == 0
+    gateway.start()
+    _publish(mosquitto, captured)  # an attacker replays what it sniffed, after the restart
+    status = gateway.wait_for(lambda s: s.get("rejected", {}).get("replay", 0) == len(captured),
+                              what="every replay refused")
+    assert status["accepted"]["data"] == 6
