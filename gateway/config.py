@@ -118,7 +118,8 @@ def _coerce(value: object, default: object, name: str) -> object:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a {type(default).__name__}, got {value!r}") from None
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default), "a string")
+        raise ConfigError(f"{name} must be {kind}, got {value!r}") from None
 
 
 def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None,

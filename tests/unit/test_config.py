@@ -30,7 +30,7 @@ def test_data_dir_argument_wins(tmp_path):
 
 @pytest.mark.parametrize("text,message", [
     ("[mqtt]\nprot = 1\n", "unknown key mqtt.prot"),
-    ("[mqtt]\nport = 'x'\n", "mqtt.port must be a int"),
+    ("[mqtt]\nport = 'x'\n", "mqtt.port must be an integer"),
     ("[buffer]\nfull_policy = 'drop-newest'\n", "full_policy"),
     ("nonsense = 1\n", "unknown key 'nonsense'"),
     ("[mqtt\n", "config file"),
