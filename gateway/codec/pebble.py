@@ -177,27 +177,28 @@ def decode_sensor_data(data: bytes, *, temperature_hint: str | None = None) -> S
         m = pb.SensorData.FromString(data)
     except DecodeError as e:
         raise CodecError(f"SensorData does not parse: {e}") from None
-    has = m.HasField
-    t2 = int32(m.temperature2) if has("temperature2") else None
+    f = {field.name: value for field, value in m.ListFields()}  # one pass over the set fields
+    raw_t2 = f.get("temperature2")
+    t2 = int32(raw_t2) if raw_t2 is not None else None
     temperature = encoding = None
-    if has("temperature"):
-        encoding = temperature_encoding(m.temperature, m.temperature2 if t2 is not None else None,
-                                        temperature_hint)
-        temperature = int32(m.temperature) if encoding == "uint32" else zigzag_decode(m.temperature)
+    raw6 = f.get("temperature")
+    if raw6 is not None:
+        encoding = temperature_encoding(raw6, raw_t2, temperature_hint)
+        temperature = int32(raw6) if encoding == "uint32" else zigzag_decode(raw6)
     return SensorData(
-        snr=m.snr if has("snr") else None,
-        vbat=m.vbat if has("vbat") else None,
-        latitude=m.latitude if has("latitude") else None,
-        longitude=m.longitude if has("longitude") else None,
-        gas_resistance=m.gasResistance if has("gasResistance") else None,
+        snr=f.get("snr"),
+        vbat=f.get("vbat"),
+        latitude=f.get("latitude"),
+        longitude=f.get("longitude"),
+        gas_resistance=f.get("gasResistance"),
         temperature=temperature,
-        pressure=m.pressure if has("pressure") else None,
-        humidity=m.humidity if has("humidity") else None,
-        light=m.light if has("light") else None,
+        pressure=f.get("pressure"),
+        humidity=f.get("humidity"),
+        light=f.get("light"),
         temperature2=t2,
-        gyroscope=_triple(m.gyroscope, "gyroscope"),
-        accelerometer=_triple(m.accelerometer, "accelerometer"),
-        random=m.random,
+        gyroscope=_triple(f.get("gyroscope", ()), "gyroscope"),
+        accelerometer=_triple(f.get("accelerometer", ()), "accelerometer"),
+        random=f.get("random", ""),
         temperature_encoding=encoding or temperature_hint or "sint32",
     )
 
