@@ -199,6 +199,8 @@ def main() -> None:
         print(f"  lost / stored twice:                           {lost:>7} / {status['buffer']['records'] - 3 * n}")
         print(f"  gateway peak RSS:                              {rss / 1024:>7.1f} MB")
         print(f"  rejected by the gateway:                       {status.get('rejected', {})}")
+        for key in ("latency_receive_to_verified", "latency_receive_to_durable"):
+            print(f"  gateway-side {key[8:]:<26} (last {status[key].get('samples', 0)}): {status[key]}")
     finally:
         if gateway is not None:
             stop_group(gateway)

@@ -48,7 +48,8 @@ class Node:
         self.committer = GroupCommitter(self.store, max_batch=b.max_batch, min_interval_s=b.commit_interval_s)
         self.link = MqttLink(config.mqtt, SUBSCRIPTIONS, self.on_message)
         self.counters = Counters(read_status(config.status_path))
-        self.latency = Latencies()
+        self.latency = Latencies()  # receive -> durable (and acknowledged)
+        self.verify_latency = Latencies()  # receive -> signature checked and concluded
         self.reject_log = RejectLog()
         self.started = time.time()
         self._buffer_stats: dict = {}
@@ -146,6 +147,7 @@ class Node:
         self.checker.submit(admitted, lambda valid: self._checked(msg, admitted, valid))
 
     def _checked(self, msg: Inbound, admitted: Admitted, valid: bool) -> None:
+        self.verify_latency.add(time.time() - msg.received)
         try:
             accepted = self.verifier.conclude(admitted, valid)
         except Rejection as rejection:
@@ -223,6 +225,7 @@ class Node:
             "devices": len(self.registry),
             "buffer": {**self._buffer_stats, "pending": self.committer.backlog,
                        "commits": self.committer.commits, "write_failures": self.committer.failures},
+            "latency_receive_to_verified": self.verify_latency.percentiles(),
             "latency_receive_to_durable": self.latency.percentiles(),
         }
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter, deque
 from pathlib import Path
 
-from gateway.storage import atomic_write
 
 reject_log = logging.getLogger("w3gate.reject")
 
@@ -69,7 +69,12 @@ class Counters:
 
 
 def write_status(path: Path, status: dict) -> None:
-    atomic_write(path, json.dumps(status, indent=1, sort_keys=True).encode())
+    """Replace the status file atomically but without fsync: it is rewritten every second from the
+    event loop, where an fsync would stall message handling, and losing it in a power cut costs
+    nothing (the counters resume from the previous copy)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(json.dumps(status, indent=1, sort_keys=True).encode())
+    os.replace(tmp, path)
 
 
 def read_status(path: Path) -> dict | None:

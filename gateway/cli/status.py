@@ -49,9 +49,10 @@ def status(as_json, config_path, data_dir) -> None:
     click.echo(f"buffer     {buf.get('records', 0)} records in {buf.get('segments', 0)} segments, "
                f"{buf.get('bytes', 0) / 1e6:.1f} MB; refused {buf.get('refused_total', 0)}, "
                f"dropped {buf.get('dropped_total', 0)}, expired {buf.get('expired_total', 0)}")
-    lat = info.get("latency_receive_to_durable") or {}
-    if lat:
-        click.echo(f"latency    receive→durable p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
+    for label, key in (("verified", "latency_receive_to_verified"), ("durable", "latency_receive_to_durable")):
+        lat = info.get(key) or {}
+        if lat:
+            click.echo(f"latency    receive→{label:<8} p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
 
 
 COMMANDS = [status]
