@@ -24,8 +24,8 @@ from gateway.buffer.store import RecordStore, StoreConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000.0
-TEMPLATE = {"rx": T0, "device": "351358810263514", "kind": "data", "wire": "pb", "ts": 1_700_000_000,
-            "digest": "9f" * 32, "topic": "device/nrf-351358810263514/data", "trust": "secure-element",
+TEMPLATE = {"rx": T0, "device": "351358810263514", "kind": "data", "wire": "protobuf", "ts": 1_700_000_000,
+            "digest": "9f" * 32, "trust": "secure-element",
             "payload": "CAEQAhi4gqa0BiIbCAoQnAIY9gMgACgAMJ4BOABAAEgAUABYAGAAaABwAA=="}
 
 

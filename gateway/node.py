@@ -152,7 +152,7 @@ class Node:
             accepted = self.verifier.conclude(admitted, valid)
         except Rejection as rejection:
             return self._rejected(msg, rejection)
-        self.committer.submit(record_doc(accepted, msg.received, msg.topic), self._on_durable(msg, accepted))
+        self.committer.submit(record_doc(accepted, msg.received), self._on_durable(msg, accepted))
         if self.committer.backlog > PAUSE_ABOVE and not self._paused:
             self._paused = True
             self.link.pause()

@@ -16,7 +16,7 @@ from gateway.verify.verifier import Accepted
 TRUST_SECURE_ELEMENT = "secure-element"
 
 
-def record_doc(accepted: Accepted, received: float, topic: str) -> dict:
+def record_doc(accepted: Accepted, received: float) -> dict:
     return {
         "rx": received,
         "device": accepted.device.imei,
@@ -24,7 +24,6 @@ def record_doc(accepted: Accepted, received: float, topic: str) -> dict:
         "wire": accepted.wire,
         "ts": accepted.timestamp,
         "digest": accepted.digest.hex(),
-        "topic": topic,
         "trust": TRUST_SECURE_ELEMENT,
         "payload": base64.b64encode(accepted.payload).decode(),
     }
