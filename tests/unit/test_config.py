@@ -45,3 +45,16 @@ def test_bad_files_are_clear_errors(tmp_path, text, message):
 def test_bad_environment_value_names_the_variable():
     with pytest.raises(ConfigError, match="W3GATE_MQTT_PORT"):
         load_config(env={"W3GATE_MQTT_PORT": "many"})
+
+
+def test_the_defaults_printed_by_the_cli_load_back_as_a_config_file(tmp_path):
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    text = CliRunner().invoke(main, ["config", "--defaults"]).output
+    path = tmp_path / "w3gate.toml"
+    path.write_text(text)
+    assert load_config(path, env={}) == load_config(env={})
+    shown = CliRunner().invoke(main, ["config", "--config", str(path)], env={"W3GATE_MQTT_PORT": "1999"}).output
+    assert '"port": 1999' in shown
