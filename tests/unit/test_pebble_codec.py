@@ -79,7 +79,8 @@ def test_temperature_round_trips_in_both_encodings_including_negative(encoding, 
 def test_imu_arrays_are_packed_on_encode_and_accepted_unpacked_on_decode():
     data = pebble.SensorData(gyroscope=(22, -8, 3), accelerometer=(-27, 8179, 177), random="ab" * 8)
     encoded = pebble.encode_sensor_data(data)
-    assert bytes([0x5A]) in encoded  # field 11, wire type 2 (packed)
+    # field 11, wire type 2 (packed): tag 0x5A, 3 bytes, zigzag 22 -8 3; then field 12 packed (0x62)
+    assert encoded.startswith(bytes([0x5A, 3, 44, 15, 6, 0x62]))
     unpacked = bytes([0x58, 44, 0x58, 15, 0x58, 6])  # field 11 as three varints (zigzag)
     decoded = pebble.decode_sensor_data(unpacked)
     assert decoded.gyroscope == (22, -8, 3)
