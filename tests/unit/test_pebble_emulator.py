@@ -306,7 +306,8 @@ def test_leading_zero_defect_garbles_about_one_in_128_low_s_signatures(tmp_path,
             verify(verifier, message)
     assert bool(garbled) is affected
     if affected:
-        assert 5 <= len(garbled) <= 50  # 3000 / 128 ~ 23
+        # r has a zero first byte 1 time in 256, low-S s (< n/2) 1 time in 128: 3000 * 3/256 ~ 35 +- 6
+        assert 10 <= len(garbled) <= 70
         assert injector.counts["leading_zero"] == len(garbled)
         assert injector.counts["clean"] == count - len(garbled)
 
@@ -462,9 +463,7 @@ def test_fleet_publishes_registers_and_reaches_a_subscriber(tmp_path, mosquitto)
     real mosquitto, then publish two DATA messages each at time-scale 100."""
     identities = fleet_of(tmp_path, 4, "mixed")
     registry = registry_for(tmp_path, identities)
-    # one verifier per device: the gateway's replay guard keys on the digest alone, and confirms
-    # of one owner in the same second have the same preimage on every device
-    verifiers = {i.imei: Verifier(registry) for i in identities}
+    verifier = Verifier(registry)  # one gateway judges them all (confirms of one owner included)
     received: list[tuple[str, bytes]] = []
     confirmed: set[str] = set()
     lock = threading.Lock()
@@ -480,13 +479,15 @@ def test_fleet_publishes_registers_and_reaches_a_subscriber(tmp_path, mosquitto)
             confirmed.add(imei)
             client.publish(f"backend/{imei}/status", json.dumps({"status": 2, "proposer": OWNER}), qos=1)
 
+    subscribed = threading.Event()
     backend = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-backend")
     backend.on_message = on_message
+    backend.on_subscribe = lambda *args: subscribed.set()
     backend.connect("127.0.0.1", mosquitto.port)
     backend.subscribe([("device/+/data", 1), ("device/+/query", 1), ("device/+/confirm", 1)])
     backend.loop_start()
     try:
-        time.sleep(0.2)  # subscribed before the fleet starts
+        assert subscribed.wait(10), "the test backend never got its SUBACK"
         fleet = Fleet(identities, port=mosquitto.port, qos=1, time_scale=100, upload_period=10, register=True)
         summary = fleet.run_sync(messages=2, duration=20)
         deadline = time.monotonic() + 5
@@ -505,7 +506,6 @@ def test_fleet_publishes_registers_and_reaches_a_subscriber(tmp_path, mosquitto)
     by_topic: dict[str, list[str]] = {}
     for topic, payload in received:
         if topic.endswith("/data") or topic.endswith("/confirm"):
-            verifier = verifiers[topic_imei(topic)]
             accepted = verifier.confirm(topic_imei(topic), payload) if topic.endswith("/confirm") \
                 else verifier.data(topic_imei(topic), payload)
             by_topic.setdefault(topic, []).append(accepted.kind)
