@@ -16,7 +16,7 @@ nonce_reuse     fresh data reusing an earlier nonce of this device           non
 unknown_device  a fresh message under an IMEI nobody registered              unknown_device
 leading_zero    not drawn per message: enables the Riverrock <= 1.0.13       bad_signature
                 leading-zero defect (pebble.md 4.2) on low-S devices, which
-                then garbles the ~1 in 128 signatures that have a zero byte
+                then garbles the ~1 in 85 signatures that have a zero byte
 =============== ============================================================ ================
 """
 from __future__ import annotations

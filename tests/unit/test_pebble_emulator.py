@@ -289,7 +289,7 @@ def test_each_fault_is_refused_for_its_reason(tmp_path, kind, profile):
 
 
 @pytest.mark.parametrize("profile,affected", [("riverrock-1.0.10", True), ("riverrock-1.0.14", False)])
-def test_leading_zero_defect_garbles_about_one_in_128_low_s_signatures(tmp_path, profile, affected):
+def test_leading_zero_defect_garbles_about_one_low_s_signature_in_85(tmp_path, profile, affected):
     identity = fleet_of(tmp_path, 1, profile)[0]
     verifier = Verifier(registry_for(tmp_path, [identity]), clock=lambda: NOW)
     device, injector = PebbleDevice(identity), FaultInjector("leading_zero", seed=1)
