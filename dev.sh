@@ -36,5 +36,6 @@ case "$cmd" in
   test)  setup; exec "$VENV/bin/python" -m pytest "$@" ;;
   soak)  setup; exec "$VENV/bin/python" -m pytest -m slow "$@" ;;
   bench) setup; exec "$VENV/bin/python" -m bench "$@" ;;
+  setup) setup ;;
   *) sed -n '2,7p' "$0"; exit 2 ;;
 esac
