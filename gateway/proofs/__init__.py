@@ -1,0 +1,1 @@
+"""Proofs that a device record was seen by this gateway: Merkle batches anchored on chain."""
