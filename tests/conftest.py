@@ -26,3 +26,13 @@ def mosquitto(tmp_path):
     broker = start_broker(tmp_path)
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def anvil(tmp_path):
+    """A real anvil chain (id 31337) on a random loopback port, stopped after the test."""
+    from tests.support.anvil import start_anvil
+
+    chain = start_anvil(tmp_path / "anvil")
+    yield chain
+    chain.stop()
