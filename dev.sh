@@ -27,6 +27,12 @@ setup() {
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
   "$VENV/bin/pip" install -q -e ".[test]"
+  # solc and anvil for the contract and chain tests, pinned in package-lock.json
+  command -v npm >/dev/null || {
+    echo "w3gate needs Node.js 20 and npm for its contract and chain tests (https://nodejs.org)" >&2; exit 1; }
+  if [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund --loglevel=error >/dev/null
+  fi
 }
 
 cmd=${1:-help}
