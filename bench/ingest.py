@@ -59,24 +59,66 @@ def vm_hwm_kb(pid: int) -> int:
     return 0
 
 
-def read_trace(path: Path) -> dict[str, tuple[float, float]]:
-    out = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 3:
-                out[parts[0]] = (float(parts[1]), float(parts[2]))
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time (user + system) of the process's main thread and of all its other threads."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"main": 0.0, "threads": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        out["main" if int(task.name) == pid else "threads"] += seconds
     return out
 
 
-def wait_durable(trace: Path, messages: list, timeout: float) -> dict:
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, all cores."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU time of a process's child processes that are still running (the verify worker)."""
+    total = 0.0
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        total += sum(cpu_seconds(int(child)).values())
+    return total
+
+
+class Trace:
+    """The gateway's durability trace (digest, received, durable per line), read incrementally so
+    polling it costs the machine next to nothing while the gateway is measured."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[str, tuple[float, float]] = {}
+        self._offset = 0
+
+    def poll(self) -> dict[str, tuple[float, float]]:
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+            end = data.rfind(b"\n") + 1  # a line still being written is read next time
+            self._offset += end
+            for line in data[:end].decode().splitlines():
+                parts = line.split()
+                if len(parts) == 3:
+                    self.records[parts[0]] = (float(parts[1]), float(parts[2]))
+        return self.records
+
+
+def wait_durable(trace: Trace, messages: list, timeout: float) -> dict:
     """Wait until every message's digest is in the gateway's durability trace."""
     wanted = {d for _, _, d in messages}
     deadline = time.time() + timeout
-    durable = read_trace(trace)
+    durable = trace.poll()
     while not wanted <= durable.keys() and time.time() < deadline:
-        time.sleep(0.2)
-        durable = read_trace(trace)
+        time.sleep(0.5)
+        durable = trace.poll()
     got = [durable[d][1] for d in wanted if d in durable]
     return {"trace": durable, "durable": len(got), "missing": len(wanted) - len(got),
             "first_received": min((durable[d][0] for d in wanted if d in durable), default=0.0),
@@ -84,7 +126,7 @@ def wait_durable(trace: Path, messages: list, timeout: float) -> dict:
 
 
 def run_phase(name: str, work: Path, port: int, messages: list[tuple[str, bytes, str]], *, rate: float,
-              publishers: int, trace: Path, timeout: float) -> dict:
+              publishers: int, trace: Trace, timeout: float) -> dict:
     """Publish ``messages`` from ``publishers`` processes at ``rate`` in total; wait until all are durable."""
     chunks = [messages[i::publishers] for i in range(publishers)]
     procs = []
@@ -129,6 +171,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=2_000, help="offered rate of the latency phase (msg/s)")
     parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument("--drain-only", action="store_true", help="measure the drain phase only")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--profile", metavar="FILE", help="run the gateway under cProfile, stats to FILE")
     args = parser.parse_args()
@@ -145,11 +188,12 @@ def main() -> None:
         w3gate = [sys.executable, "-m", "gateway"]
         subprocess.run([*w3gate, "device", "import", str(fleet_dir / "devices.json"), "--data-dir", str(data_dir)],
                        check=True, capture_output=True)
-        print(f"pre-signing {3 * args.messages} messages from {args.devices} emulated Pebbles ...", flush=True)
+        print(f"pre-signing {(1 if args.drain_only else 3) * args.messages} messages from {args.devices} emulated Pebbles ...", flush=True)
         t = time.time()
-        msgs = pregenerate(fleet_dir, 3 * args.messages)
+        msgs = pregenerate(fleet_dir, (1 if args.drain_only else 3) * args.messages)
         print(f"  done in {time.time() - t:.1f} s", flush=True)
-        trace = work / "trace.txt"
+        trace_path = work / "trace.txt"
+        trace = Trace(trace_path)
         env = {**os.environ, "W3GATE_MQTT_PORT": str(broker.port), "W3GATE_LOG_LEVEL": "warning",
                "W3GATE_MQTT_CLIENT_ID": "w3gate-bench"}
         profile = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
@@ -157,7 +201,7 @@ def main() -> None:
         def start_gateway() -> subprocess.Popen:
             (data_dir / "status.json").unlink(missing_ok=True)
             proc = subprocess.Popen([sys.executable, *profile, "-m", "gateway", "run", "--data-dir", str(data_dir),
-                                     "--trace", str(trace)], env=env, stdout=open(work / "gateway.log", "ab"),
+                                     "--trace", str(trace_path)], env=env, stdout=open(work / "gateway.log", "ab"),
                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
             deadline = time.time() + 20
             while time.time() < deadline:
@@ -174,11 +218,31 @@ def main() -> None:
         backlog = msgs[:n]
         run_phase("fill", work, broker.port, backlog, rate=0, publishers=args.publishers, trace=trace, timeout=0)
         gateway = start_gateway()
+        cpu0 = cpu_seconds(gateway.pid)
+        broker0 = cpu_seconds(broker.proc.pid)
+        children0 = children_cpu_seconds(gateway.pid)
+        machine0 = machine_busy()
         drain = wait_durable(trace, backlog, timeout=300)
+        cpu1 = cpu_seconds(gateway.pid)
+        machine1 = machine_busy()
+        busy_cores = (machine1[0] - machine0[0]) / (machine1[1] - machine0[1]) * (os.cpu_count() or 1)
+        cpu_us = {k: round((cpu1[k] - cpu0[k]) / max(1, drain["durable"]) * 1e6) for k in cpu0}
+        cpu_us["workers"] = round((children_cpu_seconds(gateway.pid) - children0) / max(1, drain["durable"]) * 1e6)
+        broker_us = round((sum(cpu_seconds(broker.proc.pid).values()) - sum(broker0.values()))
+                          / max(1, drain["durable"]) * 1e6)
         # from the first message off the socket to the last on disk: process start-up excluded
         drain_rate = round(drain["durable"] / (drain["last_durable"] - drain["first_received"]))
-        print(f"  {drain['durable']} durable, {drain['missing']} missing, {drain_rate} msg/s", flush=True)
+        print(f"  {drain['durable']} durable, {drain['missing']} missing, {drain_rate} msg/s, "
+              f"CPU per message: gateway {cpu_us['main']} us main thread + {cpu_us['threads']} us others "
+              f"+ {cpu_us['workers']} us worker processes, "
+              f"broker {broker_us} us; machine {busy_cores:.2f} of {os.cpu_count()} cores busy", flush=True)
 
+        if args.drain_only:
+            time.sleep(1.2)  # the next status.json
+            status = json.loads((data_dir / "status.json").read_text())
+            for key in ("latency_receive_to_verified", "latency_receive_to_durable"):
+                print(f"  gateway-side {key[8:]:<26}: {status[key]}")
+            return
         print(f"phase 2: live, {args.publishers} publishers flat out (QoS 1)", flush=True)
         sat = run_phase("sat", work, broker.port, msgs[n:2 * n], rate=0, publishers=args.publishers,
                         trace=trace, timeout=120)
@@ -193,6 +257,9 @@ def main() -> None:
         print()
         print("ingest benchmark (emulated Pebbles → mosquitto → w3gate run: verify + durable TinyDB), QoS 1")
         print(f"  gateway throughput, draining a broker backlog: {drain_rate:>7} verified msg/s")
+        print(f"  gateway CPU per message while draining:       {cpu_us['main']:>4} us event loop "
+              f"+ {cpu_us['threads']} us store thread "
+              f"+ {cpu_us['workers']} us verify worker, broker {broker_us} us")
         print(f"  live, publishers flat out on the same cores:   {sat['throughput_per_s']:>7} verified msg/s")
         print(f"  live at {args.rate:>6.0f} msg/s offered: achieved      {lat['throughput_per_s']:>7} msg/s, "
               f"publish → durable p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms (max {lat['max_ms']} ms)")

@@ -2,7 +2,7 @@
 
 Data flows one way: ``MqttLink`` hands each message to ``Node.on_message`` on the event loop,
 the ``Verifier`` admits or rejects it, the ``SignatureChecker`` verifies admitted messages in
-batches on its own thread, accepted records go to the ``GroupCommitter``, and the
+batches in a worker process, accepted records go to the ``GroupCommitter``, and the
 broker gets its acknowledgement only after the record is on disk. Rejections are counted by
 reason, logged once each (rate-limited), and acknowledged in order: nothing crashes the node.
 """
@@ -28,9 +28,12 @@ from gateway.verify.verifier import Accepted, Admitted, Policy, Rejection, Verif
 log = logging.getLogger("w3gate.node")
 
 SUBSCRIPTIONS = ["device/+/data", "device/+/confirm", "device/+/query"]
-# Stop reading from the broker while this many records wait for the disk; QoS 1 traffic is also
-# bounded by the broker's in-flight window, QoS 0 (real Pebbles) only by this.
-PAUSE_ABOVE, RESUME_BELOW = 20000, 5000
+# Backpressure. Reading from the broker is cheaper than checking and storing, so unchecked the
+# loop would read the broker's whole queue before checking any of it: stop reading while this
+# many messages wait for their signature check or for the disk. QoS 1 traffic is also bounded by
+# the broker's in-flight window, QoS 0 (real Pebbles) only by this.
+VERIFY_PAUSE_ABOVE, VERIFY_RESUME_BELOW = 2048, 1024
+STORE_PAUSE_ABOVE, STORE_RESUME_BELOW = 20000, 5000
 
 
 class Node:
@@ -60,10 +63,11 @@ class Node:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down without losing anything received."""
-        # The signature and store threads take the GIL whenever the loop releases it; with the
-        # default 5 ms switch interval the loop can then wait milliseconds to get it back.
+        # The store thread takes the GIL whenever the loop releases it; with the default 5 ms
+        # switch interval the loop could then wait milliseconds to get it back.
         sys.setswitchinterval(0.0005)
         await self._rebuild_replay_state()
+        await self.checker.start()
         self._buffer_stats = await self.committer.call(self.store.stats)
         tasks = [asyncio.create_task(self._housekeeping(stop))]
         link = asyncio.create_task(self.link.run(stop))
@@ -145,6 +149,8 @@ class Node:
         except Rejection as rejection:
             return self._rejected(msg, rejection)
         self.checker.submit(admitted, lambda valid: self._checked(msg, admitted, valid))
+        if self.checker.backlog > VERIFY_PAUSE_ABOVE and not self._paused:
+            self._pause()
 
     def _checked(self, msg: Inbound, admitted: Admitted, valid: bool) -> None:
         self.verify_latency.add(time.time() - msg.received)
@@ -153,10 +159,11 @@ class Node:
         except Rejection as rejection:
             return self._rejected(msg, rejection)
         self.committer.submit(record_doc(accepted, msg.received), self._on_durable(msg, accepted))
-        if self.committer.backlog > PAUSE_ABOVE and not self._paused:
-            self._paused = True
-            self.link.pause()
+        if self._paused:
+            self._maybe_resume()
+        elif self.committer.backlog > STORE_PAUSE_ABOVE:
             log.warning("buffer is %d records behind: pausing MQTT reads", self.committer.backlog)
+            self._pause()
 
     def _on_durable(self, msg: Inbound, accepted: Accepted):
         def done(seq: int | None) -> None:
@@ -172,10 +179,18 @@ class Node:
                 if accepted.kind == "confirm":
                     self._confirmed(accepted)
             self.link.ack(msg.mid, msg.qos)
-            if self._paused and self.committer.backlog < RESUME_BELOW:
-                self._paused = False
-                self.link.resume()
+            if self._paused:
+                self._maybe_resume()
         return done
+
+    def _pause(self) -> None:
+        self._paused = True
+        self.link.pause()
+
+    def _maybe_resume(self) -> None:
+        if self.checker.backlog < VERIFY_RESUME_BELOW and self.committer.backlog < STORE_RESUME_BELOW:
+            self._paused = False
+            self.link.resume()
 
     def _acker(self, msg: Inbound):
         return lambda seq: self.link.ack(msg.mid, msg.qos)
@@ -223,6 +238,7 @@ class Node:
                      "connected": self.link.connected, "connects": self.link.connects},
             **self.counters.snapshot(),
             "devices": len(self.registry),
+            "verify_worker_restarts": self.checker.restarts,
             "buffer": {**self._buffer_stats, "pending": self.committer.backlog,
                        "commits": self.committer.commits, "write_failures": self.committer.failures},
             "latency_receive_to_verified": self.verify_latency.percentiles(),

@@ -203,6 +203,20 @@ def decode_sensor_data(data: bytes, *, temperature_hint: str | None = None) -> S
     )
 
 
+def check_sensor_data(data: bytes) -> str:
+    """The checks of ``decode_sensor_data`` without the decoding, for the data path: returns the
+    nonce (``random``) and raises CodecError on exactly the input that decoding refuses."""
+    try:
+        m = pb.SensorData.FromString(data)
+    except DecodeError as e:
+        raise CodecError(f"SensorData does not parse: {e}") from None
+    for name in ("gyroscope", "accelerometer"):
+        n = len(getattr(m, name))
+        if n and n != 3:
+            raise CodecError(f"{name} has {n} values, expected 3")
+    return m.random
+
+
 def encode_sensor_data(s: SensorData) -> bytes:
     """Encode as nanopb does: tag order, packed arrays, temperature per ``temperature_encoding``."""
     m = pb.SensorData()

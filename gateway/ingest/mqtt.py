@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import select
 import socket
 import time
 from dataclasses import dataclass
@@ -23,14 +22,48 @@ from gateway.config import MqttConfig
 
 log = logging.getLogger("w3gate.mqtt")
 
-READ_BURST = 64
+READ_CHUNK = 1 << 16
+READ_BURST = 256  # packets per pass of the event loop, so timers and writes still get their turn
 
 
-def _readable(sock: socket.socket) -> bool:
-    return bool(select.select([sock], [], [], 0)[0])
+class _Client(mqtt.Client):
+    """paho's client with a receive buffer.
+
+    paho reads each packet with three ``recv`` calls (type byte, length bytes, body), four system
+    calls per message with the readiness check. Here one ``recv`` of 64 KiB serves every packet
+    in it, and paho parses them from memory. Overrides two internal methods of paho-mqtt 2.x
+    (tests/unit/test_mqtt_link.py pins their behaviour).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = b""
+        self._rpos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            data = super()._sock_recv(READ_CHUNK)  # raises BlockingIOError when there is nothing
+            if not data:
+                return data
+            self._rbuf, self._rpos = data, 0
+        out = self._rbuf[self._rpos:self._rpos + bufsize]
+        self._rpos += len(out)
+        return out
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        # One handler and no per-topic callbacks: skip paho's topic-filter matching per message.
+        # Exceptions propagate as they do in paho by default (suppress_exceptions off).
+        self.on_message(self, self._userdata, message)
+
+    def buffered(self) -> bool:
+        """Bytes already received and not yet parsed (the socket will not signal them again)."""
+        return self._rpos < len(self._rbuf)
+
+    def drop_buffer(self) -> None:
+        self._rbuf, self._rpos = b"", 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs microseconds per message
 class Inbound:
     topic: str
     payload: bytes
@@ -55,7 +88,7 @@ class MqttLink:
         self._paused = False
         self._lost = asyncio.Event()
         self._up = asyncio.Event()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id,
+        client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id,
                              protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True)
         if config.username:
             client.username_pw_set(config.username, config.password or None)
@@ -127,6 +160,8 @@ class MqttLink:
     def resume(self) -> None:
         if self._paused and self._sock is not None and self._loop is not None:
             self._loop.add_reader(self._sock, self._read)
+            if self._client.buffered():
+                self._loop.call_soon(self._read)  # what was buffered when we paused
         self._paused = False
 
     # -- paho plumbing ----------------------------------------------------------------------------
@@ -135,15 +170,17 @@ class MqttLink:
         self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive)
 
     def _read(self) -> None:
-        # paho reads one packet per call; keep reading while the socket has more, so a burst is
-        # handled in one pass of the event loop instead of one pass per message.
-        sock = self._sock
+        # paho parses one packet per call; keep going while the receive buffer holds more, so a
+        # burst is handled in one pass of the event loop instead of one pass per message.
+        client, sock = self._client, self._sock
         for _ in range(READ_BURST):
-            if self._client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
                 self._mark_lost()
                 return
-            if self._paused or sock is None or sock is not self._sock or not _readable(sock):
-                return
+            if self._paused or sock is None or sock is not self._sock or not client.buffered():
+                break
+        if client.buffered() and not self._paused and sock is self._sock:
+            self._loop.call_soon(self._read)  # the burst limit: let timers and writes run first
 
     def _write(self) -> None:
         self._client.loop_write()
@@ -155,6 +192,7 @@ class MqttLink:
                 self._client.loop_misc()
 
     def _on_socket_open(self, client, userdata, sock) -> None:
+        self._client.drop_buffer()
         self._sock = sock
         if not self._paused:
             self._loop.add_reader(sock, self._read)

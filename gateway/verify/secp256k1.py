@@ -31,11 +31,21 @@ class Key:
 
     def verify(self, digest: bytes, signature: bytes) -> bool:
         """True when ``signature`` (r||s, low or high S) signs the 32-byte ``digest``."""
-        sig = ffi.new("secp256k1_ecdsa_signature *")
-        if len(signature) != 64 or not lib.secp256k1_ecdsa_signature_parse_compact(_CTX, sig, signature):
-            return False
-        lib.secp256k1_ecdsa_signature_normalize(_CTX, sig, sig)
-        return bool(lib.secp256k1_ecdsa_verify(_CTX, sig, digest, self._cdata))
+        return verify_parsed(self._cdata, digest, signature)
+
+
+def parse_public_key(public_key: bytes):
+    """libsecp256k1's parsed form of a public key (raises ValueError when it is not on the curve)."""
+    return PublicKey(public_key).public_key
+
+
+def verify_parsed(parsed_key, digest: bytes, signature: bytes) -> bool:
+    """The one verification: a raw r||s signature of a 32-byte digest under a parsed key."""
+    sig = ffi.new("secp256k1_ecdsa_signature *")
+    if len(signature) != 64 or not lib.secp256k1_ecdsa_signature_parse_compact(_CTX, sig, signature):
+        return False
+    lib.secp256k1_ecdsa_signature_normalize(_CTX, sig, sig)  # libsecp256k1 wants low S; 1.0.14 signs high S
+    return bool(lib.secp256k1_ecdsa_verify(_CTX, sig, digest, parsed_key))
 
 
 def keccak256(data: bytes) -> bytes:

@@ -43,7 +43,7 @@ class Rejection(W3gateError):
         super().__init__(detail, reason=reason)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Accepted:
     """A verified message, ready to be buffered."""
 
@@ -52,8 +52,20 @@ class Accepted:
     wire: str  # "protobuf" or "json"
     timestamp: int  # device time, unix seconds (signed)
     digest: bytes  # sha256 of the signed preimage
-    body: object  # SensorData | SensorConfig | ConfirmPackage | G1Message
+    content: object  # the decoded body, or a protobuf reading's SensorData bytes until asked for
     payload: bytes  # exactly as received
+
+    @property
+    def body(self) -> object:
+        """SensorData | SensorConfig | ConfirmPackage | G1Message.
+
+        A reading is decoded to units only when someone asks: the data path stores the payload
+        as received and never needs the values, and decoding costs as much as the checks."""
+        if isinstance(self.content, bytes):
+            profile = pebble.PROFILES.get(self.device.profile)
+            self.content = pebble.decode_sensor_data(self.content,
+                                                     temperature_hint=profile.temperature if profile else None)
+        return self.content
 
 
 @dataclass(slots=True)
@@ -65,7 +77,7 @@ class Admitted:
     wire: str
     timestamp: int
     digest: bytes
-    body: object
+    content: object
     payload: bytes
     signature: bytes
     nonce: str | None
@@ -132,10 +144,7 @@ class Verifier:
         device, digest = self._admit(imei, package.timestamp, package.preimage)
         try:
             if package.type == pebble.PackageType.DATA:
-                profile = pebble.PROFILES.get(device.profile)
-                body = pebble.decode_sensor_data(package.data,
-                                                 temperature_hint=profile.temperature if profile else None)
-                kind, nonce = "data", body.random
+                body, kind, nonce = package.data, "data", pebble.check_sensor_data(package.data)
             else:
                 body, kind, nonce = pebble.decode_sensor_config(package.data), "config", None
         except CodecError as e:
@@ -152,13 +161,13 @@ class Verifier:
         if a.kind == "confirm":
             if not a.device.owner:
                 raise Rejection("not_proposed", "no owner has proposed this device", device=imei)
-            if a.body.owner_address.lower() != a.device.owner.lower():
-                raise Rejection("wrong_owner", f"confirm names {a.body.owner_address}, proposer is {a.device.owner}",
+            if a.content.owner_address.lower() != a.device.owner.lower():
+                raise Rejection("wrong_owner", f"confirm names {a.content.owner_address}, proposer is {a.device.owner}",
                                 device=imei)
         if a.nonce and self.replay.nonce_seen(imei, a.nonce):
             raise Rejection("nonce_reuse", f"nonce {a.nonce} was used by a recent message", device=imei)
         self.replay.remember(imei, a.timestamp, a.digest, a.nonce)
-        return Accepted(a.device, a.kind, a.wire, a.timestamp, a.digest, a.body, a.payload)
+        return Accepted(a.device, a.kind, a.wire, a.timestamp, a.digest, a.content, a.payload)
 
     def _admitted(self, device: Device, kind: str, wire: str, timestamp: int, digest: bytes, body: object,
                   payload: bytes, signature: bytes, nonce: str | None) -> "Admitted":
