@@ -252,6 +252,8 @@ def main() -> None:
                         publishers=args.publishers, trace=trace, timeout=120)
         print(f"  {lat}", flush=True)
         rss = vm_hwm_kb(gateway.pid)
+        worker_rss = sum(vm_hwm_kb(int(c)) for c in
+                         Path(f"/proc/{gateway.pid}/task/{gateway.pid}/children").read_text().split())
         status = json.loads((data_dir / "status.json").read_text())
         lost = drain["missing"] + sat["missing"] + lat["missing"]
         print()
@@ -264,7 +266,8 @@ def main() -> None:
         print(f"  live at {args.rate:>6.0f} msg/s offered: achieved      {lat['throughput_per_s']:>7} msg/s, "
               f"publish → durable p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms (max {lat['max_ms']} ms)")
         print(f"  lost / stored twice:                           {lost:>7} / {status['buffer']['records'] - 3 * n}")
-        print(f"  gateway peak RSS:                              {rss / 1024:>7.1f} MB")
+        print(f"  gateway peak RSS:                              {rss / 1024:>7.1f} MB "
+              f"(+ {worker_rss / 1024:.1f} MB signature worker process)")
         print(f"  rejected by the gateway:                       {status.get('rejected', {})}")
         for key in ("latency_receive_to_verified", "latency_receive_to_durable"):
             print(f"  gateway-side {key[8:]:<26} (last {status[key].get('samples', 0)}): {status[key]}")

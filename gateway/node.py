@@ -33,7 +33,7 @@ SUBSCRIPTIONS = ["device/+/data", "device/+/confirm", "device/+/query"]
 # many messages wait for their signature check or for the disk. QoS 1 traffic is also bounded by
 # the broker's in-flight window, QoS 0 (real Pebbles) only by this.
 VERIFY_PAUSE_ABOVE, VERIFY_RESUME_BELOW = 2048, 1024
-STORE_PAUSE_ABOVE, STORE_RESUME_BELOW = 20000, 5000
+STORE_PAUSE_ABOVE, STORE_RESUME_BELOW = 8000, 2000
 
 
 class Node:
