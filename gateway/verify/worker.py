@@ -9,10 +9,11 @@ at full speed and the loop pays one pipe write and one read per batch.
 Protocol on stdin/stdout, both binary:
     request  = u32be count, then count × (public key X||Y 64 bytes, digest 32, signature r||s 64)
     response = count bytes, 1 where the signature verifies, 0 where it does not
-The worker exits when stdin closes. It imports only the curve module, so it starts fast.
+The worker exits when stdin closes (also when the gateway dies: the pipe closes with it). It imports only the curve module, so it starts fast.
 """
 from __future__ import annotations
 
+import signal
 import struct
 import sys
 
@@ -57,6 +58,10 @@ def _read_exactly(stream, n: int) -> bytes | None:
 
 
 def serve(stdin=None, stdout=None) -> None:
+    # Ctrl-C and SIGTERM reach the whole process group; the gateway decides when the worker
+    # ends (by closing its input, or by exiting), so that a clean shutdown keeps every verdict.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout.buffer
     checker = Checker()
