@@ -1,0 +1,213 @@
+"""The gateway's side of applet workers: one supervised worker process per project.
+
+Events go to the worker in batches (one pipe round trip for many events). When a worker dies in
+the middle of a batch (an event overran its time limit, hit the memory cap, or crashed wasm3),
+nothing of that batch was committed; its events are run again one by one in a fresh worker, so
+the culprit is named in its own result and every other event still runs. Chain calls an applet
+made are remembered per event and call number, so running an event again never sends a
+transaction twice.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import signal
+import struct
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from gateway.applets.abi import EventMeta
+from gateway.errors import W3gateError
+
+log = logging.getLogger("w3gate.applets")
+
+HostCall = Callable[[str, dict], Awaitable[Any]]  # (fn, args) -> value; raises for an error
+
+
+@dataclass(frozen=True)
+class Limits:
+    time_s: float = 1.0  # per event
+    max_pages: int = 1024  # 64 MiB of linear memory per instance
+    recycle_events: int = 10_000  # rebuild an instance after this many events (SDK leaks)
+    address_space_mb: int = 1024  # RLIMIT_AS of the worker process
+
+
+@dataclass(frozen=True)
+class AppletEvent:
+    id: str
+    module: str  # sha256 of the deployed module
+    handler: str
+    payload: bytes
+    meta: EventMeta = EventMeta()
+
+
+@dataclass
+class AppletResult:
+    id: str
+    code: int
+    error: str | None = None
+    return_value: bytes | None = None
+    logs: list[tuple[str, str]] = field(default_factory=list)
+    mqtt: list[tuple[str, bytes]] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+    ms: float = 0.0
+
+
+class WorkerDied(W3gateError):
+    pass
+
+
+class ProjectWorker:
+    def __init__(self, project: str, *, modules_dir: Path, state_path: Path, schema: list[str] | None = None,
+                 env: dict[str, str] | None = None, limits: Limits = Limits(), host_call: HostCall | None = None,
+                 stderr_path: Path | None = None) -> None:
+        self.project = project
+        self.modules_dir = modules_dir
+        self.state_path = state_path
+        self.schema = list(schema or [])
+        self.env = dict(env or {})
+        self.limits = limits
+        self.host_call = host_call
+        self.stderr_path = stderr_path
+        self.restarts = 0
+        self.events = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+        self._call_cache: dict[tuple[str, int], Any] = {}
+
+    async def run(self, events: list[AppletEvent]) -> list[AppletResult]:
+        """Run ``events`` in order; every event gets a result, whatever its applet does."""
+        async with self._lock:
+            try:
+                results = await self._run_batch(events)
+            except WorkerDied as died:
+                if len(events) == 1:
+                    results = [AppletResult(events[0].id, -1, str(died))]
+                else:
+                    log.warning("project %s: worker died in a batch of %d (%s); running them one by one",
+                                self.project, len(events), died)
+                    results = []
+                    for event in events:
+                        try:
+                            results += await self._run_batch([event])
+                        except WorkerDied as e:
+                            results.append(AppletResult(event.id, -1, str(e)))
+            self._call_cache.clear()
+            self.events += len(events)
+            return results
+
+    async def configure(self, *, schema: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """Apply a redeployed project's schema and env; the worker rebuilds instances lazily."""
+        async with self._lock:
+            if schema is not None:
+                self.schema = list(schema)
+            if env is not None:
+                self.env = dict(env)
+            if self._proc is not None:
+                await self._send({"op": "project", "state": str(self.state_path), "schema": self.schema,
+                                  "env": self.env})
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._stop()
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        stderr = open(self.stderr_path, "ab") if self.stderr_path else asyncio.subprocess.DEVNULL
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.applets.worker", "--modules", str(self.modules_dir),
+                "--time-limit", str(self.limits.time_s), "--max-pages", str(self.limits.max_pages),
+                "--recycle-events", str(self.limits.recycle_events),
+                "--address-space-mb", str(self.limits.address_space_mb),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr)
+        finally:
+            if self.stderr_path:
+                stderr.close()
+        await self._send({"op": "project", "state": str(self.state_path), "schema": self.schema, "env": self.env})
+
+    async def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.returncode is None:
+            proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+    async def _send(self, message: dict) -> None:
+        body = json.dumps(message, separators=(",", ":")).encode()
+        try:
+            self._proc.stdin.write(struct.pack(">I", len(body)) + body)
+            await self._proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the read that follows reports the death
+
+    async def _receive(self) -> dict | None:
+        try:
+            head = await self._proc.stdout.readexactly(4)
+            body = await self._proc.stdout.readexactly(struct.unpack(">I", head)[0])
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            return None
+        return json.loads(body)
+
+    async def _run_batch(self, events: list[AppletEvent]) -> list[AppletResult]:
+        if self._proc is None or self._proc.returncode is not None:
+            await self._start()
+        await self._send({"op": "run", "events": [
+            {"id": e.id, "module": e.module, "handler": e.handler,
+             "payload": base64.b64encode(e.payload).decode(), "meta": e.meta.__dict__} for e in events]})
+        # the worker's own timer stops an event; this only guards against a worker stuck elsewhere
+        deadline = asyncio.get_running_loop().time() + len(events) * self.limits.time_s + 10
+        calls: dict[str, int] = {}
+        while True:
+            try:
+                message = await asyncio.wait_for(self._receive(),
+                                                 max(0.1, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                self._proc.kill()
+                message = None
+            if message is None:
+                raise WorkerDied(await self._death())
+            if message["op"] == "call":
+                n = calls[message["event"]] = calls.get(message["event"], 0) + 1
+                await self._send(await self._answer(message, (message["event"], n)))
+                continue
+            return [AppletResult(r["id"], r["code"], r["error"],
+                                 base64.b64decode(r["return"]) if r["return"] is not None else None,
+                                 [tuple(x) for x in r["logs"]],
+                                 [(t, base64.b64decode(p)) for t, p in r["mqtt"]], r["metrics"], r["ms"])
+                    for r in message["results"]]
+
+    async def _answer(self, message: dict, cache_key: tuple[str, int]) -> dict:
+        if cache_key in self._call_cache:
+            return {"op": "reply", "value": self._call_cache[cache_key]}
+        if self.host_call is None:
+            return {"op": "reply", "error": f"no chain is configured for {message['fn']}"}
+        try:
+            value = await self.host_call(message["fn"], message["args"])
+        except Exception as e:  # noqa: BLE001 - any failure becomes the guest's error code
+            return {"op": "reply", "error": str(e) or type(e).__name__}
+        self._call_cache[cache_key] = value
+        return {"op": "reply", "value": value}
+
+    async def _death(self) -> str:
+        proc = self._proc
+        code = await proc.wait()
+        self._proc = None
+        self.restarts += 1
+        if code == -signal.SIGALRM:
+            return f"time limit: the event ran longer than {self.limits.time_s:g} s and was stopped"
+        if code == -signal.SIGKILL:
+            return "the worker was killed (stuck, or out of memory)"
+        if code < 0:
+            return f"the worker crashed ({signal.Signals(-code).name})"
+        return f"the worker exited with code {code}"

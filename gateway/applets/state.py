@@ -1,0 +1,142 @@
+"""A project's state: its KV store and its SQL database, both in one SQLite file.
+
+Upstream keeps KV in memory by default (lost on restart) and SQL in Postgres. Here both live in
+``<data>/projects/<name>/state.sqlite``: KV in table ``kv``, the applets' own tables next to it,
+created from the project's schema. Each event runs inside a savepoint, so a handler that traps
+or is killed leaves no half-written state; a batch of events is committed at once (one fsync).
+
+SQL requests use W3bstream's JSON form: ``{"statement": "... ? ...", "params": [{"int32": 1},
+{"string": "x"}, {"bytes": "<base64>"}, {"time": "<RFC3339>"}, ...]}``, and results are shaped
+as upstream shapes them: one row → an object, several → an array, none → empty bytes.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from pathlib import Path
+
+from gateway.applets.abi import HostError, NoDatabase
+
+_PARAM_TYPES = {
+    "int32": int, "int64": int, "uint32": int, "uint64": int,
+    "float32": float, "float64": float,
+    "bool": lambda v: 1 if v else 0,
+    "string": str,
+    "bytes": lambda v: base64.b64decode(v, validate=True),
+    "time": str,
+}
+
+
+def parse_sql_request(raw: bytes) -> tuple[str, list]:
+    """(statement, parameters) from W3bstream's JSON; HostError names what is wrong."""
+    try:
+        request = json.loads(raw)
+    except ValueError as e:
+        raise HostError(f"the SQL request is not JSON: {e}") from None
+    if not isinstance(request, dict) or not isinstance(request.get("statement"), str):
+        raise HostError('the SQL request needs {"statement": "...", "params": [...]}')
+    params = []
+    for i, param in enumerate(request.get("params") or []):
+        if not isinstance(param, dict) or len(param) != 1:
+            raise HostError(f"parameter {i} must be an object with one type key, e.g. {{\"int32\": 1}}")
+        (kind, value), = param.items()
+        convert = _PARAM_TYPES.get(kind)
+        if convert is None:
+            raise HostError(f"parameter {i} has unknown type {kind!r}")
+        try:
+            params.append(convert(value))
+        except (TypeError, ValueError) as e:
+            raise HostError(f"parameter {i} ({kind}) is invalid: {e}") from None
+    return request["statement"], params
+
+
+def _json_value(value):
+    return base64.b64encode(value).decode() if isinstance(value, bytes) else value
+
+
+class ProjectState:
+    """KV and SQL of one project; used by one worker process at a time."""
+
+    def __init__(self, path: Path, *, schema: list[str] | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.has_database = bool(schema)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a committed batch survives power loss
+        self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+        for statement in schema or []:
+            try:
+                self._db.execute(statement)
+            except sqlite3.OperationalError as e:
+                if "already exists" not in str(e):  # the schema is applied on every start
+                    raise HostError(f"the project's schema fails: {e} in {statement!r}") from None
+        self._in_batch = False
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- transactions: a batch of events, a savepoint per event ------------------------------------
+
+    def begin_batch(self) -> None:
+        if not self._in_batch:
+            self._db.execute("BEGIN")
+            self._in_batch = True
+
+    def commit_batch(self) -> None:
+        if self._in_batch:
+            self._db.execute("COMMIT")
+            self._in_batch = False
+
+    def begin_event(self) -> None:
+        self.begin_batch()
+        self._db.execute("SAVEPOINT event")
+
+    def end_event(self, keep: bool) -> None:
+        if not keep:
+            self._db.execute("ROLLBACK TO event")
+        self._db.execute("RELEASE event")
+
+    # -- KV -----------------------------------------------------------------------------------------
+
+    def kv_get(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def kv_set(self, key: str, value: bytes) -> None:
+        try:
+            self._db.execute("INSERT INTO kv (key, value) VALUES (?, ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        except sqlite3.Error as e:
+            raise HostError(f"KV write failed: {e}") from None
+
+    def kv_items(self, prefix: str = "") -> list[tuple[str, bytes]]:
+        rows = self._db.execute("SELECT key, value FROM kv WHERE key >= ? ORDER BY key", (prefix,))
+        return [(k, bytes(v)) for k, v in rows if k.startswith(prefix)]
+
+    # -- SQL ------------------------------------------------------------------------------------------
+
+    def sql_exec(self, raw: bytes) -> None:
+        if not self.has_database:
+            raise NoDatabase("the project declares no database")
+        statement, params = parse_sql_request(raw)
+        try:
+            self._db.execute(statement, params)
+        except sqlite3.Error as e:
+            raise HostError(f"{e} in {statement!r}") from None
+
+    def sql_query(self, raw: bytes) -> bytes:
+        if not self.has_database:
+            raise NoDatabase("the project declares no database")
+        statement, params = parse_sql_request(raw)
+        try:
+            cursor = self._db.execute(statement, params)
+            rows = cursor.fetchall()
+        except sqlite3.Error as e:
+            raise HostError(f"{e} in {statement!r}") from None
+        if not rows:
+            return b""
+        names = [c[0] for c in cursor.description]
+        objects = [{n: _json_value(v) for n, v in zip(names, row)} for row in rows]
+        return json.dumps(objects[0] if len(objects) == 1 else objects).encode()

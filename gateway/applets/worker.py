@@ -1,0 +1,225 @@
+"""An applet worker: a process that runs one project's applets, so no applet can stall or kill
+the gateway.
+
+Why a process: a running wasm3 call holds the GIL and has no memory cap, so a spinning applet
+would freeze the node and a growing one could take all memory. Here each event runs under a
+real-time interval timer whose signal has no Python handler: the kernel ends the process when the
+event overruns its limit, whatever wasm3 is doing. ``RLIMIT_AS`` caps the address space, and an
+instance whose memory passes the page limit, or that served ``recycle_events`` events (the
+AssemblyScript SDK leaks), is rebuilt before the next event.
+
+Protocol on stdin/stdout: frames of a u32be length and a JSON object.
+    parent → worker  {"op": "project", "state": path, "schema": [...], "env": {...}}
+                     {"op": "run", "events": [{"id", "module", "handler", "payload" (b64), "meta"}]}
+                     {"op": "reply", "value": ..., "error": ...}       (answer to a "call")
+    worker → parent  {"op": "call", "fn": "send_tx" | "call_contract" | "api_call", "args": {...},
+                      "event": id}
+                     {"op": "done", "results": [...], "memory_pages": {...}}
+Each result: {"id", "code", "error", "return" (b64 or null), "logs": [[level, text]],
+"mqtt": [[topic, payload b64]], "metrics": [...], "ms"}. State changes of a batch are committed
+together before "done"; an event that fails leaves none.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import resource
+import signal
+import struct
+import sys
+import time
+from pathlib import Path
+
+from gateway.applets.abi import AppletInstance, EventMeta, GuestAbort, HostError
+from gateway.applets.state import ProjectState
+
+
+def read_frame(stream) -> dict | None:
+    head = stream.read(4)
+    if len(head) < 4:
+        return None
+    (n,) = struct.unpack(">I", head)
+    body = stream.read(n)
+    return json.loads(body) if len(body) == n else None
+
+
+def write_frame(stream, message: dict) -> None:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    stream.write(struct.pack(">I", len(body)) + body)
+    stream.flush()
+
+
+class _EventHost:
+    """The ``Host`` the ABI calls during one event: state here, chain calls via the parent."""
+
+    def __init__(self, worker: "Worker") -> None:
+        self.worker = worker
+        self.logs: list[list[str]] = []
+        self.mqtt: list[list[str]] = []
+        self.metrics: list[dict] = []
+
+    def log(self, level: str, message: str) -> None:
+        self.logs.append([level, message])
+
+    def kv_get(self, key: str) -> bytes | None:
+        return self.worker.state.kv_get(key)
+
+    def kv_set(self, key: str, value: bytes) -> None:
+        self.worker.state.kv_set(key, value)
+
+    def sql_exec(self, request: bytes) -> None:
+        self.worker.state.sql_exec(request)
+
+    def sql_query(self, request: bytes) -> bytes:
+        return self.worker.state.sql_query(request)
+
+    def env(self, key: str) -> str | None:
+        return self.worker.env.get(key)
+
+    def send_mqtt(self, topic: str, payload: bytes) -> None:
+        self.mqtt.append([topic, base64.b64encode(payload).decode()])  # published after the event
+
+    def submit_metrics(self, metrics: dict) -> None:
+        self.metrics.append(metrics)
+
+    def send_tx(self, chain_id: int, request: dict, operator: str | None) -> str:
+        return str(self.worker.call_parent("send_tx", {"chain_id": chain_id, "request": request,
+                                                       "operator": operator}))
+
+    def call_contract(self, chain_id: int, request: dict) -> bytes:
+        return bytes.fromhex(str(self.worker.call_parent("call_contract",
+                                                         {"chain_id": chain_id, "request": request})))
+
+    def api_call(self, request: dict) -> dict:
+        return self.worker.call_parent("api_call", {"request": request})
+
+
+class Worker:
+    def __init__(self, stdin, stdout, *, time_limit_s: float, max_pages: int, recycle_events: int,
+                 modules_dir: Path) -> None:
+        self.stdin, self.stdout = stdin, stdout
+        self.time_limit_s = time_limit_s
+        self.max_pages = max_pages
+        self.recycle_events = recycle_events
+        self.modules_dir = modules_dir
+        self.state: ProjectState | None = None
+        self.env: dict[str, str] = {}
+        self._instances: dict[str, AppletInstance] = {}
+        self._host: _EventHost | None = None
+        self._event_id = ""
+
+    def serve(self) -> None:
+        while True:
+            message = read_frame(self.stdin)
+            if message is None:
+                break
+            if message["op"] == "project":
+                self._project(message)
+            elif message["op"] == "run":
+                results = [self._run(event) for event in message["events"]]
+                self.state.commit_batch()
+                pages = {sha: inst.memory_pages for sha, inst in self._instances.items()}
+                write_frame(self.stdout, {"op": "done", "results": results, "memory_pages": pages})
+        if self.state is not None:
+            self.state.commit_batch()
+            self.state.close()
+
+    def call_parent(self, fn: str, args: dict):
+        """A host call only the gateway can answer (the chain); the event's clock stops meanwhile."""
+        remaining = signal.setitimer(signal.ITIMER_REAL, 0)[0]
+        try:
+            write_frame(self.stdout, {"op": "call", "fn": fn, "args": args, "event": self._event_id})
+            reply = read_frame(self.stdin)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, remaining or self.time_limit_s)
+        if reply is None:
+            raise SystemExit(0)  # the gateway went away
+        if reply.get("error"):
+            raise HostError(reply["error"])
+        return reply.get("value")
+
+    def _project(self, message: dict) -> None:
+        if self.state is not None:
+            self.state.commit_batch()
+            self.state.close()
+        self.state = ProjectState(Path(message["state"]), schema=message.get("schema") or [])
+        self.env = {str(k): str(v) for k, v in (message.get("env") or {}).items()}
+        self._instances.clear()  # a redeploy may change modules; rebuild lazily
+
+    def _instance(self, sha: str) -> AppletInstance:
+        inst = self._instances.get(sha)
+        if inst is not None and (inst.events >= self.recycle_events or inst.memory_pages > self.max_pages):
+            inst = None  # leaks and growth end here; state lives in the project, not the instance
+        if inst is None:
+            wasm = (self.modules_dir / f"{sha}.wasm").read_bytes()
+            inst = self._instances[sha] = AppletInstance(wasm, self._host_proxy())
+        return inst
+
+    def _host_proxy(self):
+        worker = self
+
+        class Proxy:  # the instance outlives events; each event gets a fresh host record
+            def __getattr__(self, name):
+                return getattr(worker._host, name)
+        return Proxy()
+
+    def _run(self, event: dict) -> dict:
+        host = self._host = _EventHost(self)
+        self._event_id = event["id"]
+        meta = EventMeta(**event.get("meta", {}))
+        started = time.perf_counter()
+        code, error, returned = -1, None, None
+        self.state.begin_event()
+        try:
+            inst = self._instance(event["module"])
+            signal.setitimer(signal.ITIMER_REAL, self.time_limit_s)
+            try:
+                code, returned = inst.call(event["handler"], base64.b64decode(event["payload"]), meta)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            if inst.memory_pages > self.max_pages:
+                error = (f"memory limit: the instance grew to {inst.memory_pages} pages "
+                         f"(limit {self.max_pages}); it is rebuilt for the next event")
+        except KeyError:
+            error = f"the applet exports no handler {event['handler']!r}"
+            code = 1  # UnexportedHandler
+        except GuestAbort as e:
+            error = str(e)
+            self._instances.pop(event["module"], None)
+        except (RuntimeError, MemoryError) as e:  # a wasm3 trap, or allocation refused by RLIMIT_AS
+            error = f"trap: {e}"
+            self._instances.pop(event["module"], None)  # its memory and stack may be inconsistent
+        except (OSError, ValueError) as e:
+            error = f"the applet could not be loaded: {e}"
+        self.state.end_event(keep=error is None)
+        return {"id": event["id"], "code": code, "error": error,
+                "return": base64.b64encode(returned).decode() if returned is not None else None,
+                "logs": host.logs, "mqtt": host.mqtt if error is None else [],
+                "metrics": host.metrics, "ms": round((time.perf_counter() - started) * 1000, 3)}
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--modules", required=True)
+    parser.add_argument("--time-limit", type=float, default=1.0)
+    parser.add_argument("--max-pages", type=int, default=1024)
+    parser.add_argument("--recycle-events", type=int, default=10_000)
+    parser.add_argument("--address-space-mb", type=int, default=0)
+    args = parser.parse_args()
+    # Ctrl-C reaches the whole process group; the gateway ends its workers (closing their input)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # an overrunning event ends the process
+    if args.address_space_mb:
+        limit = args.address_space_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    Worker(sys.stdin.buffer, sys.stdout.buffer, time_limit_s=args.time_limit, max_pages=args.max_pages,
+           recycle_events=args.recycle_events, modules_dir=Path(args.modules)).serve()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,131 @@
+"""The W3bstream v1 host ABI on wasm3, one host function at a time (module in-process)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.applets.abi import (ENV_KEY_NOT_FOUND, FAILED, RESOURCE_NOT_FOUND, TRANS_DATA_TO_VM_FAILED,
+                                 AppletInstance, EventMeta, HostError, check_module)
+from gateway.applets.module import ModuleError, inspect
+from tests.support.wat import assemble
+
+
+class DictHost:
+    """A host with its state in dicts: what the ABI does, without processes or files."""
+
+    def __init__(self) -> None:
+        self.logs, self.kv, self.mqtt, self.txs = [], {}, [], []
+        self.environment = {"GEOFENCE_RADIUS_M": "500"}
+
+    def log(self, level, message):
+        self.logs.append((level, message))
+
+    def kv_get(self, key):
+        return self.kv.get(key)
+
+    def kv_set(self, key, value):
+        self.kv[key] = value
+
+    def env(self, key):
+        return self.environment.get(key)
+
+    def send_tx(self, chain_id, request, operator):
+        if request.get("to") == "0xdead":
+            raise HostError("execution reverted")
+        self.txs.append((chain_id, request))
+        return "0x" + "ab" * 32
+
+    def send_mqtt(self, topic, payload):
+        self.mqtt.append((topic, payload))
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    return assemble("probe", tmp_path_factory.mktemp("wasm"))
+
+
+@pytest.fixture
+def host():
+    return DictHost()
+
+
+@pytest.fixture
+def applet(probe, host):
+    return AppletInstance(probe, host)
+
+
+def test_the_payload_reaches_the_applet_and_its_value_comes_back(applet, host):
+    assert applet.call("start", b'{"temperature": 21.5}') == (0, b'{"temperature": 21.5}')
+    assert host.logs == [("info", '{"temperature": 21.5}')]
+
+
+def test_an_unknown_rid_is_code_2(applet):
+    assert applet.call("bad_rid", b"x") == (RESOURCE_NOT_FOUND, None)
+
+
+def test_a_pointer_outside_memory_is_refused_not_a_crash(applet, host):
+    assert applet.call("bad_pointer", b"") == (FAILED, None)
+    assert host.logs == []
+
+
+def test_kv_missing_key_is_code_2_and_values_persist_in_the_host(applet, host):
+    assert [applet.call("count", b"")[0] for _ in range(3)] == [1, 2, 3]
+    assert host.kv == {"count": b"\x03"}
+
+
+def test_env_returns_the_value_or_code_8(applet):
+    assert applet.call("env", b"GEOFENCE_RADIUS_M") == (0, b"500")
+    assert applet.call("env", b"NOT_SET") == (ENV_KEY_NOT_FOUND, None)
+
+
+def test_send_tx_returns_the_hash_or_minus_one(applet, host):
+    request = {"to": "0x" + "11" * 20, "value": "0", "data": "40c10f19"}
+    assert applet.call("send_tx", json.dumps(request).encode()) == (0, b"0x" + b"ab" * 32)
+    assert host.txs == [(4690, request)]
+    assert applet.call("send_tx", b'{"to": "0xdead"}')[0] == FAILED
+    assert applet.call("send_tx", b"not json")[0] == FAILED
+    assert any("execution reverted" in m for _, m in host.logs)
+
+
+def test_mqtt_messages_go_to_the_host(applet, host):
+    assert applet.call("mqtt", b"alert!") == (0, None)
+    assert host.mqtt == [("topic/out", b"alert!")]
+
+
+def test_the_event_type_is_available_beyond_v1(applet):
+    assert applet.call("event_type", b"", EventMeta(event_type="PEBBLE_DATA")) == (0, b"PEBBLE_DATA")
+
+
+def test_traps_surface_as_errors_and_the_instance_stays_usable(applet):
+    for handler in ("divide_by_zero", "deep_recursion"):
+        with pytest.raises(RuntimeError):
+            applet.call(handler, b"")
+    assert applet.call("start", b"still here") == (0, b"still here")
+
+
+def test_without_alloc_every_returned_value_is_code_5(tmp_path):
+    applet = AppletInstance(assemble("noalloc", tmp_path), DictHost())
+    assert applet.call("start", b"payload") == (TRANS_DATA_TO_VM_FAILED, None)
+
+
+def test_an_unknown_import_is_refused_with_its_name(tmp_path):
+    wasm = assemble("unknown_import", tmp_path)
+    with pytest.raises(ModuleError) as refused:
+        check_module(inspect(wasm))
+    assert "env.ws_get_mqtt_msg" in str(refused.value)
+    assert "env.ws_log i(ii) (expected i(iii))" in str(refused.value)
+
+
+def test_inspect_reads_imports_exports_and_memory(probe):
+    info = inspect(probe)
+    assert ("env", "ws_get_db", "i(iiii)") in [(i.module, i.name, i.signature) for i in info.imports]
+    assert info.exports["alloc"] == "func" and info.exports["memory"] == "memory"
+    assert (info.memory_min_pages, info.memory_max_pages) == (1, 64)
+
+
+def test_garbage_is_not_a_module():
+    with pytest.raises(ModuleError):
+        inspect(b"\0asm\x01\0\0\0\x01\xff\xff\xff\xff\x0f")
+    with pytest.raises(ModuleError):
+        inspect(b"hello")
