@@ -1,0 +1,1 @@
+"""Talking to the chain: the node key (keystore), transactions (sender) and network presets."""

@@ -1,0 +1,160 @@
+"""The node key: one secp256k1 key in an encrypted Web3 Secret Storage (V3) keystore file.
+
+The key signs the gateway's anchor transactions and is its identity (``did:io:<address>``), so
+it never sits on disk in the clear: eth_account's ``Account.encrypt`` (scrypt + AES-128-CTR,
+the format geth, MetaMask and ioPay import) protects it with a passphrase. The file is created
+with mode 0600 and replaced atomically, so a crash never leaves half a key, and it keeps the
+address in the clear so the address and DID can be shown without the passphrase.
+
+DID form: IoTeX's DID method (``did:io``, iotex-DID spec and ioctl) names an account by its
+0x address after the lowercase prefix; ioID, and w3gate's device registry, write the address
+in lowercase: ``did:io:0x<40 lowercase hex digits>``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from gateway.errors import W3gateError
+from gateway.storage import TMP_SUFFIX, fsync_dir
+
+KEYSTORE_FILE = "node-key.json"
+MIN_PASSPHRASE = 8
+
+
+class KeystoreError(W3gateError):
+    """The keystore cannot be created, read or unlocked; ``reason`` says which."""
+
+    reason = "keystore"
+
+
+def did_of(address: str) -> str:
+    """The DID naming an account: ``did:io:0x`` + the address in lowercase hex."""
+    raw = address.lower().removeprefix("0x")
+    if len(raw) != 40 or any(c not in "0123456789abcdef" for c in raw):
+        raise KeystoreError(f"not a 20-byte hex address: {address!r}", reason="bad_address")
+    return "did:io:0x" + raw
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """What may be shown about the node key: never the key itself."""
+
+    address: str  # EIP-55 checksummed
+    path: Path
+
+    @property
+    def did(self) -> str:
+        return did_of(self.address)
+
+    def to_dict(self) -> dict:
+        return {"address": self.address, "did": self.did, "keystore": str(self.path)}
+
+
+def keystore_path(data_dir: str | os.PathLike) -> Path:
+    return Path(data_dir) / KEYSTORE_FILE
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Like storage.atomic_write, but the file is 0600 from its first byte (never readable by others)."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp.unlink(missing_ok=True)  # an old temp file could carry a wider mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _check_passphrase(passphrase: str) -> None:
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise KeystoreError(f"the passphrase must have at least {MIN_PASSPHRASE} characters",
+                            reason="weak_passphrase")
+
+
+def save_key(path: str | os.PathLike, private_key: bytes | str, passphrase: str, *,
+             overwrite: bool = False, kdf: str = "scrypt", iterations: int | None = None) -> NodeIdentity:
+    """Encrypt ``private_key`` into ``path`` (mode 0600). Refuses to replace an existing key
+    unless ``overwrite``: losing the node key loses the gateway's identity and its anchors'
+    sequence. ``iterations`` lowers the KDF cost (tests only)."""
+    path = Path(path)
+    _check_passphrase(passphrase)
+    if path.exists() and not overwrite:
+        raise KeystoreError(f"{path} already holds a node key; remove it first to replace it", reason="exists")
+    try:
+        account = Account.from_key(private_key)
+    except (ValueError, TypeError) as e:
+        raise KeystoreError(f"not a secp256k1 private key: {e}", reason="bad_key") from None
+    blob = Account.encrypt(account.key, passphrase, kdf=kdf, iterations=iterations)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_private(path, json.dumps(blob, indent=1).encode())
+    except OSError as e:
+        raise KeystoreError(f"cannot write {path}: {e}", reason="io") from None
+    return NodeIdentity(account.address, path)
+
+
+def new_key(path: str | os.PathLike, passphrase: str, **kwargs) -> NodeIdentity:
+    """A fresh random key (os.urandom via eth_account), saved as ``save_key`` does."""
+    return save_key(path, Account.create().key, passphrase, **kwargs)
+
+
+def _read(path: Path) -> dict:
+    try:
+        blob = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KeystoreError(f"no node key at {path} (create one with `w3gate key new`)", reason="missing") from None
+    except (OSError, ValueError) as e:
+        raise KeystoreError(f"cannot read {path}: {e}", reason="corrupt") from None
+    if not isinstance(blob, dict) or "crypto" not in blob and "Crypto" not in blob:
+        raise KeystoreError(f"{path} is not a V3 keystore", reason="corrupt")
+    return blob
+
+
+def read_identity(path: str | os.PathLike) -> NodeIdentity:
+    """The address stored in the keystore, without the passphrase."""
+    path = Path(path)
+    blob = _read(path)
+    address = blob.get("address")
+    if not isinstance(address, str):
+        raise KeystoreError(f"{path} does not name its address; unlock it to learn it", reason="no_address")
+    from eth_utils import to_checksum_address
+
+    return NodeIdentity(to_checksum_address("0x" + address.lower().removeprefix("0x")), path)
+
+
+def load_key(path: str | os.PathLike, passphrase: str) -> LocalAccount:
+    """Unlock the node key. A wrong passphrase is a KeystoreError ``bad_passphrase``."""
+    path = Path(path)
+    blob = _read(path)
+    try:
+        key = Account.decrypt(blob, passphrase)
+    except ValueError as e:
+        raise KeystoreError(f"cannot unlock {path}: {e}", reason="bad_passphrase") from None
+    account = Account.from_key(key)
+    stored = blob.get("address")
+    if isinstance(stored, str) and stored.lower().removeprefix("0x") != account.address.lower()[2:]:
+        raise KeystoreError(f"{path} names address {stored} but holds the key of {account.address}",
+                            reason="corrupt")
+    return account
+
+
+def read_passphrase_file(path: str | os.PathLike) -> str:
+    """The first line of ``path`` (a trailing newline is not part of the passphrase)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise KeystoreError(f"cannot read passphrase file {path}: {e}", reason="io") from None
+    lines = text.splitlines()
+    return lines[0] if lines else ""

@@ -1,0 +1,109 @@
+"""``w3gate key``: the node key (signs anchors, names the gateway as ``did:io:<address>``).
+
+The key lives encrypted in ``<data dir>/node-key.json`` (V3 keystore, mode 0600). The
+passphrase comes from ``--passphrase-file`` (first line) or a hidden prompt; it is never an
+option value, which would end up in the shell history and the process list.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from gateway.chain.keystore import (KeystoreError, keystore_path, load_key, new_key, read_identity,
+                                    read_passphrase_file, save_key)
+from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
+
+passphrase_file_option = click.option(
+    "--passphrase-file", type=click.Path(exists=True, dir_okay=False),
+    help="Read the passphrase from the first line of this file instead of prompting.")
+
+
+def _path(config_path, data_dir) -> Path:
+    return keystore_path(get_config(config_path, data_dir).data_dir)
+
+
+def _passphrase(passphrase_file: str | None, *, confirm: bool) -> str:
+    if passphrase_file:
+        try:
+            return read_passphrase_file(passphrase_file)
+        except KeystoreError as e:
+            raise click.ClickException(str(e)) from None
+    return click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm)
+
+
+def _report(identity, as_json: bool, verb: str) -> None:
+    if as_json:
+        return emit_json(identity.to_dict())
+    click.echo(f"{verb} {identity.path}\naddress {identity.address}\ndid     {identity.did}")
+
+
+@click.group()
+def key() -> None:
+    """Create, import and show the node key (never printed)."""
+
+
+@key.command("new")
+@passphrase_file_option
+@click.option("--force", is_flag=True, help="Replace an existing node key (its identity is lost).")
+@json_option
+@config_option
+@data_dir_option
+def new(passphrase_file, force, as_json, config_path, data_dir) -> None:
+    """Create a random node key, encrypted with a passphrase."""
+    path = _path(config_path, data_dir)
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} already holds a node key (--force replaces it)")
+    try:
+        identity = new_key(path, _passphrase(passphrase_file, confirm=True), overwrite=force)
+    except KeystoreError as e:
+        raise click.ClickException(str(e)) from None
+    _report(identity, as_json, "created")
+
+
+@key.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@passphrase_file_option
+@click.option("--force", is_flag=True, help="Replace an existing node key (its identity is lost).")
+@json_option
+@config_option
+@data_dir_option
+def import_(source, passphrase_file, force, as_json, config_path, data_dir) -> None:
+    """Import a key from SOURCE: a file holding the private key in hex, or a V3 keystore JSON
+    (unlocked with the same passphrase, which then protects the node's copy)."""
+    path = _path(config_path, data_dir)
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} already holds a node key (--force replaces it)")
+    text = Path(source).read_text().strip()
+    try:
+        if text.startswith("{"):
+            passphrase = _passphrase(passphrase_file, confirm=False)
+            try:
+                json.loads(text)
+            except ValueError as e:
+                raise KeystoreError(f"{source} is not JSON: {e}", reason="corrupt") from None
+            private = load_key(source, passphrase).key
+        else:
+            private = text.splitlines()[0].strip() if text else ""
+            passphrase = _passphrase(passphrase_file, confirm=True)
+        identity = save_key(path, private, passphrase, overwrite=force)
+    except KeystoreError as e:
+        raise click.ClickException(str(e)) from None
+    _report(identity, as_json, "imported into")
+
+
+@key.command("show")
+@json_option
+@config_option
+@data_dir_option
+def show(as_json, config_path, data_dir) -> None:
+    """Print the node's address and DID (no passphrase needed; the key is never shown)."""
+    try:
+        identity = read_identity(_path(config_path, data_dir))
+    except KeystoreError as e:
+        raise click.ClickException(str(e)) from None
+    _report(identity, as_json, "keystore")
+
+
+COMMANDS = [key]
