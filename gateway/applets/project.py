@@ -1,0 +1,182 @@
+"""Projects: applets + strategies + env + database schema, declared in a TOML file and deployed
+into the data directory.
+
+    name = "pebble-monitor"
+    [events]
+    pebble = true                 # verified Pebble messages reach this project (all devices)
+    [[applets]]
+    name = "validator"
+    wasm = "../applets/build/pebble-validator.wasm"     # relative to this file
+    [[strategies]]
+    event = "PEBBLE_DATA"         # an event type, or "DEFAULT" for whatever matches nothing else
+    applet = "validator"
+    handler = "start"             # the default
+    [env]
+    REWARD_EVERY = "10"
+    [database]
+    schema = ["CREATE TABLE IF NOT EXISTS readings (device TEXT, t REAL)"]
+
+Deploying checks every module against the host ABI (unknown imports are refused by name), copies
+it to ``<data>/modules/<sha256>.wasm`` (content-addressed: the same module is stored once and a
+redeploy that changes nothing changes nothing) and writes ``<data>/projects/<name>/project.json``,
+which a running gateway picks up without a restart.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gateway.applets.abi import check_module
+from gateway.applets.module import ModuleError, inspect
+from gateway.errors import W3gateError
+from gateway.storage import atomic_write
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_EVENT = "DEFAULT"
+MAX_MODULE_BYTES = 1 << 20  # upstream's upload limit
+
+
+class ProjectError(W3gateError):
+    """A project file or deployment that cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Strategy:
+    event: str
+    applet: str
+    handler: str = "start"
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str
+    applets: dict[str, str]  # applet name -> module sha256
+    strategies: list[Strategy]
+    env: dict[str, str] = field(default_factory=dict)
+    schema: list[str] = field(default_factory=list)
+    pebble: bool = False  # verified Pebble messages are events of this project
+
+    def route(self, event_type: str) -> list[Strategy]:
+        """Every strategy for this event type, else the DEFAULT ones (upstream's rule)."""
+        matched = [s for s in self.strategies if s.event == event_type]
+        return matched or [s for s in self.strategies if s.event == DEFAULT_EVENT]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Project":
+        return cls(data["name"], dict(data["applets"]), [Strategy(**s) for s in data["strategies"]],
+                   dict(data.get("env") or {}), list(data.get("schema") or []), bool(data.get("pebble")))
+
+
+class ProjectStore:
+    """Deployed projects and their modules under the data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.modules_dir = data_dir / "modules"
+        self.projects_dir = data_dir / "projects"
+
+    def project_dir(self, name: str) -> Path:
+        return self.projects_dir / name
+
+    def load(self, name: str) -> Project | None:
+        path = self.project_dir(name) / "project.json"
+        try:
+            return Project.from_json(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+
+    def all(self) -> list[Project]:
+        if not self.projects_dir.is_dir():
+            return []
+        found = (self.load(p.name) for p in sorted(self.projects_dir.iterdir()) if p.is_dir())
+        return [p for p in found if p is not None]
+
+    def version(self) -> tuple:
+        """Changes whenever a project is deployed or removed (for live reload)."""
+        if not self.projects_dir.is_dir():
+            return ()
+        return tuple(sorted((p.parent.name, p.stat().st_mtime_ns)
+                            for p in self.projects_dir.glob("*/project.json")))
+
+    def deploy(self, project_file: Path) -> Project:
+        """Check and install a project from its TOML file (replacing one of the same name)."""
+        project, modules = parse_project_file(project_file)
+        self.modules_dir.mkdir(parents=True, exist_ok=True)
+        for sha, wasm in modules.items():
+            target = self.modules_dir / f"{sha}.wasm"
+            if not target.exists():
+                atomic_write(target, wasm)
+        directory = self.project_dir(project.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(directory / "project.json", json.dumps(project.to_json(), indent=2).encode())
+        return project
+
+    def remove(self, name: str, *, keep_state: bool = False) -> bool:
+        directory = self.project_dir(name)
+        if not (directory / "project.json").exists():
+            return False
+        if keep_state:
+            (directory / "project.json").unlink()
+        else:
+            shutil.rmtree(directory)
+        return True
+
+
+def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
+    """The project a TOML file declares, and its modules by sha256 (checked, not yet stored)."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ProjectError(f"{path}: {e}") from None
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ProjectError(f"{path}: 'name' must be 1-64 letters, digits, '_', '.' or '-'")
+    applets: dict[str, str] = {}
+    modules: dict[str, bytes] = {}
+    for entry in data.get("applets") or []:
+        applet, wasm_path = entry.get("name"), entry.get("wasm")
+        if not isinstance(applet, str) or not NAME.match(applet) or not isinstance(wasm_path, str):
+            raise ProjectError(f"{path}: each [[applets]] needs a 'name' and a 'wasm' path")
+        if applet in applets:
+            raise ProjectError(f"{path}: applet {applet!r} is declared twice")
+        file = (path.parent / wasm_path).resolve()
+        try:
+            wasm = file.read_bytes()
+        except OSError as e:
+            raise ProjectError(f"{path}: applet {applet!r}: {e}") from None
+        if len(wasm) > MAX_MODULE_BYTES:
+            raise ProjectError(f"{path}: applet {applet!r} is {len(wasm)} bytes, the limit is {MAX_MODULE_BYTES}")
+        try:
+            info = inspect(wasm)
+            check_module(info)
+        except ModuleError as e:
+            raise ProjectError(f"applet {applet!r} ({file.name}) cannot run here: {e}") from None
+        applets[applet] = info.sha256
+        modules[info.sha256] = wasm
+    if not applets:
+        raise ProjectError(f"{path}: a project needs at least one [[applets]] entry")
+    strategies = []
+    for entry in data.get("strategies") or [{"event": DEFAULT_EVENT, "applet": next(iter(applets))}]:
+        strategy = Strategy(str(entry.get("event", DEFAULT_EVENT)), str(entry.get("applet", "")),
+                            str(entry.get("handler", "start")))
+        if strategy.applet not in applets:
+            raise ProjectError(f"{path}: a strategy names applet {strategy.applet!r}, which is not declared")
+        exports = inspect(modules[applets[strategy.applet]]).exports
+        if exports.get(strategy.handler) != "func":
+            raise ProjectError(f"{path}: applet {strategy.applet!r} exports no handler {strategy.handler!r}")
+        strategies.append(strategy)
+    env = data.get("env") or {}
+    if not isinstance(env, dict):
+        raise ProjectError(f"{path}: [env] must be a table of strings")
+    schema = (data.get("database") or {}).get("schema") or []
+    if not isinstance(schema, list) or not all(isinstance(s, str) for s in schema):
+        raise ProjectError(f"{path}: [database] schema must be a list of SQL statements")
+    pebble = bool((data.get("events") or {}).get("pebble", False))
+    return Project(name, applets, strategies, {str(k): str(v) for k, v in env.items()}, schema, pebble), modules

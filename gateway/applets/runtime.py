@@ -1,0 +1,190 @@
+"""The applet runtime: routes events to the strategies of deployed projects and runs them in each
+project's worker, in batches, returning W3bstream's per-applet results.
+
+Every source of events (verified Pebble data from the buffer, the HTTP and MQTT event API,
+triggers) hands ``Event`` lists to ``handle``. Projects run side by side, each in its own worker,
+so a slow or hostile applet delays only its own project. What applets log goes to
+``<data>/projects/<name>/applet.log`` (JSON lines, read by ``w3gate applet logs``); MQTT messages
+they send are published after their event succeeded.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from gateway.applets.abi import EventMeta
+from gateway.applets.pool import AppletEvent, AppletResult, HostCall, Limits, ProjectWorker
+from gateway.applets.project import Project, ProjectStore
+
+log = logging.getLogger("w3gate.applets")
+
+LOG_ROTATE_BYTES = 5 << 20
+
+
+@dataclass
+class Event:
+    project: str
+    payload: bytes
+    event_type: str = "DEFAULT"
+    event_id: str = ""
+    publisher: str = ""
+    timestamp_ms: int = 0
+    trust: str = ""
+
+    def __post_init__(self) -> None:
+        self.event_id = (self.event_id or f"{uuid.uuid4()}_w3b").lower()
+        self.timestamp_ms = self.timestamp_ms or int(time.time() * 1000)
+
+
+@dataclass
+class EventResponse:
+    """W3bstream's ``EventRsp``: one result per strategy that ran."""
+
+    channel: str
+    event_id: str
+    publisher: str
+    results: list[dict] = field(default_factory=list)
+    error: str | None = None
+    timestamp_ms: int = 0
+
+    def to_json(self) -> dict:
+        out = {"channel": self.channel, "publisherID": self.publisher, "publisherKey": self.publisher,
+               "eventID": self.event_id, "timestamp": self.timestamp_ms or int(time.time() * 1000),
+               "results": self.results}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def _return_value(raw: bytes | None):
+    """What a handler set on its rid, as JSON when it is JSON, else text, else base64."""
+    if raw is None:
+        return None
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(raw).decode()}
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class AppletRuntime:
+    def __init__(self, store: ProjectStore, *, limits: Limits = Limits(), host_call: HostCall | None = None,
+                 publish: Callable[[str, bytes], None] | None = None, max_batch: int = 200) -> None:
+        self.store = store
+        self.limits = limits
+        self.host_call = host_call
+        self.publish = publish
+        self.max_batch = max_batch
+        self.projects: dict[str, Project] = {}
+        self.workers: dict[str, ProjectWorker] = {}
+        self.counters = {"events": 0, "failed": 0}
+        self._version: tuple | None = None
+
+    # -- projects ------------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Pick up deployed, redeployed and removed projects; True when something changed."""
+        version = self.store.version()
+        if version == self._version:
+            return False
+        self._version = version
+        current = {p.name: p for p in self.store.all()}
+        for name in [n for n in self.workers if n not in current]:
+            await self.workers.pop(name).close()
+            log.info("project %s removed", name)
+        for name, project in current.items():
+            old = self.projects.get(name)
+            worker = self.workers.get(name)
+            if worker is None:
+                directory = self.store.project_dir(name)
+                self.workers[name] = ProjectWorker(
+                    name, modules_dir=self.store.modules_dir, state_path=directory / "state.sqlite",
+                    schema=project.schema, env=project.env, limits=self.limits, host_call=self.host_call,
+                    stderr_path=directory / "worker.stderr")
+                log.info("project %s deployed: applets %s", name, ", ".join(project.applets))
+            elif old != project:
+                await worker.configure(schema=project.schema, env=project.env)
+                log.info("project %s redeployed", name)
+        self.projects = current
+        return True
+
+    def pebble_projects(self) -> list[str]:
+        return [name for name, p in self.projects.items() if p.pebble]
+
+    async def close(self) -> None:
+        for worker in self.workers.values():
+            await worker.close()
+        self.workers.clear()
+
+    # -- events ----------------------------------------------------------------------------------------
+
+    async def handle(self, events: list[Event]) -> list[EventResponse]:
+        """Run every event through its project's strategies; responses in the order given."""
+        responses = [EventResponse(e.project, e.event_id, e.publisher) for e in events]
+        by_project: dict[str, list[int]] = {}
+        for i, event in enumerate(events):
+            if event.project not in self.projects:
+                responses[i].error = f"project {event.project!r} is not deployed"
+            else:
+                by_project.setdefault(event.project, []).append(i)
+        await asyncio.gather(*(self._run_project(name, [events[i] for i in idx], [responses[i] for i in idx])
+                               for name, idx in by_project.items()))
+        return responses
+
+    async def _run_project(self, name: str, events: list[Event], responses: list[EventResponse]) -> None:
+        project, worker = self.projects[name], self.workers[name]
+        jobs: list[tuple[AppletEvent, EventResponse, str, str]] = []
+        for event, response in zip(events, responses):
+            meta = EventMeta(event.event_type, event.event_id, event.publisher, event.timestamp_ms, event.trust)
+            for n, strategy in enumerate(project.route(event.event_type)):
+                job_id = f"{event.event_id}#{n}"
+                jobs.append((AppletEvent(job_id, project.applets[strategy.applet], strategy.handler,
+                                         event.payload, meta), response, strategy.applet, strategy.handler))
+        results: list[AppletResult] = []
+        for start in range(0, len(jobs), self.max_batch):
+            results += await worker.run([job[0] for job in jobs[start:start + self.max_batch]])
+        lines = []
+        now = time.time()
+        for (job, response, applet, handler), result in zip(jobs, results):
+            response.results.append({"appletName": applet, "instanceID": job.module[:16], "handler": handler,
+                                     "returnValue": _return_value(result.return_value), "code": result.code,
+                                     **({"error": result.error} if result.error else {})})
+            self.counters["events"] += 1
+            if result.error:
+                self.counters["failed"] += 1
+            for level, message in result.logs:
+                lines.append({"t": now, "event": job.meta.event_id, "applet": applet, "level": level, "msg": message})
+            if result.error:
+                lines.append({"t": now, "event": job.meta.event_id, "applet": applet, "level": "error",
+                              "msg": f"{handler} failed: {result.error}"})
+            for topic, payload in result.mqtt:
+                if self.publish is not None:
+                    self.publish(topic, payload)
+            if result.metrics:
+                self._append(self.store.project_dir(name) / "metrics.log",
+                             [{"t": now, "event": job.meta.event_id, "applet": applet, "metrics": m}
+                              for m in result.metrics])
+        for response in responses:
+            response.timestamp_ms = int(time.time() * 1000)
+        if lines:
+            self._append(self.store.project_dir(name) / "applet.log", lines)
+
+    @staticmethod
+    def _append(path: Path, entries: list[dict]) -> None:
+        try:
+            if path.exists() and path.stat().st_size > LOG_ROTATE_BYTES:
+                path.replace(path.with_name(path.name + ".1"))
+            with open(path, "a") as f:
+                f.write("".join(json.dumps(e) + "\n" for e in entries))
+        except OSError as e:
+            log.warning("could not write %s: %s", path, e)

@@ -1,0 +1,105 @@
+"""Projects: deployed from TOML, routed by event type (DEFAULT fallback, every match runs),
+redeployed live, refused when an applet cannot run here."""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.applets.project import ProjectError, ProjectStore
+from gateway.applets.runtime import AppletRuntime, Event
+from tests.support.wat import assemble
+
+
+def _project_file(directory: Path, *, env: str = 'NAME = "first"', extra: str = "") -> Path:
+    assemble("probe", directory)
+    path = directory / "project.toml"
+    path.write_text(f'''
+name = "probe-project"
+[events]
+pebble = true
+[[applets]]
+name = "probe"
+wasm = "probe.wasm"
+[[strategies]]
+event = "PEBBLE_DATA"
+applet = "probe"
+handler = "start"
+[[strategies]]
+event = "PEBBLE_DATA"
+applet = "probe"
+handler = "count"
+[[strategies]]
+event = "DEFAULT"
+applet = "probe"
+handler = "env"
+[env]
+{env}
+{extra}
+''')
+    return path
+
+
+def _handle(runtime: AppletRuntime, events: list[Event]):
+    async def go():
+        await runtime.reload()
+        try:
+            return await runtime.handle(events)
+        finally:
+            await runtime.close()
+    return asyncio.run(go())
+
+
+def test_every_matching_strategy_runs_and_others_fall_back_to_default(tmp_path):
+    store = ProjectStore(tmp_path / "data")
+    project = store.deploy(_project_file(tmp_path))
+    assert project.pebble and set(project.applets) == {"probe"}
+    responses = _handle(AppletRuntime(store), [
+        Event("probe-project", b'{"t": 1}', event_type="PEBBLE_DATA", publisher="351358813281791"),
+        Event("probe-project", b"NAME", event_type="SOMETHING_ELSE"),
+        Event("nowhere", b"x")])
+    data, other, missing = (r.to_json() for r in responses)
+    assert [(r["handler"], r["code"], r["returnValue"]) for r in data["results"]] == \
+        [("start", 0, {"t": 1}), ("count", 1, None)]
+    assert data["publisherKey"] == "351358813281791" and data["channel"] == "probe-project"
+    assert [(r["handler"], r["returnValue"]) for r in other["results"]] == [("env", "first")]
+    assert missing["error"] == "project 'nowhere' is not deployed" and missing["results"] == []
+    log = [json.loads(line) for line in (store.project_dir("probe-project") / "applet.log").read_text().splitlines()]
+    assert {"applet": "probe", "level": "info", "msg": '{"t": 1}'}.items() <= log[0].items()
+
+
+def test_a_redeploy_is_picked_up_without_a_restart_and_state_is_kept(tmp_path):
+    store = ProjectStore(tmp_path / "data")
+    store.deploy(_project_file(tmp_path))
+    runtime = AppletRuntime(store)
+
+    async def go():
+        await runtime.reload()
+        first = await runtime.handle([Event("probe-project", b"NAME"),
+                                      Event("probe-project", b"", event_type="PEBBLE_DATA")])
+        store.deploy(_project_file(tmp_path, env='NAME = "second"'))
+        assert await runtime.reload()
+        second = await runtime.handle([Event("probe-project", b"NAME"),
+                                       Event("probe-project", b"", event_type="PEBBLE_DATA")])
+        await runtime.close()
+        return first, second
+    first, second = asyncio.run(go())
+    assert first[0].results[0]["returnValue"] == "first" and second[0].results[0]["returnValue"] == "second"
+    assert first[1].results[1]["code"] == 1 and second[1].results[1]["code"] == 2  # KV survived
+
+
+def test_an_applet_with_unknown_imports_is_refused_at_deploy(tmp_path):
+    assemble("unknown_import", tmp_path)
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "bad"\n[[applets]]\nname = "mqtt"\nwasm = "unknown_import.wasm"\n')
+    with pytest.raises(ProjectError, match="env.ws_get_mqtt_msg"):
+        ProjectStore(tmp_path / "data").deploy(path)
+    assert ProjectStore(tmp_path / "data").all() == []
+
+
+def test_a_strategy_naming_a_missing_handler_is_refused(tmp_path):
+    path = _project_file(tmp_path, extra='[[strategies]]\nevent = "X"\napplet = "probe"\nhandler = "nope"\n')
+    with pytest.raises(ProjectError, match="exports no handler 'nope'"):
+        ProjectStore(tmp_path / "data").deploy(path)
