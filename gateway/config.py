@@ -42,6 +42,13 @@ retention_s = 604800                # anchored (or processed, without a chain) r
 max_batch = 2000                    # most records in one group commit
 commit_interval_s = 0.005           # under load, group commits start at most this often
 
+[applets]
+time_limit_s = 1.0                  # per event; an applet running longer is stopped
+max_memory_pages = 1024             # 64 KiB pages of linear memory per instance (64 MiB)
+recycle_events = 10000              # rebuild an instance after this many events (SDK leaks)
+worker_memory_mb = 1024             # address-space cap of each project's worker process
+batch = 200                         # events per round trip to a worker
+
 [log]
 level = "info"
 """
@@ -78,6 +85,15 @@ class BufferConfig:
 
 
 @dataclass(frozen=True)
+class AppletsConfig:
+    time_limit_s: float
+    max_memory_pages: int
+    recycle_events: int
+    worker_memory_mb: int
+    batch: int
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str
 
@@ -88,6 +104,7 @@ class Config:
     mqtt: MqttConfig
     verify: VerifyConfig
     buffer: BufferConfig
+    applets: AppletsConfig
     log: LogConfig
 
     @property
@@ -103,7 +120,8 @@ class Config:
         return self.data_dir / "status.json"
 
 
-_SECTIONS = {"mqtt": MqttConfig, "verify": VerifyConfig, "buffer": BufferConfig, "log": LogConfig}
+_SECTIONS = {"mqtt": MqttConfig, "verify": VerifyConfig, "buffer": BufferConfig, "applets": AppletsConfig,
+             "log": LogConfig}
 
 
 def _coerce(value: object, default: object, name: str) -> object:

@@ -14,6 +14,10 @@ import os
 import sys
 import time
 
+from gateway.applets.pebble_events import PebbleDispatcher
+from gateway.applets.pool import Limits
+from gateway.applets.project import ProjectStore
+from gateway.applets.runtime import AppletRuntime
 from gateway.buffer.commit import GroupCommitter
 from gateway.buffer.records import nonce_of, record_doc
 from gateway.buffer.store import FullPolicy, RecordState, RecordStore, StoreConfig
@@ -50,6 +54,12 @@ class Node:
         self.checker = SignatureChecker()
         self.committer = GroupCommitter(self.store, max_batch=b.max_batch, min_interval_s=b.commit_interval_s)
         self.link = MqttLink(config.mqtt, SUBSCRIPTIONS, self.on_message)
+        a = config.applets
+        self.runtime = AppletRuntime(
+            ProjectStore(config.data_dir),
+            limits=Limits(a.time_limit_s, a.max_memory_pages, a.recycle_events, a.worker_memory_mb),
+            publish=lambda topic, payload: self.link.publish(topic, payload, qos=1), max_batch=a.batch)
+        self.dispatcher = PebbleDispatcher(self.runtime, self.store, self.committer, self.registry)
         self.counters = Counters(read_status(config.status_path))
         self.latency = Latencies()  # receive -> durable (and acknowledged)
         self.verify_latency = Latencies()  # receive -> signature checked and concluded
@@ -69,7 +79,9 @@ class Node:
         await self._rebuild_replay_state()
         await self.checker.start()
         self._buffer_stats = await self.committer.call(self.store.stats)
+        await self.runtime.reload()
         tasks = [asyncio.create_task(self._housekeeping(stop))]
+        dispatcher = asyncio.create_task(self.dispatcher.run(stop))
         link = asyncio.create_task(self.link.run(stop))
         log.info("w3gate running: %d devices registered, %d records buffered, broker %s:%d",
                  len(self.registry), self._buffer_stats.get("records", 0),
@@ -82,6 +94,8 @@ class Node:
             await self.committer.drain()
             self.link.close()
             await link
+            await dispatcher  # it finishes the batch it is running, so nothing runs twice needlessly
+            await self.runtime.close()
             for task in tasks:
                 task.cancel()
             self._buffer_stats = await self.committer.call(self.store.stats)
@@ -119,11 +133,15 @@ class Node:
             if self.registry.reload():
                 self.verifier.forget_keys()
                 log.info("device registry reloaded: %d devices", len(self.registry))
+            try:
+                await self.runtime.reload()
+            except Exception:  # noqa: BLE001 - a broken deployment must not stop ingest
+                log.exception("could not load the deployed projects")
             self.verifier.replay.prune(time.time())
             if time.time() - last_expire > 60:
                 last_expire = time.time()
-                # No applet runtime or chain yet: records expire on age alone.
-                expired = await self.committer.call(self.store.expire, None, RecordState.ACCEPTED)
+                # No chain yet: records expire once applets have processed them.
+                expired = await self.committer.call(self.store.expire, None, RecordState.PROCESSED)
                 if expired:
                     log.info("expired %d records past the retention of %.0f s", expired,
                              self.config.buffer.retention_s)
@@ -178,6 +196,7 @@ class Node:
                     self._trace.write(f"{accepted.digest.hex()} {msg.received:.6f} {now:.6f}\n")
                 if accepted.kind == "confirm":
                     self._confirmed(accepted)
+                self.dispatcher.notify()
             self.link.ack(msg.mid, msg.qos)
             if self._paused:
                 self._maybe_resume()
@@ -239,6 +258,9 @@ class Node:
             **self.counters.snapshot(),
             "devices": len(self.registry),
             "verify_worker_restarts": self.checker.restarts,
+            "applets": {"projects": sorted(self.runtime.projects), "events": self.runtime.counters["events"],
+                        "failed": self.runtime.counters["failed"], "pebble_records": self.dispatcher.dispatched,
+                        "worker_restarts": sum(w.restarts for w in self.runtime.workers.values())},
             "buffer": {**self._buffer_stats, "pending": self.committer.backlog,
                        "commits": self.committer.commits, "write_failures": self.committer.failures},
             "latency_receive_to_verified": self.verify_latency.percentiles(),

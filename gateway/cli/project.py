@@ -1,0 +1,130 @@
+"""``w3gate project deploy|list|remove`` and ``w3gate applet logs``: applets on this node.
+
+A running gateway picks up deployments within a second; nothing needs a restart.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from gateway.applets.project import ProjectError, ProjectStore
+from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
+
+
+def _store(config_path, data_dir) -> ProjectStore:
+    return ProjectStore(get_config(config_path, data_dir).data_dir)
+
+
+@click.group()
+def project() -> None:
+    """Deploy, list and remove projects (applets + strategies + env + database)."""
+
+
+@project.command()
+@click.argument("project_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@config_option
+@data_dir_option
+def deploy(project_file, as_json, config_path, data_dir) -> None:
+    """Check and install the project PROJECT_FILE declares (TOML); replaces one of the same name."""
+    try:
+        p = _store(config_path, data_dir).deploy(project_file)
+    except ProjectError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        return emit_json(p.to_json())
+    click.echo(f"deployed {p.name}: " + ", ".join(f"{a} ({sha[:12]})" for a, sha in p.applets.items()))
+    for s in p.strategies:
+        click.echo(f"  {s.event:<20} -> {s.applet}.{s.handler}")
+    if p.pebble:
+        click.echo("  verified Pebble messages reach it as PEBBLE_DATA, PEBBLE_CONFIG, PEBBLE_CONFIRM events")
+
+
+@project.command("list")
+@json_option
+@config_option
+@data_dir_option
+def list_(as_json, config_path, data_dir) -> None:
+    """The deployed projects."""
+    projects = _store(config_path, data_dir).all()
+    if as_json:
+        return emit_json([p.to_json() for p in projects])
+    if not projects:
+        click.echo("no projects deployed (w3gate project deploy FILE)")
+    for p in projects:
+        routes = ", ".join(f"{s.event}->{s.applet}.{s.handler}" for s in p.strategies)
+        click.echo(f"{p.name:<24} applets {', '.join(p.applets)}  {routes}{'  [pebble]' if p.pebble else ''}")
+
+
+@project.command()
+@click.argument("name")
+@click.option("--keep-state", is_flag=True, help="Keep its KV and SQL data for a later deploy.")
+@config_option
+@data_dir_option
+def remove(name, keep_state, config_path, data_dir) -> None:
+    """Remove project NAME (and its state, unless --keep-state)."""
+    if not _store(config_path, data_dir).remove(name, keep_state=keep_state):
+        raise click.ClickException(f"no project named {name!r}")
+    click.echo(f"removed {name}")
+
+
+@click.group()
+def applet() -> None:
+    """What applets do."""
+
+
+@applet.command()
+@click.argument("project_name")
+@click.option("--limit", type=int, default=50, show_default=True, help="Last N lines.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
+@click.option("--level", type=click.Choice(["trace", "debug", "info", "warn", "error"]), help="Only this level.")
+@json_option
+@config_option
+@data_dir_option
+def logs(project_name, limit, follow, level, as_json, config_path, data_dir) -> None:
+    """What the applets of PROJECT_NAME logged, and their failures."""
+    path = _store(config_path, data_dir).project_dir(project_name) / "applet.log"
+    if not path.parent.exists():
+        raise click.ClickException(f"no project named {project_name!r}")
+
+    def entries(lines: list[str]) -> list[dict]:
+        out = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a crash
+            if not level or entry.get("level") == level:
+                out.append(entry)
+        return out
+
+    def show(lines: list[str]) -> None:
+        for entry in entries(lines):
+            if as_json:
+                click.echo(json.dumps(entry))  # one object per line while following
+            else:
+                stamp = time.strftime("%H:%M:%S", time.localtime(entry["t"]))
+                click.echo(f"{stamp} {entry['level']:<5} {entry['applet']}: {entry['msg']}")
+
+    lines = path.read_text().splitlines() if path.exists() else []
+    selected = entries(lines)
+    selected = selected[-limit:] if limit else selected
+    if as_json and not follow:
+        return emit_json(selected)
+    show([json.dumps(e) for e in selected])
+    if follow:
+        offset = path.stat().st_size if path.exists() else 0
+        while True:
+            time.sleep(0.5)
+            if path.exists() and path.stat().st_size > offset:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                offset += len(chunk)
+                show(chunk.decode("utf-8", "replace").splitlines())
+
+
+COMMANDS = [project, applet]
