@@ -195,7 +195,7 @@ def main() -> None:
         trace_path = work / "trace.txt"
         trace = Trace(trace_path)
         env = {**os.environ, "W3GATE_MQTT_PORT": str(broker.port), "W3GATE_LOG_LEVEL": "warning",
-               "W3GATE_MQTT_CLIENT_ID": "w3gate-bench"}
+               "W3GATE_MQTT_CLIENT_ID": "w3gate-bench", "W3GATE_API_PORT": "0"}
         profile = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
 
         def start_gateway() -> subprocess.Popen:

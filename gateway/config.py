@@ -49,6 +49,12 @@ recycle_events = 10000              # rebuild an instance after this many events
 worker_memory_mb = 1024             # address-space cap of each project's worker process
 batch = 200                         # events per round trip to a worker
 
+[api]
+enabled = true                      # W3bstream's HTTP event API (POST /srv-applet-mgr/v0/event/{project})
+listen = "127.0.0.1"                # "0.0.0.0" to take events from the network
+port = 8889                         # upstream's event port; 0 picks a free one (status.json tells)
+max_event_bytes = 262144            # larger event bodies are refused with 413
+
 [log]
 level = "info"
 """
@@ -94,6 +100,14 @@ class AppletsConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    enabled: bool
+    listen: str
+    port: int
+    max_event_bytes: int
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str
 
@@ -105,6 +119,7 @@ class Config:
     verify: VerifyConfig
     buffer: BufferConfig
     applets: AppletsConfig
+    api: ApiConfig
     log: LogConfig
 
     @property
@@ -121,7 +136,7 @@ class Config:
 
 
 _SECTIONS = {"mqtt": MqttConfig, "verify": VerifyConfig, "buffer": BufferConfig, "applets": AppletsConfig,
-             "log": LogConfig}
+             "api": ApiConfig, "log": LogConfig}
 
 
 def _coerce(value: object, default: object, name: str) -> object:

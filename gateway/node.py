@@ -9,14 +9,17 @@ reason, logged once each (rate-limited), and acknowledged in order: nothing cras
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
 import time
 
+from gateway.applets.event_api import EventAPI
 from gateway.applets.pebble_events import PebbleDispatcher
 from gateway.applets.pool import Limits
 from gateway.applets.project import ProjectStore
+from gateway.applets.publishers import Publishers
 from gateway.applets.runtime import AppletRuntime
 from gateway.buffer.commit import GroupCommitter
 from gateway.buffer.records import nonce_of, record_doc
@@ -31,7 +34,8 @@ from gateway.verify.verifier import Accepted, Admitted, Policy, Rejection, Verif
 
 log = logging.getLogger("w3gate.node")
 
-SUBSCRIPTIONS = ["device/+/data", "device/+/confirm", "device/+/query"]
+SUBSCRIPTIONS = ["device/+/data", "device/+/confirm", "device/+/query",
+                 "+/push/#"]  # W3bstream events: <project>/push/<token>/<eventType>[/<query>]
 # Backpressure. Reading from the broker is cheaper than checking and storing, so unchecked the
 # loop would read the broker's whole queue before checking any of it: stop reading while this
 # many messages wait for their signature check or for the disk. QoS 1 traffic is also bounded by
@@ -55,11 +59,13 @@ class Node:
         self.committer = GroupCommitter(self.store, max_batch=b.max_batch, min_interval_s=b.commit_interval_s)
         self.link = MqttLink(config.mqtt, SUBSCRIPTIONS, self.on_message)
         a = config.applets
+        projects = ProjectStore(config.data_dir)
         self.runtime = AppletRuntime(
-            ProjectStore(config.data_dir),
+            projects,
             limits=Limits(a.time_limit_s, a.max_memory_pages, a.recycle_events, a.worker_memory_mb),
             publish=lambda topic, payload: self.link.publish(topic, payload, qos=1), max_batch=a.batch)
         self.dispatcher = PebbleDispatcher(self.runtime, self.store, self.committer, self.registry)
+        self.event_api = EventAPI(self.runtime, Publishers(projects), max_bytes=config.api.max_event_bytes)
         self.counters = Counters(read_status(config.status_path))
         self.latency = Latencies()  # receive -> durable (and acknowledged)
         self.verify_latency = Latencies()  # receive -> signature checked and concluded
@@ -67,6 +73,7 @@ class Node:
         self.started = time.time()
         self._buffer_stats: dict = {}
         self._paused = False
+        self._event_tasks: set[asyncio.Task] = set()
         self._trace = open(trace_path, "a", buffering=1 << 16) if trace_path else None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -80,6 +87,12 @@ class Node:
         await self.checker.start()
         self._buffer_stats = await self.committer.call(self.store.stats)
         await self.runtime.reload()
+        if self.config.api.enabled:
+            try:
+                await self.event_api.start_http(self.config.api.listen, self.config.api.port)
+            except OSError as e:  # ingest goes on; the API is what is missing
+                log.error("event API not started: cannot listen on %s:%d (%s); set [api] port",
+                          self.config.api.listen, self.config.api.port, e)
         tasks = [asyncio.create_task(self._housekeeping(stop))]
         dispatcher = asyncio.create_task(self.dispatcher.run(stop))
         link = asyncio.create_task(self.link.run(stop))
@@ -95,6 +108,7 @@ class Node:
             self.link.close()
             await link
             await dispatcher  # it finishes the batch it is running, so nothing runs twice needlessly
+            await self.event_api.stop_http()
             await self.runtime.close()
             for task in tasks:
                 task.cancel()
@@ -154,6 +168,11 @@ class Node:
 
     def on_message(self, msg: Inbound) -> None:
         parts = msg.topic.split("/")
+        if len(parts) in (4, 5) and parts[1] == "push":
+            task = asyncio.get_running_loop().create_task(self._event_over_mqtt(msg))
+            self._event_tasks.add(task)
+            task.add_done_callback(self._event_tasks.discard)
+            return self.committer.submit(None, self._acker(msg))
         if len(parts) != 3 or parts[0] != "device":
             return self._rejected(msg, Rejection("malformed", f"unexpected topic {msg.topic}"))
         imei, channel = parts[1].removeprefix("nrf-"), parts[2]
@@ -226,6 +245,14 @@ class Node:
         self.counters.rejected[rejection.reason] += 1
         self.reject_log(rejection.reason, rejection.device, msg.topic, rejection.detail)
 
+    async def _event_over_mqtt(self, msg: Inbound) -> None:
+        """A W3bstream event published over MQTT: run it, answer on ack/<publisherKey>."""
+        ack_topic, reply = await self.event_api.submit_mqtt(msg.topic, msg.payload)
+        if ack_topic is None:
+            log.warning("event on %s refused (%d): %s", msg.topic.split("/")[0], reply.status, reply.body.get("error"))
+            return
+        self.link.publish(ack_topic, json.dumps(reply.body).encode(), qos=0)
+
     # -- registration (pebble.md 7.1) ------------------------------------------------------------
 
     def _answer_query(self, imei: str) -> None:
@@ -258,6 +285,8 @@ class Node:
             **self.counters.snapshot(),
             "devices": len(self.registry),
             "verify_worker_restarts": self.checker.restarts,
+            "api": {"url": f"http://{self.config.api.listen}:{self.event_api.port}" if self.event_api.port else None,
+                    **self.event_api.counters},
             "applets": {"projects": sorted(self.runtime.projects), "events": self.runtime.counters["events"],
                         "failed": self.runtime.counters["failed"], "pebble_records": self.dispatcher.dispatched,
                         "worker_restarts": sum(w.restarts for w in self.runtime.workers.values())},

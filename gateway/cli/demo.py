@@ -62,7 +62,8 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
         console.print(f"{len(identities)} emulated Pebbles ({added} newly registered), "
                       f"profiles: {', '.join(sorted({i.profile for i in identities}))}")
         env = {**os.environ, "W3GATE_MQTT_HOST": "127.0.0.1", "W3GATE_MQTT_PORT": str(broker.port),
-               "W3GATE_DATA_DIR": str(gw_data), "W3GATE_MQTT_CLIENT_ID": "w3gate-demo"}
+               "W3GATE_DATA_DIR": str(gw_data), "W3GATE_MQTT_CLIENT_ID": "w3gate-demo",
+               "W3GATE_API_PORT": "0"}  # a free port: the demo never collides with a node on 8889
         gw_log = open(work / "gateway.log", "ab")
         procs.append(subprocess.Popen(_w3gate("run"), env=env, stdout=gw_log, stderr=subprocess.STDOUT,
                                       start_new_session=True))

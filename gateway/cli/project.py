@@ -1,4 +1,4 @@
-"""``w3gate project deploy|list|remove`` and ``w3gate applet logs``: applets on this node.
+"""``w3gate project deploy|list|remove``, ``w3gate applet logs``, ``w3gate publisher add|list|remove``.
 
 A running gateway picks up deployments within a second; nothing needs a restart.
 """
@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from gateway.applets.project import ProjectError, ProjectStore
+from gateway.applets.publishers import Publishers
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
 
 
@@ -127,4 +128,57 @@ def logs(project_name, limit, follow, level, as_json, config_path, data_dir) -> 
                 show(chunk.decode("utf-8", "replace").splitlines())
 
 
-COMMANDS = [project, applet]
+
+@click.group()
+def publisher() -> None:
+    """Publisher tokens: who may send events to a project (HTTP and MQTT event API)."""
+
+
+@publisher.command("add")
+@click.argument("project_name")
+@click.argument("key")
+@click.option("--name", help="A display name (default: the key).")
+@json_option
+@config_option
+@data_dir_option
+def publisher_add(project_name, key, name, as_json, config_path, data_dir) -> None:
+    """Create a token for publisher KEY (e.g. a device serial) of PROJECT_NAME; shown only now."""
+    try:
+        token = Publishers(_store(config_path, data_dir)).add(project_name, key, name)
+    except ProjectError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        return emit_json({"project": project_name, "key": key, "token": token})
+    click.echo(token)
+    click.echo(f"(keep it: only its hash is stored. Send events with\n"
+               f"  curl -H 'Authorization: Bearer {token}' --data-binary @payload "
+               f"http://127.0.0.1:8889/srv-applet-mgr/v0/event/{project_name}?eventType=DEFAULT)", err=True)
+
+
+@publisher.command("list")
+@click.argument("project_name")
+@json_option
+@config_option
+@data_dir_option
+def publisher_list(project_name, as_json, config_path, data_dir) -> None:
+    """The publishers of PROJECT_NAME (never their tokens)."""
+    entries = Publishers(_store(config_path, data_dir)).list(project_name)
+    if as_json:
+        return emit_json(entries)
+    for p in entries:
+        click.echo(f"{p['key']:<24} {p['name']}")
+
+
+@publisher.command("remove")
+@click.argument("project_name")
+@click.argument("key")
+@config_option
+@data_dir_option
+def publisher_remove(project_name, key, config_path, data_dir) -> None:
+    """Revoke publisher KEY's token."""
+    if not Publishers(_store(config_path, data_dir)).remove(project_name, key):
+        raise click.ClickException(f"{project_name} has no publisher {key!r}")
+    click.echo(f"revoked {key}")
+
+
+COMMANDS = [project, applet, publisher]

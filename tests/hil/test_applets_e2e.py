@@ -52,3 +52,63 @@ def test_verified_readings_reach_a_deployed_applet_and_a_spinning_one_harms_noth
     assert {r["state"] for r in records} == {"processed"}
     runaway = cli_json("applet", "logs", "runaway", "--limit", "0", data_dir=gw.data_dir)
     assert len(runaway) == sent and all("time limit" in line["msg"] for line in runaway)
+
+
+def _post(url: str, body: bytes, token: str | None) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_w3bstream_events_over_http_and_mqtt_reach_the_applet(tmp_path, mosquitto):
+    import paho.mqtt.client as mqtt
+    import queue
+
+    gw = GatewayProcess(tmp_path, mosquitto.port, api__max_event_bytes=1000)
+    project = tmp_path / "events.toml"
+    assemble("probe", tmp_path)
+    project.write_text('name = "events"\n[[applets]]\nname = "probe"\nwasm = "probe.wasm"\n'
+                       '[[strategies]]\nevent = "DEFAULT"\napplet = "probe"\nhandler = "start"\n'
+                       '[[strategies]]\nevent = "COUNT"\napplet = "probe"\nhandler = "count"\n')
+    cli("project", "deploy", str(project), data_dir=gw.data_dir)
+    token = cli_json("publisher", "add", "events", "sensor-7", data_dir=gw.data_dir)["token"]
+    gw.start()
+    acks: queue.Queue = queue.Queue()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="event-client")
+    client.on_message = lambda c, u, m: acks.put((m.topic, json.loads(m.payload)))
+    client.connect("127.0.0.1", mosquitto.port)
+    client.subscribe("ack/#")
+    client.loop_start()
+    try:
+        url = gw.wait_for(lambda s: (s.get("api") or {}).get("url"), what="event API")["api"]["url"]
+        event_url = f"{url}/srv-applet-mgr/v0/event/events"
+        status, body = _post(event_url + "?eventID=ABC-1", b'{"speed": 42}', token)
+        assert status == 200, body
+        assert body["channel"] == "events" and body["publisherKey"] == "sensor-7" and body["eventID"] == "abc-1"
+        assert body["results"] == [{"appletName": "probe", "instanceID": body["results"][0]["instanceID"],
+                                    "handler": "start", "returnValue": {"speed": 42}, "code": 0}]
+        assert _post(event_url + "?eventType=COUNT", b"", token)[1]["results"][0]["code"] == 1
+        assert _post(event_url, b"x", "w3b_wrong")[0] == 401
+        assert _post(event_url, b"x", None)[0] == 401
+        assert _post(f"{url}/srv-applet-mgr/v0/event/nowhere", b"x", token)[0] == 404
+        assert _post(event_url, b"x" * 2000, token)[0] == 413
+        client.publish(f"events/push/{token}/COUNT", b"", qos=1)
+        topic, ack = acks.get(timeout=10)
+        assert topic == "ack/sensor-7" and ack["results"][0]["code"] == 2  # KV kept across transports
+        client.publish("events/push/w3b_wrong/COUNT", b"", qos=1)  # refused: no ack, nothing runs
+        client.publish(f"events/push/{token}/COUNT/ts=1&id=Second", b"", qos=1)
+        topic, ack = acks.get(timeout=10)
+        assert ack["eventID"] == "second" and ack["results"][0]["code"] == 3
+        status = gw.wait_for(lambda s: s["api"]["unauthorized"] == 3, what="refusals counted")["api"]
+        assert status["not_found"] == 1 and status["too_large"] == 1 and status["accepted"] == 4
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        gw.stop()

@@ -1,0 +1,118 @@
+"""W3bstream's event API, so clients of the upstream node work unchanged.
+
+HTTP:  POST /srv-applet-mgr/v0/event/{project}?eventType=&eventID=&timestamp=<ms>
+       Authorization: Bearer <publisher token> (or ?authorization=), body = the raw payload
+MQTT:  <project>/push/<token>/<eventType>[/ts=<ms>&id=<eventID>], payload = the raw payload;
+       the response is published on ack/<publisherKey> (QoS 0)
+
+The response is upstream's ``EventRsp`` JSON, after the applets ran. Unknown projects get 404, a
+missing or wrong token 401, a body over the limit 413; such events run nothing. Defaults are
+upstream's: eventType DEFAULT, eventID ``<uuid>_w3b`` (lower-cased), a timestamp more than 1e6 ms
+away from now (or none) replaced by now.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+from gateway.applets.publishers import Publishers
+from gateway.applets.runtime import AppletRuntime, Event
+
+log = logging.getLogger("w3gate.api")
+
+ROUTE = "/srv-applet-mgr/v0/event/{project}"
+TIMESTAMP_SLACK_MS = 1_000_000
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict
+
+
+class EventAPI:
+    def __init__(self, runtime: AppletRuntime, publishers: Publishers, *, max_bytes: int = 256 * 1024) -> None:
+        self.runtime = runtime
+        self.publishers = publishers
+        self.max_bytes = max_bytes
+        self.counters = {"accepted": 0, "unauthorized": 0, "not_found": 0, "too_large": 0}
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def submit(self, project: str, token: str | None, payload: bytes, *, event_type: str | None = None,
+                     event_id: str | None = None, timestamp_ms: int | None = None) -> Reply:
+        if project not in self.runtime.projects:
+            self.counters["not_found"] += 1
+            return Reply(404, {"error": f"InvalidEventChannel: project {project!r} is not deployed"})
+        publisher = self.publishers.authenticate(project, token) if token else None
+        if publisher is None:
+            self.counters["unauthorized"] += 1
+            return Reply(401, {"error": "InvalidEventToken: a publisher token of this project is required"})
+        if len(payload) > self.max_bytes:
+            self.counters["too_large"] += 1
+            return Reply(413, {"error": f"the payload is {len(payload)} bytes, the limit is {self.max_bytes}"})
+        now = int(time.time() * 1000)
+        if not timestamp_ms or abs(timestamp_ms - now) > TIMESTAMP_SLACK_MS:
+            timestamp_ms = now
+        event = Event(project, payload, event_type=event_type or "DEFAULT", event_id=event_id or "",
+                      publisher=publisher, timestamp_ms=timestamp_ms, trust="publisher-token")
+        (response,) = await self.runtime.handle([event])
+        self.counters["accepted"] += 1
+        return Reply(200, response.to_json())
+
+    # -- MQTT ---------------------------------------------------------------------------------------
+
+    async def submit_mqtt(self, topic: str, payload: bytes) -> tuple[str | None, Reply]:
+        """Handle ``<project>/push/<token>/<eventType>[/<query>]``: (ack topic or None, reply)."""
+        parts = topic.split("/")
+        if len(parts) not in (4, 5) or parts[1] != "push":
+            return None, Reply(400, {"error": f"not an event topic: {topic}"})
+        project, token, event_type = parts[0], parts[2], parts[3]
+        query = parse_qs(parts[4]) if len(parts) == 5 else {}
+        try:
+            ts = int(query["ts"][0]) if "ts" in query else None
+        except ValueError:
+            ts = None
+        reply = await self.submit(project, token, payload, event_type=event_type,
+                                  event_id=query.get("id", [""])[0] or None, timestamp_ms=ts)
+        publisher = reply.body.get("publisherKey") if reply.status == 200 else None
+        return (f"ack/{publisher}" if publisher else None), reply
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+
+    async def start_http(self, host: str, port: int) -> int:
+        app = web.Application(client_max_size=self.max_bytes + 1)
+        app.router.add_post(ROUTE, self._http_event)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # the port picked when 0 was asked
+        log.info("event API on http://%s:%d%s", host, self.port, ROUTE.format(project="<project>"))
+        return self.port
+
+    async def stop_http(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _http_event(self, request: web.Request) -> web.Response:
+        token = request.headers.get("Authorization") or request.query.get("authorization")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.counters["too_large"] += 1
+            return web.json_response({"error": f"the payload is over the limit of {self.max_bytes} bytes"},
+                                     status=413)
+        try:
+            ts = int(request.query["timestamp"]) if "timestamp" in request.query else None
+        except ValueError:
+            ts = None
+        reply = await self.submit(request.match_info["project"], token, body,
+                                  event_type=request.query.get("eventType"), event_id=request.query.get("eventID"),
+                                  timestamp_ms=ts)
+        return web.json_response(reply.body, status=reply.status)
