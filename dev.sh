@@ -27,12 +27,21 @@ setup() {
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
   "$VENV/bin/pip" install -q -e ".[test]"
-  # solc and anvil for the contract and chain tests, pinned in package-lock.json
-  command -v npm >/dev/null || {
-    echo "w3gate needs Node.js 20 and npm for its contract and chain tests (https://nodejs.org)" >&2; exit 1; }
+  # solc, anvil, asc and the W3bstream SDK for the contract, chain and applet tests, pinned in
+  # package-lock.json. Debian's own nodejs/npm when npm is missing (Debian 12 ships Node 18;
+  # assemblyscript 0.28 asks for 20, the version these tools were tested with).
+  if ! command -v npm >/dev/null; then
+    echo "installing Debian packages: nodejs npm" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  node -e 'process.exit(+(parseInt(process.versions.node) < 20))' ||
+    echo "warning: Node.js $(node --version) is older than the 20 that assemblyscript 0.28 asks for" >&2
   if [ package-lock.json -nt node_modules/.package-lock.json ]; then
     npm ci --no-audit --no-fund --loglevel=error >/dev/null
   fi
+  # applets/build/*.wasm; a no-op when every output is newer than its sources
+  node applets/build.js --quiet
 }
 
 cmd=${1:-help}
