@@ -16,12 +16,15 @@ export class Reading {
   data: JSON.Obj = new JSON.Obj();
 }
 
-// null when the payload is not a JSON object naming a device.
+// null when the payload is not a JSON object naming a device, or is another kind of message.
 export function parseReading(payload: string): Reading | null {
   const root = parseObject(payload);
   if (root == null) return null;
   const device = stringOf(root, "device");
   if (device.length == 0) return null;
+  // Confirm and config messages carry a "kind" too; only data readings count.
+  const kind = stringOf(root, "kind");
+  if (kind.length > 0 && kind != "data") return null;
   const r = new Reading();
   r.device = device;
   r.owner = stringOf(root, "owner");

@@ -191,6 +191,8 @@ def test_pebble_validator_flags_and_keeps_statistics(manifest):
     assert stats == {"count": 3, "flagged": 1, "min_t": 19.0, "max_t": 21.5, "sum_t": 40.5, "n_t": 2}
     assert host.run(b"not json") == 2
     assert host.run({"kind": "data"}) == 2
+    assert host.run({**pebble({}), "kind": "confirm"}) == 2  # not a reading: not counted
+    assert json.loads(host.kv[b"stats:351358810263514"])["count"] == 3
 
 
 def test_geofence_alerts_once_per_exit(manifest):
