@@ -228,3 +228,43 @@ def test_an_anchor_lost_in_a_reorg_is_anchored_again(anvil, tmp_path, depth):
     rig.drive(anchorer)
     rig.assert_exactly_once(anchorer)
     rig.store.close()
+
+
+def test_the_proof_cli_prints_a_proof_and_verifies_it_against_the_chain(rig, anvil, tmp_path):
+    from click.testing import CliRunner
+
+    from gateway.cli.proof import proof
+
+    rig.store.append(make_docs(40))
+    anchorer = rig.anchorer()
+    rig.now += 5
+    rig.drive(anchorer)
+
+    def run(*args):
+        return CliRunner().invoke(proof, list(args), catch_exceptions=False)
+
+    text = run("17", "--data-dir", str(tmp_path))  # `w3gate proof 17`
+    assert text.exit_code == 0, text.output
+    assert anchorer.batches[0].root in text.output and anchorer.batches[0].tx in text.output
+
+    as_json = run("17", "--json", "--data-dir", str(tmp_path))
+    file = tmp_path / "proof-17.json"
+    file.write_text(as_json.output)
+    assert json.loads(as_json.output)["record"]["seq"] == 17
+
+    valid = run("verify", str(file), "--rpc", anvil.url, "--registry", rig.registry.address)
+    assert valid.exit_code == 0 and valid.output.startswith("valid")
+    did = "did:io:" + rig.gateway.address.lower()
+    assert run("verify", str(file), "--rpc", anvil.url, "--registry", rig.registry.address,
+               "--gateway", did).exit_code == 0
+
+    forged = json.loads(file.read_text())
+    forged["record"]["received_ms"] += 1000
+    file.write_text(json.dumps(forged))
+    invalid = run("verify", str(file), "--rpc", anvil.url, "--registry", rig.registry.address)
+    assert invalid.exit_code == 1 and "INVALID (leaf_mismatch)" in invalid.output
+
+    down = run("verify", str(file), "--rpc", f"http://127.0.0.1:{free_port()}", "--registry", rig.registry.address)
+    assert down.exit_code == 3
+
+    assert run("99999", "--data-dir", str(tmp_path)).exit_code != 0
