@@ -288,7 +288,7 @@ class Node:
             "api": {"url": f"http://{self.config.api.listen}:{self.event_api.port}" if self.event_api.port else None,
                     **self.event_api.counters},
             "applets": {"projects": sorted(self.runtime.projects), "events": self.runtime.counters["events"],
-                        "failed": self.runtime.counters["failed"], "pebble_records": self.dispatcher.dispatched,
+                        "failed": self.runtime.counters["failed"], "pebble_cursor": self.dispatcher.dispatched,
                         "worker_restarts": sum(w.restarts for w in self.runtime.workers.values())},
             "buffer": {**self._buffer_stats, "pending": self.committer.backlog,
                        "commits": self.committer.commits, "write_failures": self.committer.failures},

@@ -1,10 +1,11 @@
 """Verified Pebble records become applet events, in record order, straight from the buffer.
 
-The dispatcher reads what the buffer holds above its ``processed`` cursor, hands it to every
-project that takes Pebble events, and moves the cursor once their state is committed. So applets
-see every verified record at least once, in order, across crashes and restarts (a record whose
-batch was interrupted runs again; its earlier state changes were not committed). With no such
-project the cursor simply follows the buffer.
+Each project that takes Pebble events reads the buffer from its own cursor, which its worker
+commits in the same SQLite transaction as the state its applets changed. So each record reaches
+each project in order, and its effects on the project's state happen exactly once across
+crashes and restarts (a batch cut short runs again from the old cursor, with none of its state
+kept; MQTT messages and transactions it sent are not taken back). The buffer's ``processed``
+cursor follows the slowest project, or the buffer itself when no project takes Pebble events.
 
 Event types and payload (JSON, what ``ws_get_data`` returns):
     PEBBLE_DATA, PEBBLE_CONFIG, PEBBLE_CONFIRM
@@ -23,6 +24,7 @@ import json
 import logging
 
 from gateway.applets.runtime import AppletRuntime, Event
+from gateway.applets.state import read_cursor
 from gateway.buffer.commit import GroupCommitter
 from gateway.buffer.records import decode_record
 from gateway.buffer.store import RecordStore
@@ -45,58 +47,98 @@ def pebble_event_payload(doc: dict, registry: Registry) -> bytes:
     }, separators=(",", ":")).encode()
 
 
+CURSOR = "pebble_records"
+
+
 class PebbleDispatcher:
+    """One feed per project that takes Pebble events, each at its own pace from its own cursor
+    (kept in the project's state, committed with the effects of its events): a slow or runaway
+    project falls behind alone. The buffer's ``processed`` cursor is the slowest feed's."""
+
     def __init__(self, runtime: AppletRuntime, store: RecordStore, committer: GroupCommitter, registry: Registry,
-                 *, batch: int = 500) -> None:
+                 *, batch: int = 200) -> None:
         self.runtime = runtime
         self.store = store
         self.committer = committer
         self.registry = registry
         self.batch = batch
-        self.dispatched = 0
+        self.dispatched = 0  # the highest record seq handed to a project
         self._wake = asyncio.Event()
+        self._feeds: dict[str, asyncio.Task] = {}
+        self._cursors: dict[str, int] = {}
 
     def notify(self) -> None:
         """New records are durable (called after each group commit)."""
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                await self._sync_feeds(stop)
+                await self._advance_processed()
+                self._wake.clear()
+                await _wait(self._wake, stop, 1.0)
+        finally:
+            for task in self._feeds.values():
+                task.cancel()
+            await asyncio.gather(*self._feeds.values(), return_exceptions=True)
+
+    async def _sync_feeds(self, stop: asyncio.Event) -> None:
+        wanted = set(self.runtime.pebble_projects())
+        for name in [n for n in self._feeds if n not in wanted]:
+            self._feeds.pop(name).cancel()
+            self._cursors.pop(name, None)
+        for name in wanted - self._feeds.keys():
+            path = self.runtime.store.project_dir(name) / "state.sqlite"
+            # a new project starts at the records still buffered and not yet processed by all
+            cursor = read_cursor(path, CURSOR) or (await self.committer.call(self.store.stats))["processed_upto"]
+            self._cursors[name] = cursor
+            self._feeds[name] = asyncio.create_task(self._feed(name, stop))
+
+    async def _advance_processed(self) -> None:
+        stats = await self.committer.call(self.store.stats)
+        upto = min(self._cursors.values()) if self._cursors else stats["last_seq"]
+        if upto > stats["processed_upto"]:
+            await self.committer.call(self.store.mark_processed, upto)
+
+    async def _feed(self, name: str, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                busy = await self.step()
-            except Exception:  # noqa: BLE001 - keep dispatching; the record stays unprocessed
-                log.exception("applet dispatch failed; retrying in 1 s")
+                busy = await self._step(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep feeding; the records stay unprocessed
+                log.exception("project %s: applet dispatch failed; retrying in 1 s", name)
                 busy = False
-                await asyncio.sleep(1.0)
             if not busy:
-                self._wake.clear()
-                waiter = asyncio.create_task(self._wake.wait())
-                stopper = asyncio.create_task(stop.wait())
-                await asyncio.wait([waiter, stopper], timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
+                await _wait(self._wake, stop, 1.0)
 
-    async def step(self) -> bool:
-        """Dispatch the next batch of records; True when there was something to do."""
-        stats = await self.committer.call(self.store.stats)
-        done_upto, last = stats["processed_upto"], stats["last_seq"]
-        if last <= done_upto:
-            return False
-        projects = self.runtime.pebble_projects()
-        if not projects:
-            await self.committer.call(self.store.mark_processed, last)
-            return True
-        docs = await self.committer.call(self._read, done_upto)
+    async def _step(self, name: str) -> bool:
+        """Hand the project its next records; True when there were some."""
+        after = self._cursors[name]
+        per_record = max(1, max(self.runtime.jobs_per_event(name, t) for t in EVENT_TYPES.values()))
+        docs = await self.committer.call(self._read, after, max(1, self.batch // per_record))
         if not docs:
             return False
-        events = [Event(project, pebble_event_payload(doc, self.registry), event_type=EVENT_TYPES[doc["kind"]],
+        events = [Event(name, pebble_event_payload(doc, self.registry), event_type=EVENT_TYPES[doc["kind"]],
                         event_id=f"{doc['digest'][:32]}_pebble", publisher=doc["device"],
                         timestamp_ms=int(doc["ts"]) * 1000, trust=doc.get("trust", ""))
-                  for doc in docs for project in projects]
-        await self.runtime.handle(events)
-        await self.committer.call(self.store.mark_processed, docs[-1]["seq"])
-        self.dispatched += len(docs)
+                  for doc in docs]
+        last = docs[-1]["seq"]
+        await self.runtime.feed(name, events, (CURSOR, last))
+        self._cursors[name] = last
+        self.dispatched = max(self.dispatched, last)
+        self._wake.set()  # the processed cursor may move
         return True
 
-    def _read(self, after: int) -> list[dict]:
-        return list(self.store.iter_records(after_seq=after, newest_first=False, limit=self.batch))
+    def _read(self, after: int, limit: int) -> list[dict]:
+        return list(self.store.iter_records(after_seq=after, newest_first=False, limit=limit))
+
+
+async def _wait(event: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
+    waiter, stopper = asyncio.create_task(event.wait()), asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([waiter, stopper], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        stopper.cancel()

@@ -79,23 +79,28 @@ class ProjectWorker:
         self._lock = asyncio.Lock()
         self._call_cache: dict[tuple[str, int], Any] = {}
 
-    async def run(self, events: list[AppletEvent]) -> list[AppletResult]:
-        """Run ``events`` in order; every event gets a result, whatever its applet does."""
+    async def run(self, events: list[AppletEvent], *, cursor: tuple[str, int] | None = None) -> list[AppletResult]:
+        """Run ``events`` in order; every event gets a result, whatever its applet does.
+
+        ``cursor`` (name, value) is committed with the state the batch produced."""
         async with self._lock:
             try:
-                results = await self._run_batch(events)
+                results = await self._run_batch(events, cursor)
             except WorkerDied as died:
-                if len(events) == 1:
-                    results = [AppletResult(events[0].id, -1, str(died))]
-                else:
-                    log.warning("project %s: worker died in a batch of %d (%s); running them one by one",
-                                self.project, len(events), died)
-                    results = []
-                    for event in events:
-                        try:
-                            results += await self._run_batch([event])
-                        except WorkerDied as e:
-                            results.append(AppletResult(event.id, -1, str(e)))
+                log.warning("project %s: worker died in a batch of %d (%s); running them one by one",
+                            self.project, len(events), died)
+                results = []
+                for event in events:
+                    try:
+                        results += await self._run_batch([event], None)
+                    except WorkerDied as e:
+                        results.append(AppletResult(event.id, -1, str(e)))
+                if cursor is not None:
+                    try:
+                        await self._run_batch([], cursor)  # the batch is over, whatever its events did
+                    except WorkerDied as e:
+                        log.error("project %s: could not record progress (%s); the batch will run again",
+                                  self.project, e)
             self._call_cache.clear()
             self.events += len(events)
             return results
@@ -159,10 +164,10 @@ class ProjectWorker:
             return None
         return json.loads(body)
 
-    async def _run_batch(self, events: list[AppletEvent]) -> list[AppletResult]:
+    async def _run_batch(self, events: list[AppletEvent], cursor: tuple[str, int] | None) -> list[AppletResult]:
         if self._proc is None or self._proc.returncode is not None:
             await self._start()
-        await self._send({"op": "run", "events": [
+        await self._send({"op": "run", "cursor": list(cursor) if cursor else None, "events": [
             {"id": e.id, "module": e.module, "handler": e.handler,
              "payload": base64.b64encode(e.payload).decode(), "meta": e.meta.__dict__} for e in events]})
         # the worker's own timer stops an event; this only guards against a worker stuck elsewhere

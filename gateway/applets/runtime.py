@@ -141,7 +141,20 @@ class AppletRuntime:
                                for name, idx in by_project.items()))
         return responses
 
-    async def _run_project(self, name: str, events: list[Event], responses: list[EventResponse]) -> None:
+    async def feed(self, name: str, events: list[Event], cursor: tuple[str, int]) -> list[EventResponse]:
+        """Run a feed's events for one project in one batch, committing ``cursor`` with their state:
+        a crash replays the batch from the old cursor with none of its effects kept."""
+        responses = [EventResponse(e.project, e.event_id, e.publisher) for e in events]
+        if name in self.projects:
+            await self._run_project(name, events, responses, cursor=cursor)
+        return responses
+
+    def jobs_per_event(self, name: str, event_type: str) -> int:
+        project = self.projects.get(name)
+        return len(project.route(event_type)) if project else 0
+
+    async def _run_project(self, name: str, events: list[Event], responses: list[EventResponse],
+                           *, cursor: tuple[str, int] | None = None) -> None:
         project, worker = self.projects[name], self.workers[name]
         jobs: list[tuple[AppletEvent, EventResponse, str, str]] = []
         for event, response in zip(events, responses):
@@ -151,8 +164,11 @@ class AppletRuntime:
                 jobs.append((AppletEvent(job_id, project.applets[strategy.applet], strategy.handler,
                                          event.payload, meta), response, strategy.applet, strategy.handler))
         results: list[AppletResult] = []
-        for start in range(0, len(jobs), self.max_batch):
-            results += await worker.run([job[0] for job in jobs[start:start + self.max_batch]])
+        if cursor is not None:
+            results = await worker.run([job[0] for job in jobs], cursor=cursor)
+        else:
+            for start in range(0, len(jobs), self.max_batch):
+                results += await worker.run([job[0] for job in jobs[start:start + self.max_batch]])
         lines = []
         now = time.time()
         for (job, response, applet, handler), result in zip(jobs, results):

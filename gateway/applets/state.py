@@ -3,7 +3,9 @@
 Upstream keeps KV in memory by default (lost on restart) and SQL in Postgres. Here both live in
 ``<data>/projects/<name>/state.sqlite``: KV in table ``kv``, the applets' own tables next to it,
 created from the project's schema. Each event runs inside a savepoint, so a handler that traps
-or is killed leaves no half-written state; a batch of events is committed at once (one fsync).
+or is killed leaves no half-written state; a batch of events is committed at once (one fsync),
+together with how far the project got in its feed of records, so a record's effects on the
+state happen exactly once.
 
 SQL requests use W3bstream's JSON form: ``{"statement": "... ? ...", "params": [{"int32": 1},
 {"string": "x"}, {"bytes": "<base64>"}, {"time": "<RFC3339>"}, ...]}``, and results are shaped
@@ -51,6 +53,23 @@ def parse_sql_request(raw: bytes) -> tuple[str, list]:
     return request["statement"], params
 
 
+META = "w3gate_meta"
+
+
+def read_cursor(path: Path, name: str) -> int:
+    """A feed's committed cursor, read beside the worker that writes it (0 when none yet)."""
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute(f"SELECT value FROM {META} WHERE key = ?", (name,)).fetchone()
+    except sqlite3.OperationalError:
+        return 0  # created by an older version, or not yet initialised
+    finally:
+        db.close()
+    return int(row[0]) if row else 0
+
+
 def _json_value(value):
     return base64.b64encode(value).decode() if isinstance(value, bytes) else value
 
@@ -66,6 +85,7 @@ class ProjectState:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed batch survives power loss
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS {META} (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         for statement in schema or []:
             try:
                 self._db.execute(statement)
@@ -97,6 +117,12 @@ class ProjectState:
         if not keep:
             self._db.execute("ROLLBACK TO event")
         self._db.execute("RELEASE event")
+
+    def set_cursor(self, name: str, value: int) -> None:
+        """How far a feed of events got; committed with the state its events produced."""
+        self.begin_batch()
+        self._db.execute(f"INSERT INTO {META} (key, value) VALUES (?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (name, value))
 
     # -- KV -----------------------------------------------------------------------------------------
 

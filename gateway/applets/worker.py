@@ -10,7 +10,8 @@ AssemblyScript SDK leaks), is rebuilt before the next event.
 
 Protocol on stdin/stdout: frames of a u32be length and a JSON object.
     parent → worker  {"op": "project", "state": path, "schema": [...], "env": {...}}
-                     {"op": "run", "events": [{"id", "module", "handler", "payload" (b64), "meta"}]}
+                     {"op": "run", "events": [{"id", "module", "handler", "payload" (b64), "meta"}],
+                      "cursor": [name, value] | null}  (committed with the batch's state)
                      {"op": "reply", "value": ..., "error": ...}       (answer to a "call")
     worker → parent  {"op": "call", "fn": "send_tx" | "call_contract" | "api_call", "args": {...},
                       "event": id}
@@ -118,6 +119,9 @@ class Worker:
                 self._project(message)
             elif message["op"] == "run":
                 results = [self._run(event) for event in message["events"]]
+                if message.get("cursor"):
+                    name, value = message["cursor"]
+                    self.state.set_cursor(name, value)
                 self.state.commit_batch()
                 pages = {sha: inst.memory_pages for sha, inst in self._instances.items()}
                 write_frame(self.stdout, {"op": "done", "results": results, "memory_pages": pages})
