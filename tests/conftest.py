@@ -36,3 +36,18 @@ def anvil(tmp_path):
     chain = start_anvil(tmp_path / "anvil")
     yield chain
     chain.stop()
+
+
+@pytest.fixture(scope="session")
+def built_applets() -> Path:
+    """applets/build/, with every applet compiled by asc (the build skips what is up to date)."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None or not (ROOT / "node_modules" / "assemblyscript").is_dir():
+        pytest.fail("node and node_modules/assemblyscript are needed: run `./dev.sh setup` (npm ci)")
+    result = subprocess.run([node, "applets/build.js", "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return ROOT / "applets" / "build"
