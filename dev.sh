@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(mosquitto python3-venv python3-dev build-essential)
+APT_PACKAGES=(mosquitto python3-venv python3-dev build-essential wabt)
 VENV=.venv
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -17,6 +17,7 @@ setup() {
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   command -v gcc >/dev/null || missing+=(build-essential python3-dev)
+  command -v wat2wasm >/dev/null || missing+=(wabt)  # the runtime's hand-written test modules
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}" >&2
     as_root apt-get update -qq
