@@ -365,7 +365,11 @@ class Anchorer(ProofIndex):
     # -- the chain -------------------------------------------------------------------------------
 
     def _event(self, batch: Batch, head: int) -> tuple[str, int] | None:
-        """(tx hash, block) of the Anchored event of this gateway and this root, if on chain."""
+        """(tx hash, block) of the Anchored event of this gateway and this root, if on chain.
+        A batch never submitted (no ``from_block``) cannot be: no log query (RPC nodes such as
+        IoTeX's limit the block range of eth_getLogs)."""
+        if batch.from_block is None:
+            return None
         start = max(0, (batch.from_block or 0) - self.config.log_lookback)
         logs = self.w3.eth.get_logs({
             "address": self.registry.address, "fromBlock": start, "toBlock": head,
