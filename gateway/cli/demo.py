@@ -2,6 +2,7 @@
 process talking MQTT, with the verified readings printed as they reach the buffer."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,8 +18,29 @@ from gateway.status import read_status
 FAULTS = "bad_signature=0.03,replay=0.02,skew=0.01,garbage=0.01,oversized=0.01,nonce_reuse=0.01,unknown_device=0.01"
 
 
+DEMO_PROJECT = Path(__file__).resolve().parents[2] / "applets" / "demo.toml"
+
+
 def _w3gate(*args: str) -> list[str]:
     return [sys.executable, "-m", "gateway", *args]
+
+
+def _deploy_demo_project(console, gw_data: Path) -> Path | None:
+    """The example applets on every verified reading; the applet log to follow, if deployed."""
+    from gateway.applets.project import ProjectError, ProjectStore
+
+    if not DEMO_PROJECT.exists():
+        console.print("[dim]applets/demo.toml not found: running without applets[/]")
+        return None
+    store = ProjectStore(gw_data)
+    try:
+        project = store.deploy(DEMO_PROJECT)
+    except ProjectError as e:
+        console.print(f"[yellow]demo applets not deployed[/] ({e}); build them with ./dev.sh setup")
+        return None
+    console.print(f"project [bold]{project.name}[/] deployed: applets {', '.join(project.applets)} "
+                  "run on every verified reading")
+    return store.project_dir(project.name) / "applet.log"
 
 
 @click.command()
@@ -61,6 +83,8 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
                                    for i in identities])
         console.print(f"{len(identities)} emulated Pebbles ({added} newly registered), "
                       f"profiles: {', '.join(sorted({i.profile for i in identities}))}")
+        applet_log = _deploy_demo_project(console, gw_data)
+        applet_offset = applet_log.stat().st_size if applet_log and applet_log.exists() else 0
         env = {**os.environ, "W3GATE_MQTT_HOST": "127.0.0.1", "W3GATE_MQTT_PORT": str(broker.port),
                "W3GATE_DATA_DIR": str(gw_data), "W3GATE_MQTT_CLIENT_ID": "w3gate-demo",
                "W3GATE_API_PORT": "0"}  # a free port: the demo never collides with a node on 8889
@@ -96,12 +120,24 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
                     console.print(f"[green]✔[/] {time.strftime('%H:%M:%S', time.localtime(doc['rx']))} "
                                   f"{doc['device']} [dim]{profiles.get(doc['device'], '?'):<16}[/] "
                                   f"{doc['kind']:<7} {summary(doc['kind'], values)}")
+            if applet_log is not None and applet_log.exists() and applet_log.stat().st_size > applet_offset:
+                with open(applet_log, "rb") as f:
+                    f.seek(applet_offset)
+                    chunk = f.read()
+                end = chunk.rfind(b"\n") + 1
+                applet_offset += end
+                for line in chunk[:end].decode("utf-8", "replace").splitlines():
+                    entry = json.loads(line)
+                    if entry["level"] in ("warn", "error"):  # flags, alerts and failures; "ok" lines stay in the log
+                        console.print(f"  [yellow]⚑ applet {entry['applet']}[/]: {entry['msg']}")
             if time.time() - last_status > 10:
                 last_status = time.time()
                 s = read_status(gw_data / "status.json") or {}
                 rejected = ", ".join(f"{k} {v}" for k, v in sorted(s.get("rejected", {}).items())) or "none"
+                applets = s.get("applets", {})
                 console.print(f"[bold]status[/]: accepted {s.get('accepted_total', 0)}, "
-                              f"buffered {s.get('buffer', {}).get('records', 0)}; [red]rejected[/]: {rejected}")
+                              f"buffered {s.get('buffer', {}).get('records', 0)}, "
+                              f"applet runs {applets.get('events', 0)}; [red]rejected[/]: {rejected}")
     finally:
         for proc in reversed(procs):
             stop_group(proc)
