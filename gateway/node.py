@@ -21,6 +21,7 @@ from gateway.applets.pool import Limits
 from gateway.applets.project import ProjectStore
 from gateway.applets.publishers import Publishers
 from gateway.applets.runtime import AppletRuntime
+from gateway.applets.triggers import CronScheduler
 from gateway.buffer.commit import GroupCommitter
 from gateway.buffer.records import nonce_of, record_doc
 from gateway.buffer.store import FullPolicy, RecordState, RecordStore, StoreConfig
@@ -65,6 +66,7 @@ class Node:
             limits=Limits(a.time_limit_s, a.max_memory_pages, a.recycle_events, a.worker_memory_mb),
             publish=lambda topic, payload: self.link.publish(topic, payload, qos=1), max_batch=a.batch)
         self.dispatcher = PebbleDispatcher(self.runtime, self.store, self.committer, self.registry)
+        self.cron = CronScheduler(self.runtime)
         self.event_api = EventAPI(self.runtime, Publishers(projects), max_bytes=config.api.max_event_bytes)
         self.counters = Counters(read_status(config.status_path))
         self.latency = Latencies()  # receive -> durable (and acknowledged)
@@ -95,6 +97,7 @@ class Node:
                           self.config.api.listen, self.config.api.port, e)
         tasks = [asyncio.create_task(self._housekeeping(stop))]
         dispatcher = asyncio.create_task(self.dispatcher.run(stop))
+        tasks.append(asyncio.create_task(self.cron.run(stop)))
         link = asyncio.create_task(self.link.run(stop))
         log.info("w3gate running: %d devices registered, %d records buffered, broker %s:%d",
                  len(self.registry), self._buffer_stats.get("records", 0),
@@ -289,6 +292,7 @@ class Node:
                     **self.event_api.counters},
             "applets": {"projects": sorted(self.runtime.projects), "events": self.runtime.counters["events"],
                         "failed": self.runtime.counters["failed"], "pebble_cursor": self.dispatcher.dispatched,
+                        "cron_events": self.cron.fired,
                         "worker_restarts": sum(w.restarts for w in self.runtime.workers.values())},
             "buffer": {**self._buffer_stats, "pending": self.committer.backlog,
                        "commits": self.committer.commits, "write_failures": self.committer.failures},

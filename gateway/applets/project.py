@@ -15,6 +15,9 @@ into the data directory.
     REWARD_EVERY = "10"
     [database]
     schema = ["CREATE TABLE IF NOT EXISTS readings (device TEXT, t REAL)"]
+    [[cron]]
+    expression = "*/5 * * * *"    # every five minutes: an event {"ID", "Timestamp"} as upstream's
+    event = "REPORT"
 
 Deploying checks every module against the host ABI (unknown imports are refused by name), copies
 it to ``<data>/modules/<sha256>.wasm`` (content-addressed: the same module is stored once and a
@@ -23,12 +26,15 @@ which a running gateway picks up without a restart.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from croniter import croniter
 
 from gateway.applets.abi import check_module
 from gateway.applets.module import ModuleError, inspect
@@ -52,6 +58,16 @@ class Strategy:
 
 
 @dataclass(frozen=True)
+class CronJob:
+    expression: str  # five fields (minute hour day month weekday), or six with seconds last
+    event: str
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(f"{self.expression}|{self.event}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class Project:
     name: str
     applets: dict[str, str]  # applet name -> module sha256
@@ -59,6 +75,7 @@ class Project:
     env: dict[str, str] = field(default_factory=dict)
     schema: list[str] = field(default_factory=list)
     pebble: bool = False  # verified Pebble messages are events of this project
+    cron: list[CronJob] = field(default_factory=list)
 
     def route(self, event_type: str) -> list[Strategy]:
         """Every strategy for this event type, else the DEFAULT ones (upstream's rule)."""
@@ -71,7 +88,8 @@ class Project:
     @classmethod
     def from_json(cls, data: dict) -> "Project":
         return cls(data["name"], dict(data["applets"]), [Strategy(**s) for s in data["strategies"]],
-                   dict(data.get("env") or {}), list(data.get("schema") or []), bool(data.get("pebble")))
+                   dict(data.get("env") or {}), list(data.get("schema") or []), bool(data.get("pebble")),
+                   [CronJob(**c) for c in data.get("cron") or []])
 
 
 class ProjectStore:
@@ -179,4 +197,14 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
     if not isinstance(schema, list) or not all(isinstance(s, str) for s in schema):
         raise ProjectError(f"{path}: [database] schema must be a list of SQL statements")
     pebble = bool((data.get("events") or {}).get("pebble", False))
-    return Project(name, applets, strategies, {str(k): str(v) for k, v in env.items()}, schema, pebble), modules
+    cron = []
+    for entry in data.get("cron") or []:
+        expression, event = entry.get("expression"), entry.get("event")
+        if not isinstance(expression, str) or not croniter.is_valid(expression):
+            raise ProjectError(f"{path}: [[cron]] expression {expression!r} is not a cron expression "
+                               "(five fields, or six with seconds last)")
+        if not isinstance(event, str) or not event:
+            raise ProjectError(f"{path}: [[cron]] needs the 'event' type it delivers")
+        cron.append(CronJob(expression, event))
+    return Project(name, applets, strategies, {str(k): str(v) for k, v in env.items()}, schema, pebble,
+                   cron), modules

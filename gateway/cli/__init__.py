@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from gateway.cli import config, demo, device, pebble, project, records, run, sim, status
+from gateway.cli import config, demo, device, key, pebble, project, proof, records, run, sim, status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -12,6 +12,6 @@ def main() -> None:
     """w3gate: a W3bstream-compatible edge node for Raspberry-Pi-class gateways."""
 
 
-for module in (run, demo, config, device, pebble, records, status, sim, project):
+for module in (run, demo, config, device, pebble, records, status, sim, project, key, proof):
     for command in module.COMMANDS:
         main.add_command(command)

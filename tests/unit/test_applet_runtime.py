@@ -103,3 +103,34 @@ def test_a_strategy_naming_a_missing_handler_is_refused(tmp_path):
     path = _project_file(tmp_path, extra='[[strategies]]\nevent = "X"\napplet = "probe"\nhandler = "nope"\n')
     with pytest.raises(ProjectError, match="exports no handler 'nope'"):
         ProjectStore(tmp_path / "data").deploy(path)
+
+
+def test_cron_jobs_deliver_upstreams_payload_on_schedule(tmp_path):
+    from gateway.applets.triggers import CronScheduler
+
+    store = ProjectStore(tmp_path / "data")
+    store.deploy(_project_file(tmp_path, extra='[[cron]]\nexpression = "* * * * * */10"\nevent = "TICK"\n'))
+    runtime = AppletRuntime(store)
+
+    async def go():
+        await runtime.reload()
+        scheduler = CronScheduler(runtime)
+        t0 = 1_800_000_000.0  # a multiple of ten seconds
+        assert scheduler.due(t0 + 1) == []  # scheduled: next run at t0 + 10
+        assert scheduler.due(t0 + 9.9) == []
+        (event,) = scheduler.due(t0 + 10.2)
+        assert scheduler.due(t0 + 10.5) == []  # once per slot
+        responses = await runtime.handle([event])
+        await runtime.close()
+        return event, responses
+    event, (response,) = asyncio.run(go())
+    assert event.event_type == "TICK" and event.event_id.endswith("_monitor")
+    payload = json.loads(event.payload)
+    assert payload["Timestamp"] == "2027-01-15T08:00:10Z" and len(payload["ID"]) == 16
+    assert [r["handler"] for r in response.results] == ["env"]  # TICK has no strategy: DEFAULT runs
+
+
+def test_a_bad_cron_expression_is_refused_at_deploy(tmp_path):
+    path = _project_file(tmp_path, extra='[[cron]]\nexpression = "every minute"\nevent = "TICK"\n')
+    with pytest.raises(ProjectError, match="not a cron expression"):
+        ProjectStore(tmp_path / "data").deploy(path)
