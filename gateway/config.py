@@ -55,6 +55,17 @@ listen = "127.0.0.1"                # "0.0.0.0" to take events from the network
 port = 8889                         # upstream's event port; 0 picks a free one (status.json tells)
 max_event_bytes = 262144            # larger event bodies are refused with 413
 
+[chain]
+enabled = false                     # anchor batches of records in the proof registry
+network = "iotex-testnet"           # "iotex-mainnet" (4689), "iotex-testnet" (4690) or a JSON-RPC URL
+registry = ""                       # the ProofRegistry contract address (contracts/)
+key_passphrase_file = ""            # the node key (w3gate key new) is unlocked with this file's first line
+confirmations = 2                   # blocks deep before records count as anchored
+resubmit_after_s = 60               # a transaction not mined this long is replaced with higher fees
+batch_records = 1000                # records per batch (one transaction, one Merkle root) ...
+batch_age_s = 60                    # ... or fewer, once the oldest waits this long
+poll_s = 1.0                        # how often the anchorer looks at the buffer and the chain
+
 [log]
 level = "info"
 """
@@ -108,6 +119,19 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class ChainConfig:
+    enabled: bool
+    network: str
+    registry: str
+    key_passphrase_file: str
+    confirmations: int
+    resubmit_after_s: float
+    batch_records: int
+    batch_age_s: float
+    poll_s: float
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str
 
@@ -120,6 +144,7 @@ class Config:
     buffer: BufferConfig
     applets: AppletsConfig
     api: ApiConfig
+    chain: ChainConfig
     log: LogConfig
 
     @property
@@ -136,7 +161,7 @@ class Config:
 
 
 _SECTIONS = {"mqtt": MqttConfig, "verify": VerifyConfig, "buffer": BufferConfig, "applets": AppletsConfig,
-             "api": ApiConfig, "log": LogConfig}
+             "api": ApiConfig, "chain": ChainConfig, "log": LogConfig}
 
 
 def _coerce(value: object, default: object, name: str) -> object:

@@ -67,6 +67,12 @@ class Node:
             publish=lambda topic, payload: self.link.publish(topic, payload, qos=1), max_batch=a.batch)
         self.dispatcher = PebbleDispatcher(self.runtime, self.store, self.committer, self.registry)
         self.cron = CronScheduler(self.runtime)
+        self.anchoring = None  # anchoring batches on chain, when [chain] is enabled
+        if config.chain.enabled:
+            from gateway.proofs.service import AnchorService  # web3 is imported only when used
+
+            self.anchoring = AnchorService(config.chain, config.data_dir, self.store, self.registry,
+                                           self.committer.call_blocking)
         self.event_api = EventAPI(self.runtime, Publishers(projects), max_bytes=config.api.max_event_bytes)
         self.counters = Counters(read_status(config.status_path))
         self.latency = Latencies()  # receive -> durable (and acknowledged)
@@ -98,6 +104,8 @@ class Node:
         tasks = [asyncio.create_task(self._housekeeping(stop))]
         dispatcher = asyncio.create_task(self.dispatcher.run(stop))
         tasks.append(asyncio.create_task(self.cron.run(stop)))
+        if self.anchoring is not None:
+            anchoring = asyncio.create_task(self.anchoring.run(stop))
         link = asyncio.create_task(self.link.run(stop))
         log.info("w3gate running: %d devices registered, %d records buffered, broker %s:%d",
                  len(self.registry), self._buffer_stats.get("records", 0),
@@ -112,6 +120,9 @@ class Node:
             await link
             await dispatcher  # it finishes the batch it is running, so nothing runs twice needlessly
             await self.event_api.stop_http()
+            if self.anchoring is not None:
+                await anchoring  # ends after its current step
+                self.anchoring.close()
             await self.runtime.close()
             for task in tasks:
                 task.cancel()
@@ -157,8 +168,9 @@ class Node:
             self.verifier.replay.prune(time.time())
             if time.time() - last_expire > 60:
                 last_expire = time.time()
-                # No chain yet: records expire once applets have processed them.
-                expired = await self.committer.call(self.store.expire, None, RecordState.PROCESSED)
+                # with a chain, records expire once anchored; without, once applets processed them
+                state = RecordState.ANCHORED if self.config.chain.enabled else RecordState.PROCESSED
+                expired = await self.committer.call(self.store.expire, None, state)
                 if expired:
                     log.info("expired %d records past the retention of %.0f s", expired,
                              self.config.buffer.retention_s)
@@ -288,6 +300,7 @@ class Node:
             **self.counters.snapshot(),
             "devices": len(self.registry),
             "verify_worker_restarts": self.checker.restarts,
+            "chain": self.anchoring.status() if self.anchoring is not None else None,
             "api": {"url": f"http://{self.config.api.listen}:{self.event_api.port}" if self.event_api.port else None,
                     **self.event_api.counters},
             "applets": {"projects": sorted(self.runtime.projects), "events": self.runtime.counters["events"],

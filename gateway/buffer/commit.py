@@ -67,6 +67,10 @@ class GroupCommitter:
         """Run a store operation on the writer thread, in order with the writes."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    def call_blocking(self, fn: Callable, *args):
+        """The same from another thread that may wait (the chain's): never the loop, never the writer."""
+        return self.executor.submit(fn, *args).result()
+
     async def drain(self) -> None:
         """Wait until everything submitted is durable and acknowledged."""
         await self._idle.wait()

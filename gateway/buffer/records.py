@@ -20,6 +20,7 @@ def record_doc(accepted: Accepted, received: float) -> dict:
     return {
         "rx": received,
         "device": accepted.device.imei,
+        "address": accepted.device.address,  # the signer, kept with the record: proofs need it
         "kind": accepted.kind,
         "wire": accepted.wire,
         "ts": accepted.timestamp,

@@ -8,6 +8,7 @@ import signal
 import click
 
 from gateway.cli.common import config_option, data_dir_option, get_config
+from gateway.errors import W3gateError
 
 
 @click.command()
@@ -26,7 +27,10 @@ def run(config_path: str | None, data_dir: str | None, trace_path: str | None) -
     config = get_config(config_path, data_dir)
     logging.basicConfig(level=config.log.level.upper(),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    node = Node(config, trace_path=trace_path)
+    try:
+        node = Node(config, trace_path=trace_path)
+    except W3gateError as e:  # a key that does not unlock, a registry not set ...
+        raise click.ClickException(str(e)) from None
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -1,0 +1,148 @@
+"""Applet runtime benchmark: events through routing, the worker process and an SDK-built applet.
+
+The applet is applets/pebble-validator (AssemblyScript, @w3bstream/wasm-sdk): per event it reads
+the payload, parses its JSON, logs, and reads and writes its per-device statistics in KV (SQLite,
+one commit per batch). Events are Pebble readings as the gateway hands them to applets.
+
+    python -m bench.applets [--events 50000] [--rate 5000]
+
+Prints: saturation events/s with one project (one worker) and two (two workers, in parallel),
+p50/p99 latency from an event's arrival to its result at an offered rate (micro-batched the way
+the gateway feeds projects), the same while a third project's applet spins on every event, and
+how long a spinning event takes to be stopped at the 1 s default limit.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.applets.pool import Limits
+from gateway.applets.project import ProjectStore
+from gateway.applets.runtime import AppletRuntime, Event
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "applets" / "build"
+
+
+def payload(i: int) -> bytes:
+    imei = f"35467210{i % 500:07d}"
+    return json.dumps({"seq": i, "device": imei, "kind": "data", "timestamp": 1_790_000_000 + i,
+                       "received": 1_790_000_000.5 + i, "trust": "secure-element",
+                       "reading": {"temperature": round(random.uniform(-5, 35), 2), "humidity": 45.1,
+                                   "pressure": 1013.2, "vbat": 4.05, "gps_fix": True,
+                                   "latitude": 48.1, "longitude": 11.5}}).encode()
+
+
+def project_file(directory: Path, name: str, wasm: str, handler: str = "start") -> Path:
+    path = directory / f"{name}.toml"
+    path.write_text(f'name = "{name}"\n[[applets]]\nname = "a"\nwasm = "{BUILD / wasm}"\n'
+                    f'[[strategies]]\nevent = "DEFAULT"\napplet = "a"\nhandler = "{handler}"\n')
+    return path
+
+
+async def saturate(runtime: AppletRuntime, projects: list[str], events: int, batch: int) -> float:
+    """Events/s with every project flat out, each fed batches of ``batch``."""
+    async def feed(name: str) -> None:
+        for start in range(0, events, batch):
+            await runtime.handle([Event(name, payload(i)) for i in range(start, min(events, start + batch))])
+    t = time.perf_counter()
+    await asyncio.gather(*(feed(name) for name in projects))
+    return len(projects) * events / (time.perf_counter() - t)
+
+
+async def latency(runtime: AppletRuntime, project: str, events: int, rate: float, max_batch: int = 200) -> dict:
+    """Arrival → result latency at an offered rate; events wait while the previous batch runs."""
+    queue: list[tuple[float, Event]] = []
+    latencies: list[float] = []
+    arrived = asyncio.Event()
+
+    async def produce() -> None:
+        start = time.perf_counter()
+        for i in range(events):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            queue.append((time.perf_counter(), Event(project, payload(i))))
+            arrived.set()
+
+    async def consume() -> None:
+        done = 0
+        while done < events:
+            if not queue:
+                arrived.clear()
+                await arrived.wait()
+            batch = queue[:max_batch]
+            del queue[:max_batch]
+            await runtime.handle([e for _, e in batch])
+            now = time.perf_counter()
+            latencies.extend(now - t for t, _ in batch)
+            done += len(batch)
+
+    t = time.perf_counter()
+    await asyncio.gather(produce(), consume())
+    elapsed = time.perf_counter() - t
+    latencies.sort()
+    pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2)  # noqa: E731
+    return {"events_per_s": round(events / elapsed), "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+            "max_ms": round(latencies[-1] * 1000, 2)}
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-applets-", dir=ROOT))
+    try:
+        store = ProjectStore(work / "data")
+        for name in ("one", "two"):
+            store.deploy(project_file(work, name, "pebble-validator.wasm"))
+        store.deploy(project_file(work, "runaway", "hostile.wasm", "spin"))
+        runtime = AppletRuntime(store, limits=Limits(time_s=args.limit))
+        await runtime.reload()
+        await runtime.handle([Event(n, payload(0)) for n in ("one", "two")])  # start the workers
+        n = args.events
+        print(f"{n} Pebble readings per project through pebble-validator (log + JSON + KV)", flush=True)
+        one = await saturate(runtime, ["one"], n, 200)
+        print(f"  1 project (1 worker), batches of 200:  {one:>8.0f} events/s", flush=True)
+        single = await saturate(runtime, ["one"], min(n, 3000), 1)
+        print(f"  1 project, one event per round trip:  {single:>8.0f} events/s", flush=True)
+        two = await saturate(runtime, ["one", "two"], n, 200)
+        print(f"  2 projects (2 workers) in parallel:    {two:>8.0f} events/s", flush=True)
+        lat = await latency(runtime, "one", n, args.rate)
+        print(f"  latency at {args.rate:.0f} events/s offered:      {lat}", flush=True)
+
+        stop = asyncio.Event()
+        stopped_after: list[float] = []
+
+        async def runaway() -> None:
+            while not stop.is_set():
+                t = time.perf_counter()
+                await runtime.handle([Event("runaway", b"")])
+                stopped_after.append(time.perf_counter() - t)
+        spinner = asyncio.create_task(runaway())
+        await asyncio.sleep(0.2)
+        lat_spin = await latency(runtime, "one", n, args.rate)
+        stop.set()
+        await spinner
+        print(f"  the same, a third project spinning:   {lat_spin}", flush=True)
+        print(f"  a spinning event is stopped after      {sum(stopped_after) / len(stopped_after):.2f} s "
+              f"(limit {args.limit:g} s, {len(stopped_after)} stopped; includes the worker's restart)")
+        await runtime.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=50_000, help="events per project and phase")
+    parser.add_argument("--rate", type=float, default=5_000, help="offered rate of the latency phases")
+    parser.add_argument("--limit", type=float, default=1.0, help="per-event time limit (s)")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

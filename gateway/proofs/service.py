@@ -1,0 +1,104 @@
+"""The running node's anchoring: the Anchorer and its TxSender on one thread of their own.
+
+Why a thread of their own: web3.py's HTTP calls block, for seconds when an RPC node is slow,
+and the group commit must never wait for the chain. Why a view of the store: the store belongs
+to its writer thread, so the anchorer reaches it through ``StoreView``, which runs each call
+there. The view also shows the anchorer only records the applets have processed, so records
+move accepted → processed → anchored in that order.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from gateway.buffer.store import RecordStore
+from gateway.chain.keystore import keystore_path, load_key, read_passphrase_file
+from gateway.chain.sender import SenderConfig, TxSender, connect, resolve_network
+from gateway.proofs.anchor import PROOFS_DIR, AnchorConfig, AnchorError, Anchorer, addresses_from
+from gateway.verify.registry import Registry
+
+log = logging.getLogger("w3gate.proofs")
+
+
+class StoreView:
+    """The store as the anchorer sees it: processed records, each call run on the writer thread."""
+
+    def __init__(self, store: RecordStore, run_on_writer: Callable) -> None:
+        self._store = store
+        self._run = run_on_writer  # run_on_writer(fn, *args) -> fn's result, on the writer thread
+
+    def stats(self) -> dict:
+        stats = self._run(self._store.stats)
+        return {**stats, "last_seq": stats["processed_upto"]}
+
+    def iter_records(self, **kwargs):
+        def read() -> list[dict]:
+            upto = self._store.stats()["processed_upto"]
+            return [d for d in self._store.iter_records(**kwargs) if d["seq"] <= upto]
+        return iter(self._run(read))
+
+    def get(self, seq: int) -> dict | None:
+        return self._run(self._store.get, seq)
+
+    def mark_anchored(self, upto_seq: int) -> None:
+        self._run(self._store.mark_anchored, upto_seq)
+
+
+class AnchorService:
+    def __init__(self, chain_config, data_dir, store: RecordStore, registry: Registry,
+                 run_on_writer: Callable) -> None:
+        c = chain_config
+        if not c.registry:
+            raise AnchorError("[chain] registry: the proof registry's contract address is not set",
+                              reason="bad_config")
+        if not c.key_passphrase_file:
+            raise AnchorError("[chain] key_passphrase_file: the node key's passphrase file is not set "
+                              "(create the key with `w3gate key new --passphrase-file FILE`)", reason="bad_config")
+        account = load_key(keystore_path(data_dir), read_passphrase_file(c.key_passphrase_file))
+        network = resolve_network(c.network)
+        self.sender = TxSender(connect(network), account, data_dir / "txjournal.json",
+                               SenderConfig(confirmations=c.confirmations, resubmit_after_s=c.resubmit_after_s),
+                               network=network)
+        self.anchorer = Anchorer(StoreView(store, run_on_writer), self.sender, c.registry, data_dir / PROOFS_DIR,
+                                 addresses_from(registry),
+                                 AnchorConfig(batch_size=c.batch_records, max_age_s=c.batch_age_s))
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="w3gate-chain")
+        self.interval_s = c.poll_s
+        self.last_report: dict = {}
+        self.stopped: str | None = None  # why anchoring stopped, when it had to
+        log.info("anchoring as %s (did:io:%s) on %s, registry %s", account.address, account.address.lower(),
+                 network.name, c.registry)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        chain_was = "up"
+        while not stop.is_set() and self.stopped is None:
+            try:
+                self.last_report = await loop.run_in_executor(self.executor, self.anchorer.step)
+            except AnchorError as e:
+                self.stopped = f"{e.reason}: {e}"
+                log.error("anchoring stopped: %s", self.stopped)
+                break
+            except Exception:  # noqa: BLE001 - an unexpected failure: log it, try again later
+                log.exception("anchoring step failed")
+                self.last_report = {"chain": "error"}
+            chain = self.last_report.get("chain", "up")
+            if chain != chain_was:
+                (log.warning if chain != "up" else log.info)("chain is %s", chain)
+                chain_was = chain
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+            except asyncio.TimeoutError:
+                pass
+
+    def status(self) -> dict:
+        try:
+            stats = self.anchorer.stats()
+        except Exception:  # noqa: BLE001 - a status read never fails the node
+            stats = {}
+        return {"gateway": self.sender.address, "stopped": self.stopped, **self.last_report, **stats}
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
