@@ -16,6 +16,7 @@ import logging
 import signal
 import struct
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -43,6 +44,7 @@ class AppletEvent:
     handler: str
     payload: bytes
     meta: EventMeta = EventMeta()
+    applet: str = ""  # its name in the project, for the log
 
 
 @dataclass
@@ -51,7 +53,6 @@ class AppletResult:
     code: int
     error: str | None = None
     return_value: bytes | None = None
-    logs: list[tuple[str, str]] = field(default_factory=list)
     mqtt: list[tuple[str, bytes]] = field(default_factory=list)
     metrics: list[dict] = field(default_factory=list)
     ms: float = 0.0
@@ -64,7 +65,7 @@ class WorkerDied(W3gateError):
 class ProjectWorker:
     def __init__(self, project: str, *, modules_dir: Path, state_path: Path, schema: list[str] | None = None,
                  env: dict[str, str] | None = None, limits: Limits = Limits(), host_call: HostCall | None = None,
-                 stderr_path: Path | None = None) -> None:
+                 stderr_path: Path | None = None, log_path: Path | None = None) -> None:
         self.project = project
         self.modules_dir = modules_dir
         self.state_path = state_path
@@ -73,6 +74,7 @@ class ProjectWorker:
         self.limits = limits
         self.host_call = host_call
         self.stderr_path = stderr_path
+        self.log_path = log_path
         self.restarts = 0
         self.events = 0
         self._proc: asyncio.subprocess.Process | None = None
@@ -87,14 +89,18 @@ class ProjectWorker:
             try:
                 results = await self._run_batch(events, cursor)
             except WorkerDied as died:
-                log.warning("project %s: worker died in a batch of %d (%s); running them one by one",
-                            self.project, len(events), died)
-                results = []
-                for event in events:
+                if len(events) == 1:  # the culprit is known: no need to run it again
+                    results = [self._died(events[0], died)]
+                    events_to_retry: list[AppletEvent] = []
+                else:
+                    log.warning("project %s: worker died in a batch of %d (%s); running them one by one",
+                                self.project, len(events), died)
+                    results, events_to_retry = [], events
+                for event in events_to_retry:
                     try:
                         results += await self._run_batch([event], None)
                     except WorkerDied as e:
-                        results.append(AppletResult(event.id, -1, str(e)))
+                        results.append(self._died(event, e))
                 if cursor is not None:
                     try:
                         await self._run_batch([], cursor)  # the batch is over, whatever its events did
@@ -105,6 +111,18 @@ class ProjectWorker:
             self.events += len(events)
             return results
 
+    def _died(self, event: AppletEvent, why: WorkerDied) -> AppletResult:
+        """The event killed its worker: the worker could not log it, so we do."""
+        if self.log_path is not None:
+            line = {"t": time.time(), "event": event.meta.event_id, "applet": event.applet or "?",
+                    "level": "error", "msg": f"{event.handler} failed: {why}"}
+            try:
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps(line) + "\n")
+            except OSError:
+                pass
+        return AppletResult(event.id, -1, str(why))
+
     async def configure(self, *, schema: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         """Apply a redeployed project's schema and env; the worker rebuilds instances lazily."""
         async with self._lock:
@@ -113,8 +131,7 @@ class ProjectWorker:
             if env is not None:
                 self.env = dict(env)
             if self._proc is not None:
-                await self._send({"op": "project", "state": str(self.state_path), "schema": self.schema,
-                                  "env": self.env})
+                await self._send(self._project_message())
 
     async def close(self) -> None:
         async with self._lock:
@@ -134,7 +151,11 @@ class ProjectWorker:
         finally:
             if self.stderr_path:
                 stderr.close()
-        await self._send({"op": "project", "state": str(self.state_path), "schema": self.schema, "env": self.env})
+        await self._send(self._project_message())
+
+    def _project_message(self) -> dict:
+        return {"op": "project", "state": str(self.state_path), "schema": self.schema, "env": self.env,
+                "log": str(self.log_path) if self.log_path else None}
 
     async def _stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -168,7 +189,7 @@ class ProjectWorker:
         if self._proc is None or self._proc.returncode is not None:
             await self._start()
         await self._send({"op": "run", "cursor": list(cursor) if cursor else None, "events": [
-            {"id": e.id, "module": e.module, "handler": e.handler,
+            {"id": e.id, "module": e.module, "handler": e.handler, "applet": e.applet,
              "payload": base64.b64encode(e.payload).decode(), "meta": e.meta.__dict__} for e in events]})
         # the worker's own timer stops an event; this only guards against a worker stuck elsewhere
         deadline = asyncio.get_running_loop().time() + len(events) * self.limits.time_s + 10
@@ -188,7 +209,6 @@ class ProjectWorker:
                 continue
             return [AppletResult(r["id"], r["code"], r["error"],
                                  base64.b64decode(r["return"]) if r["return"] is not None else None,
-                                 [tuple(x) for x in r["logs"]],
                                  [(t, base64.b64decode(p)) for t, p in r["mqtt"]], r["metrics"], r["ms"])
                     for r in message["results"]]
 

@@ -4,13 +4,14 @@ project's worker, in batches, returning W3bstream's per-applet results.
 Every source of events (verified Pebble data from the buffer, the HTTP and MQTT event API,
 triggers) hands ``Event`` lists to ``handle``. Projects run side by side, each in its own worker,
 so a slow or hostile applet delays only its own project. What applets log goes to
-``<data>/projects/<name>/applet.log`` (JSON lines, read by ``w3gate applet logs``); MQTT messages
-they send are published after their event succeeded.
+``<data>/projects/<name>/applet.log`` (JSON lines, written by the worker, read by ``w3gate applet
+logs``); MQTT messages they send are published after their event succeeded.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import logging
 import time
@@ -26,6 +27,9 @@ from gateway.applets.project import Project, ProjectStore
 log = logging.getLogger("w3gate.applets")
 
 LOG_ROTATE_BYTES = 5 << 20
+# event IDs the node makes: unique like upstream's "<uuid>_w3b", without a uuid4 per event
+_RUN_ID = uuid.uuid4().hex[:20]
+_EVENT_NUMBERS = itertools.count(1)
 
 
 @dataclass
@@ -39,7 +43,7 @@ class Event:
     trust: str = ""
 
     def __post_init__(self) -> None:
-        self.event_id = (self.event_id or f"{uuid.uuid4()}_w3b").lower()
+        self.event_id = (self.event_id or f"{_RUN_ID}-{next(_EVENT_NUMBERS):012x}_w3b").lower()
         self.timestamp_ms = self.timestamp_ms or int(time.time() * 1000)
 
 
@@ -110,7 +114,7 @@ class AppletRuntime:
                 self.workers[name] = ProjectWorker(
                     name, modules_dir=self.store.modules_dir, state_path=directory / "state.sqlite",
                     schema=project.schema, env=project.env, limits=self.limits, host_call=self.host_call,
-                    stderr_path=directory / "worker.stderr")
+                    stderr_path=directory / "worker.stderr", log_path=directory / "applet.log")
                 log.info("project %s deployed: applets %s", name, ", ".join(project.applets))
             elif old != project:
                 await worker.configure(schema=project.schema, env=project.env)
@@ -162,14 +166,14 @@ class AppletRuntime:
             for n, strategy in enumerate(project.route(event.event_type)):
                 job_id = f"{event.event_id}#{n}"
                 jobs.append((AppletEvent(job_id, project.applets[strategy.applet], strategy.handler,
-                                         event.payload, meta), response, strategy.applet, strategy.handler))
+                                         event.payload, meta, strategy.applet), response, strategy.applet,
+                             strategy.handler))
         results: list[AppletResult] = []
         if cursor is not None:
             results = await worker.run([job[0] for job in jobs], cursor=cursor)
         else:
             for start in range(0, len(jobs), self.max_batch):
                 results += await worker.run([job[0] for job in jobs[start:start + self.max_batch]])
-        lines = []
         now = time.time()
         for (job, response, applet, handler), result in zip(jobs, results):
             response.results.append({"appletName": applet, "instanceID": job.module[:16], "handler": handler,
@@ -178,11 +182,6 @@ class AppletRuntime:
             self.counters["events"] += 1
             if result.error:
                 self.counters["failed"] += 1
-            for level, message in result.logs:
-                lines.append({"t": now, "event": job.meta.event_id, "applet": applet, "level": level, "msg": message})
-            if result.error:
-                lines.append({"t": now, "event": job.meta.event_id, "applet": applet, "level": "error",
-                              "msg": f"{handler} failed: {result.error}"})
             for topic, payload in result.mqtt:
                 if self.publish is not None:
                     self.publish(topic, payload)
@@ -192,8 +191,6 @@ class AppletRuntime:
                               for m in result.metrics])
         for response in responses:
             response.timestamp_ms = int(time.time() * 1000)
-        if lines:
-            self._append(self.store.project_dir(name) / "applet.log", lines)
 
     @staticmethod
     def _append(path: Path, entries: list[dict]) -> None:

@@ -2,8 +2,9 @@
 
 Upstream keeps KV in memory by default (lost on restart) and SQL in Postgres. Here both live in
 ``<data>/projects/<name>/state.sqlite``: KV in table ``kv``, the applets' own tables next to it,
-created from the project's schema. Each event runs inside a savepoint, so a handler that traps
-or is killed leaves no half-written state; a batch of events is committed at once (one fsync),
+created from the project's schema. Each event is all or nothing (its KV writes are applied only
+if it succeeds, its SQL runs in a savepoint), so a handler that traps or is killed leaves no
+half-written state; a batch of events is committed at once (one fsync),
 together with how far the project got in its feed of records, so a record's effects on the
 state happen exactly once.
 
@@ -54,6 +55,7 @@ def parse_sql_request(raw: bytes) -> tuple[str, list]:
 
 
 META = "w3gate_meta"
+CACHE_ENTRIES = 100_000  # KV values kept in memory between batches
 
 
 def read_cursor(path: Path, name: str) -> int:
@@ -93,11 +95,18 @@ class ProjectState:
                 if "already exists" not in str(e):  # the schema is applied on every start
                     raise HostError(f"the project's schema fails: {e} in {statement!r}") from None
         self._in_batch = False
+        self._savepoint = False
+        # KV in memory between commits: an event's writes, then the batch's, then what is on disk.
+        # Most events touch a few keys, so this saves SQLite round trips and per-event savepoints.
+        self._event_kv: dict[str, bytes] = {}
+        self._batch_kv: dict[str, bytes] = {}
+        self._cache: dict[str, bytes | None] = {}
+        self._cursors: dict[str, int] = {}
 
     def close(self) -> None:
         self._db.close()
 
-    # -- transactions: a batch of events, a savepoint per event ------------------------------------
+    # -- transactions: a batch of events, each event all or nothing ---------------------------------
 
     def begin_batch(self) -> None:
         if not self._in_batch:
@@ -105,39 +114,64 @@ class ProjectState:
             self._in_batch = True
 
     def commit_batch(self) -> None:
-        if self._in_batch:
-            self._db.execute("COMMIT")
-            self._in_batch = False
+        """Write the batch's KV and cursors and commit: one fsync for the whole batch."""
+        if not (self._batch_kv or self._cursors or self._in_batch):
+            return
+        self.begin_batch()
+        if self._batch_kv:
+            self._db.executemany("INSERT INTO kv (key, value) VALUES (?, ?) "
+                                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", self._batch_kv.items())
+        if self._cursors:
+            self._db.executemany(f"INSERT INTO {META} (key, value) VALUES (?, ?) "
+                                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", self._cursors.items())
+        self._db.execute("COMMIT")
+        self._in_batch = False
+        if len(self._cache) > CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache.update(self._batch_kv)
+        self._batch_kv.clear()
+        self._cursors.clear()
 
     def begin_event(self) -> None:
-        self.begin_batch()
-        self._db.execute("SAVEPOINT event")
+        self._event_kv = {}
 
     def end_event(self, keep: bool) -> None:
-        if not keep:
-            self._db.execute("ROLLBACK TO event")
-        self._db.execute("RELEASE event")
+        if keep:
+            self._batch_kv.update(self._event_kv)
+        self._event_kv = {}
+        if self._savepoint:
+            if not keep:
+                self._db.execute("ROLLBACK TO event")
+            self._db.execute("RELEASE event")
+            self._savepoint = False
+
+    def _sql_savepoint(self) -> None:
+        """SQL changes of an event are undone with a savepoint, opened only by events that use SQL."""
+        if not self._savepoint:
+            self.begin_batch()
+            self._db.execute("SAVEPOINT event")
+            self._savepoint = True
 
     def set_cursor(self, name: str, value: int) -> None:
         """How far a feed of events got; committed with the state its events produced."""
-        self.begin_batch()
-        self._db.execute(f"INSERT INTO {META} (key, value) VALUES (?, ?) "
-                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (name, value))
+        self._cursors[name] = value
 
     # -- KV -----------------------------------------------------------------------------------------
 
     def kv_get(self, key: str) -> bytes | None:
+        for layer in (self._event_kv, self._batch_kv, self._cache):
+            if key in layer:
+                return layer[key]
         row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        value = None if row is None else bytes(row[0])
+        self._cache[key] = value
+        return value
 
     def kv_set(self, key: str, value: bytes) -> None:
-        try:
-            self._db.execute("INSERT INTO kv (key, value) VALUES (?, ?) "
-                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
-        except sqlite3.Error as e:
-            raise HostError(f"KV write failed: {e}") from None
+        self._event_kv[key] = bytes(value)
 
     def kv_items(self, prefix: str = "") -> list[tuple[str, bytes]]:
+        """Committed KV entries (for tools reading a project's state)."""
         rows = self._db.execute("SELECT key, value FROM kv WHERE key >= ? ORDER BY key", (prefix,))
         return [(k, bytes(v)) for k, v in rows if k.startswith(prefix)]
 
@@ -147,6 +181,7 @@ class ProjectState:
         if not self.has_database:
             raise NoDatabase("the project declares no database")
         statement, params = parse_sql_request(raw)
+        self._sql_savepoint()
         try:
             self._db.execute(statement, params)
         except sqlite3.Error as e:
@@ -156,6 +191,7 @@ class ProjectState:
         if not self.has_database:
             raise NoDatabase("the project declares no database")
         statement, params = parse_sql_request(raw)
+        self._sql_savepoint()
         try:
             cursor = self._db.execute(statement, params)
             rows = cursor.fetchall()

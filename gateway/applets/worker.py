@@ -16,9 +16,11 @@ Protocol on stdin/stdout: frames of a u32be length and a JSON object.
     worker → parent  {"op": "call", "fn": "send_tx" | "call_contract" | "api_call", "args": {...},
                       "event": id}
                      {"op": "done", "results": [...], "memory_pages": {...}}
-Each result: {"id", "code", "error", "return" (b64 or null), "logs": [[level, text]],
-"mqtt": [[topic, payload b64]], "metrics": [...], "ms"}. State changes of a batch are committed
-together before "done"; an event that fails leaves none.
+Each result: {"id", "code", "error", "return" (b64 or null), "mqtt": [[topic, payload b64]],
+"metrics": [...], "ms"}. State changes of a batch are committed together before "done"; an event
+that fails leaves none. What applets log, and their failures, the worker appends to the project's
+log itself (JSON lines ``{"t", "event", "applet", "level", "msg"}``): that work stays off the
+gateway's event loop and runs in parallel across projects.
 """
 from __future__ import annotations
 
@@ -96,6 +98,9 @@ class _EventHost:
         return self.worker.call_parent("api_call", {"request": request})
 
 
+LOG_ROTATE_BYTES = 5 << 20
+
+
 class Worker:
     def __init__(self, stdin, stdout, *, time_limit_s: float, max_pages: int, recycle_events: int,
                  modules_dir: Path) -> None:
@@ -106,6 +111,7 @@ class Worker:
         self.modules_dir = modules_dir
         self.state: ProjectState | None = None
         self.env: dict[str, str] = {}
+        self.log_path: Path | None = None
         self._instances: dict[str, AppletInstance] = {}
         self._host: _EventHost | None = None
         self._event_id = ""
@@ -118,7 +124,9 @@ class Worker:
             if message["op"] == "project":
                 self._project(message)
             elif message["op"] == "run":
-                results = [self._run(event) for event in message["events"]]
+                lines: list[str] = []
+                results = [self._run(event, lines) for event in message["events"]]
+                self._append_log(lines)
                 if message.get("cursor"):
                     name, value = message["cursor"]
                     self.state.set_cursor(name, value)
@@ -149,6 +157,7 @@ class Worker:
             self.state.close()
         self.state = ProjectState(Path(message["state"]), schema=message.get("schema") or [])
         self.env = {str(k): str(v) for k, v in (message.get("env") or {}).items()}
+        self.log_path = Path(message["log"]) if message.get("log") else None
         self._instances.clear()  # a redeploy may change modules; rebuild lazily
 
     def _instance(self, sha: str) -> AppletInstance:
@@ -168,7 +177,18 @@ class Worker:
                 return getattr(worker._host, name)
         return Proxy()
 
-    def _run(self, event: dict) -> dict:
+    def _append_log(self, lines: list[str]) -> None:
+        if not lines or self.log_path is None:
+            return
+        try:
+            if self.log_path.exists() and self.log_path.stat().st_size > LOG_ROTATE_BYTES:
+                self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+            with open(self.log_path, "a") as f:
+                f.write("".join(lines))
+        except OSError:
+            pass  # a full disk must not stop the applets; the results still carry the errors
+
+    def _run(self, event: dict, lines: list[str]) -> dict:
         host = self._host = _EventHost(self)
         self._event_id = event["id"]
         meta = EventMeta(**event.get("meta", {}))
@@ -197,9 +217,16 @@ class Worker:
         except (OSError, ValueError) as e:
             error = f"the applet could not be loaded: {e}"
         self.state.end_event(keep=error is None)
+        if host.logs or error is not None:
+            head = f'{{"t": {time.time()}, "event": {json.dumps(meta.event_id)}, ' \
+                   f'"applet": {json.dumps(event.get("applet", "?"))}, "level": '
+            for level, message in host.logs:  # the same JSON as json.dumps of the dict, made cheaply
+                lines.append(f'{head}"{level}", "msg": {json.dumps(message)}}}\n')
+            if error is not None:
+                lines.append(f'{head}"error", "msg": {json.dumps(event["handler"] + " failed: " + error)}}}\n')
         return {"id": event["id"], "code": code, "error": error,
                 "return": base64.b64encode(returned).decode() if returned is not None else None,
-                "logs": host.logs, "mqtt": host.mqtt if error is None else [],
+                "mqtt": host.mqtt if error is None else [],
                 "metrics": host.metrics, "ms": round((time.perf_counter() - started) * 1000, 3)}
 
 

@@ -35,7 +35,7 @@ def _run(coro):
 def _worker(modules, tmp_path, **kwargs) -> ProjectWorker:
     directory, _ = modules
     return ProjectWorker("demo", modules_dir=directory, state_path=tmp_path / "state.sqlite",
-                         stderr_path=tmp_path / "worker.log", **kwargs)
+                         stderr_path=tmp_path / "worker.stderr", log_path=tmp_path / "applet.log", **kwargs)
 
 
 def test_a_batch_runs_in_order_and_kv_is_committed(modules, tmp_path):
@@ -49,7 +49,9 @@ def test_a_batch_runs_in_order_and_kv_is_committed(modules, tmp_path):
             await worker.close()
     results = _run(go())
     assert [r.code for r in results] == [1, 2, 3, 4, 5, 0]
-    assert results[-1].return_value == b"hello" and results[-1].logs == [("info", "hello")]
+    assert results[-1].return_value == b"hello"
+    log = [json.loads(line) for line in (tmp_path / "applet.log").read_text().splitlines()]
+    assert [(e["level"], e["msg"]) for e in log] == [("info", "hello")]
 
     async def again():  # a new worker process, the same project state on disk
         worker = _worker(modules, tmp_path)
