@@ -36,6 +36,7 @@ HANDLERS = {
     "hostile": {"start", "well_behaved", "spin", "memory_bomb", "deep_recursion", "trap", "div_zero"},
     "no-alloc": {"start", "get_db"},
     "unknown-import": {"start"},
+    "log-kv": {"start"},
 }
 
 
