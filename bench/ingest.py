@@ -238,6 +238,7 @@ def main() -> None:
               f"broker {broker_us} us; machine {busy_cores:.2f} of {os.cpu_count()} cores busy", flush=True)
 
         if args.drain_only:
+            print(f"  gateway peak RSS {vm_hwm_kb(gateway.pid) / 1024:.1f} MB", flush=True)
             time.sleep(1.2)  # the next status.json
             status = json.loads((data_dir / "status.json").read_text())
             for key in ("latency_receive_to_verified", "latency_receive_to_durable"):

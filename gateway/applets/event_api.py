@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-from aiohttp import web
-
 from gateway.applets.publishers import Publishers
 from gateway.applets.runtime import AppletRuntime, Event
 
@@ -40,7 +38,7 @@ class EventAPI:
         self.publishers = publishers
         self.max_bytes = max_bytes
         self.counters = {"accepted": 0, "unauthorized": 0, "not_found": 0, "too_large": 0}
-        self._runner: web.AppRunner | None = None
+        self._runner = None  # aiohttp's AppRunner while the HTTP API serves
         self.port: int | None = None
 
     async def submit(self, project: str, token: str | None, payload: bytes, *, event_type: str | None = None,
@@ -85,6 +83,8 @@ class EventAPI:
     # -- HTTP ---------------------------------------------------------------------------------------
 
     async def start_http(self, host: str, port: int) -> int:
+        from aiohttp import web  # 13 MB of memory: loaded only when the HTTP API is on
+
         app = web.Application(client_max_size=self.max_bytes + 1)
         app.router.add_post(ROUTE, self._http_event)
         self._runner = web.AppRunner(app, access_log=None)
@@ -100,7 +100,9 @@ class EventAPI:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _http_event(self, request: web.Request) -> web.Response:
+    async def _http_event(self, request):
+        from aiohttp import web
+
         token = request.headers.get("Authorization") or request.query.get("authorization")
         try:
             body = await request.read()
