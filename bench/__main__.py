@@ -4,6 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-for module, args in (("bench.buffer", ["--backlog", "1000000"]), ("bench.ingest", [])):
+for module, args in (("bench.buffer", ["--backlog", "1000000"]), ("bench.ingest", []), ("bench.applets", [])):
     print(f"== {module} ==", flush=True)
     subprocess.run([sys.executable, "-m", module, *args, *sys.argv[1:]], check=True)
