@@ -129,3 +129,21 @@ def test_garbage_is_not_a_module():
         inspect(b"\0asm\x01\0\0\0\x01\xff\xff\xff\xff\x0f")
     with pytest.raises(ModuleError):
         inspect(b"hello")
+
+
+def test_the_wasi_functions_tinygo_applets_import(tmp_path):
+    import time
+
+    from gateway.applets.abi import GuestAbort
+
+    host = DictHost()
+    applet = AppletInstance(assemble("wasi", tmp_path), host)
+    assert applet.call("print", b"") == (0, None)
+    assert host.logs == [("info", "hello from tinygo")]  # stdout is the applet's log
+    assert applet.call("written", b"")[0] == 18
+    assert abs(applet.call("now", b"")[0] - (int(time.time()) & 0x7FFFFFFF)) <= 2
+    assert applet.call("args_and_env", b"")[0] == 0  # no args, no env, as W3bstream links WASI
+    assert applet.call("random", b"")[0] == 0
+    assert applet.call("bad_fd", b"")[0] == 8  # EBADF: there are no files
+    with pytest.raises(GuestAbort, match=r"proc_exit\(3\)"):
+        applet.call("exit", b"")

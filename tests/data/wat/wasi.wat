@@ -1,0 +1,33 @@
+;; What a TinyGo applet imports from WASI (W3bstream links preview1 with no args, env or files):
+;; prints with fd_write, reads the clock, asks for its (empty) args and env, exits with proc_exit.
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env_sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "hello from tinygo\n")
+  (func (export "alloc") (param i32) (result i32) (i32.const 2048))
+  ;; println: one iovec at 0 pointing at the text; returns fd_write's errno, bytes written at 8
+  (func (export "print") (param $rid i32) (result i32)
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.const 18))
+    (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+  (func (export "written") (param $rid i32) (result i32) (i32.load (i32.const 8)))
+  ;; realtime clock in seconds (the low 32 bits are enough for a test)
+  (func (export "now") (param $rid i32) (result i32)
+    (drop (call $clock (i32.const 0) (i64.const 1) (i32.const 16)))
+    (i32.wrap_i64 (i64.div_u (i64.load (i32.const 16)) (i64.const 1000000000))))
+  ;; argc + argv bytes + envc + env bytes: all zero under W3bstream
+  (func (export "args_and_env") (param $rid i32) (result i32)
+    (drop (call $args_sizes (i32.const 24) (i32.const 28)))
+    (drop (call $env_sizes (i32.const 32) (i32.const 36)))
+    (i32.add (i32.add (i32.load (i32.const 24)) (i32.load (i32.const 28)))
+             (i32.add (i32.load (i32.const 32)) (i32.load (i32.const 36)))))
+  (func (export "random") (param $rid i32) (result i32) (call $random (i32.const 40) (i32.const 16)))
+  (func (export "bad_fd") (param $rid i32) (result i32)
+    (call $fd_write (i32.const 9) (i32.const 0) (i32.const 1) (i32.const 8)))
+  (func (export "exit") (param $rid i32) (result i32) (call $exit (i32.const 3)) (i32.const 0))
+)
