@@ -9,6 +9,7 @@ reason, logged once each (rate-limited), and acknowledged in order: nothing cras
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -73,6 +74,7 @@ class Node:
 
             self.anchoring = AnchorService(config.chain, config.data_dir, self.store, self.registry,
                                            self.committer.call_blocking)
+        self.runtime.host_call = self._applet_host_call
         self.event_api = EventAPI(self.runtime, Publishers(projects), max_bytes=config.api.max_event_bytes)
         self.counters = Counters(read_status(config.status_path))
         self.latency = Latencies()  # receive -> durable (and acknowledged)
@@ -259,6 +261,38 @@ class Node:
     def _count_rejection(self, msg: Inbound, rejection: Rejection) -> None:
         self.counters.rejected[rejection.reason] += 1
         self.reject_log(rejection.reason, rejection.device, msg.topic, rejection.detail)
+
+    async def _applet_host_call(self, fn: str, args: dict):
+        """Host calls an applet's worker cannot answer itself: the chain, and the system API."""
+        if fn == "api_call":
+            return await self._system_api(args.get("request") or {})
+        if self.anchoring is None:
+            raise RuntimeError(f"{fn}: no chain is configured ([chain] enabled = false)")
+        return await self.anchoring.applet_call(fn, args)
+
+    async def _system_api(self, request: dict) -> dict:
+        """W3bstream's in-process system API behind ``ws_api_call``: hello and send_tx."""
+        url = str(request.get("Url") or "").removeprefix("w3bstream://w3bstream.com")
+        method = str(request.get("Method") or "GET").upper()
+
+        def reply(code: int, body: dict) -> dict:
+            return {"Status": f"{code}", "StatusCode": code, "Proto": "HTTP/1.1",
+                    "Header": {"Content-Type": ["application/json"]},
+                    "Body": base64.b64encode(json.dumps(body).encode()).decode()}
+        if method == "GET" and url == "/system/hello":
+            return reply(200, {"message": "hello from w3gate"})
+        if method == "POST" and url == "/system/send_tx":
+            if self.anchoring is None:
+                return reply(503, {"error": "no chain is configured"})
+            try:
+                body = json.loads(base64.b64decode(request.get("Body") or ""))
+                tx_hash = await self.anchoring.applet_call(
+                    "send_tx", {"chain_id": self.anchoring.sender.chain_id, "operator": body.get("operatorName"),
+                                "request": {"to": body.get("to"), "value": body.get("value"), "data": body.get("data")}})
+            except Exception as e:  # noqa: BLE001 - the applet gets the reason in the response
+                return reply(400, {"error": str(e)})
+            return reply(200, {"transactionID": tx_hash, "state": "pending"})
+        return reply(404, {"error": f"no system route {method} {url}"})
 
     async def _event_over_mqtt(self, msg: Inbound) -> None:
         """A W3bstream event published over MQTT: run it, answer on ack/<publisherKey>."""

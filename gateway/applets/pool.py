@@ -218,7 +218,8 @@ class ProjectWorker:
         if self.host_call is None:
             return {"op": "reply", "error": f"no chain is configured for {message['fn']}"}
         try:
-            value = await self.host_call(message["fn"], message["args"])
+            value = await self.host_call(message["fn"], {**message["args"], "event": message.get("event"),
+                                                         "project": self.project})
         except Exception as e:  # noqa: BLE001 - any failure becomes the guest's error code
             return {"op": "reply", "error": str(e) or type(e).__name__}
         self._call_cache[cache_key] = value

@@ -93,6 +93,34 @@ class AnchorService:
             except asyncio.TimeoutError:
                 pass
 
+    # -- the chain for applets (ws_send_tx, ws_send_tx_with_operator, ws_call_contract) -------------
+
+    async def applet_call(self, fn: str, args: dict):
+        """An applet's chain call, on the chain thread: the same sender, nonces and journal as
+        the anchors. The node key is the only operator (``operatorName`` "default" or none)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._applet_call, fn, args)
+
+    def _applet_call(self, fn: str, args: dict):
+        request = args.get("request") or {}
+        chain_id = int(args.get("chain_id", 0))
+        if fn in ("send_tx", "call_contract") and chain_id != self.sender.chain_id:
+            raise AnchorError(f"this node is on chain {self.sender.chain_id}, the applet asked for {chain_id}",
+                              reason="wrong_chain")
+        data = str(request.get("data") or "")
+        data = data if data.startswith("0x") else "0x" + data
+        if fn == "send_tx":
+            operator = args.get("operator")
+            if operator not in (None, "", "default"):
+                raise AnchorError(f"no operator named {operator!r}: applets send with the node key",
+                                  reason="unknown_operator")
+            value = request.get("value") or 0
+            value = int(value, 0) if isinstance(value, str) else int(value)
+            return self.sender.submit(request.get("to"), data, value=value, tag=f"applet:{args.get('event', '')}")
+        if fn == "call_contract":
+            return bytes(self.sender.w3.eth.call({"to": self.sender.w3.to_checksum_address(request["to"]),
+                                                  "data": data})).hex()
+        raise AnchorError(f"{fn} is not a chain call", reason="bad_call")
+
     def status(self) -> dict:
         try:
             stats = self.anchorer.stats()

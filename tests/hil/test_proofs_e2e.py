@@ -75,3 +75,59 @@ def test_readings_are_anchored_and_a_proof_verifies_against_the_chain(tmp_path, 
     verified = subprocess.run([*w3gate_exe(), "proof", "verify", str(proof_file), "--rpc", anvil.url,
                                "--registry", registry, "--gateway", identity["did"]], capture_output=True, text=True)
     assert verified.returncode == 0 and verified.stdout.startswith("valid"), verified.stdout + verified.stderr
+
+
+def test_applets_send_transactions_and_call_contracts_through_the_nodes_sender(tmp_path, mosquitto, anvil,
+                                                                               built_applets):
+    import urllib.request
+
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("correct horse battery staple\n")
+    key_file = tmp_path / "gateway.key"
+    key_file.write_text(anvil.keys[1])
+    gateway_address = Account.from_key(anvil.keys[1]).address
+    registry = deploy_registry(anvil, gateway_address)
+    gw = GatewayProcess(tmp_path, mosquitto.port, chain__enabled=True, chain__network=anvil.url,
+                        chain__registry=registry, chain__key_passphrase_file=str(passphrase),
+                        chain__confirmations=1, chain__poll_s=0.2)
+    cli("key", "import", str(key_file), "--passphrase-file", str(passphrase), data_dir=gw.data_dir)
+    project = tmp_path / "chain.toml"
+    project.write_text(f'name = "chain"\n[[applets]]\nname = "probe"\nwasm = "{built_applets / "abi-probe.wasm"}"\n'
+                       '[[strategies]]\nevent = "TX"\napplet = "probe"\nhandler = "send_tx"\n'
+                       '[[strategies]]\nevent = "CALL"\napplet = "probe"\nhandler = "call_contract"\n'
+                       '[[strategies]]\nevent = "API"\napplet = "probe"\nhandler = "api_call"\n')
+    cli("project", "deploy", str(project), data_dir=gw.data_dir)
+    token = cli_json("publisher", "add", "chain", "tester", data_dir=gw.data_dir)["token"]
+    gw.start()
+    try:
+        url = gw.wait_for(lambda s: (s.get("api") or {}).get("url"), what="event API")["api"]["url"]
+
+        def event(event_type: str, body: dict) -> dict:
+            request = urllib.request.Request(f"{url}/srv-applet-mgr/v0/event/chain?eventType={event_type}",
+                                             data=json.dumps(body).encode(), method="POST",
+                                             headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(request, timeout=20) as response:
+                return json.loads(response.read())["results"][0]
+
+        receiver = Account.create().address
+        sent = event("TX", {"to": receiver, "value": "12345", "data": ""})
+        assert sent["code"] == 0, sent
+        w3 = Web3(Web3.HTTPProvider(anvil.url))
+        receipt = w3.eth.wait_for_transaction_receipt(sent["returnValue"], timeout=10)
+        assert receipt["from"] == gateway_address and w3.eth.get_balance(receiver) == 12345
+        # nextSequence(gateway) of the registry: 0, read by the applet with eth_call
+        call = event("CALL", {"to": registry, "data": "0x" + Web3.keccak(text="nextSequence(address)")[:4].hex()
+                              .removeprefix("0x") + "00" * 12 + gateway_address[2:].lower()})
+        assert call["code"] == 0 and int(call["returnValue"], 16) == 0
+        wrong = event("TX", {"to": receiver, "value": "1", "data": "", "chainId": 4690})
+        assert wrong["code"] == -1  # this node is on anvil's chain, not IoTeX testnet
+        import base64
+        body = base64.b64encode(json.dumps({"to": receiver, "value": "7", "data": ""}).encode()).decode()
+        api = event("API", {"Method": "POST", "Url": "w3bstream://w3bstream.com/system/send_tx",
+                            "Header": {}, "Body": body})
+        assert api["code"] == 0 and api["returnValue"]["StatusCode"] == 200
+        tx = json.loads(base64.b64decode(api["returnValue"]["Body"]))["transactionID"]
+        w3.eth.wait_for_transaction_receipt(tx, timeout=10)
+        assert w3.eth.get_balance(receiver) == 12345 + 7
+    finally:
+        gw.stop()
