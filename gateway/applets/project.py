@@ -18,6 +18,11 @@ into the data directory.
     [[cron]]
     expression = "*/5 * * * *"    # every five minutes: an event {"ID", "Timestamp"} as upstream's
     event = "REPORT"
+    [[monitors]]                  # with [chain] enabled: logs of a contract, as go-ethereum's Log JSON
+    kind = "contract_log"         # or "chain_height" with height = N: {"HeaderNumber": N} once
+    address = "0x..."
+    topics = ["0xddf252ad..."]    # optional, up to four ("" for any)
+    event = "TRANSFER"
 
 Deploying checks every module against the host ABI (unknown imports are refused by name), copies
 it to ``<data>/modules/<sha256>.wasm`` (content-addressed: the same module is stored once and a
@@ -76,6 +81,7 @@ class Project:
     schema: list[str] = field(default_factory=list)
     pebble: bool = False  # verified Pebble messages are events of this project
     cron: list[CronJob] = field(default_factory=list)
+    monitors: list[dict] = field(default_factory=list)  # chain monitors (gateway/chain/monitors.py)
 
     def route(self, event_type: str) -> list[Strategy]:
         """Every strategy for this event type, else the DEFAULT ones (upstream's rule)."""
@@ -89,7 +95,7 @@ class Project:
     def from_json(cls, data: dict) -> "Project":
         return cls(data["name"], dict(data["applets"]), [Strategy(**s) for s in data["strategies"]],
                    dict(data.get("env") or {}), list(data.get("schema") or []), bool(data.get("pebble")),
-                   [CronJob(**c) for c in data.get("cron") or []])
+                   [CronJob(**c) for c in data.get("cron") or []], list(data.get("monitors") or []))
 
 
 class ProjectStore:
@@ -206,5 +212,32 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
         if not isinstance(event, str) or not event:
             raise ProjectError(f"{path}: [[cron]] needs the 'event' type it delivers")
         cron.append(CronJob(expression, event))
+    monitors = [_monitor(path, entry) for entry in data.get("monitors") or []]
     return Project(name, applets, strategies, {str(k): str(v) for k, v in env.items()}, schema, pebble,
-                   cron), modules
+                   cron, monitors), modules
+
+
+ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+TOPIC = re.compile(r"^0x[0-9a-fA-F]{64}$")
+
+
+def _monitor(path: Path, entry: dict) -> dict:
+    kind = entry.get("kind")
+    event = entry.get("event", "MONITOR_DEFAULT")
+    if kind == "chain_height":
+        if not isinstance(entry.get("height"), int) or entry["height"] < 0:
+            raise ProjectError(f"{path}: a chain_height monitor needs 'height', a block number")
+        return {"kind": kind, "event": event, "height": entry["height"]}
+    if kind == "contract_log":
+        address, topics = entry.get("address"), entry.get("topics") or []
+        if not isinstance(address, str) or not ADDRESS.match(address):
+            raise ProjectError(f"{path}: a contract_log monitor needs 'address', a 0x contract address")
+        if not isinstance(topics, list) or len(topics) > 4 or \
+                not all(t in ("", None) or (isinstance(t, str) and TOPIC.match(t)) for t in topics):
+            raise ProjectError(f"{path}: 'topics' is a list of up to four 32-byte 0x topics (\"\" for any)")
+        start = entry.get("block_start")
+        if start is not None and (not isinstance(start, int) or start < 0):
+            raise ProjectError(f"{path}: 'block_start' is a block number")
+        return {"kind": kind, "event": event, "address": address, "topics": [t or None for t in topics],
+                "block_start": start}
+    raise ProjectError(f"{path}: a [[monitors]] kind is 'chain_height' or 'contract_log', not {kind!r}")

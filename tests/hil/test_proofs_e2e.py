@@ -131,3 +131,43 @@ def test_applets_send_transactions_and_call_contracts_through_the_nodes_sender(t
         assert w3.eth.get_balance(receiver) == 12345 + 7
     finally:
         gw.stop()
+
+
+def test_chain_monitors_deliver_heights_and_contract_logs_to_applets(tmp_path, mosquitto, anvil):
+    from tests.support.wat import assemble
+
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("correct horse battery staple\n")
+    key_file = tmp_path / "gateway.key"
+    key_file.write_text(anvil.keys[1])
+    gateway_address = Account.from_key(anvil.keys[1]).address
+    registry = deploy_registry(anvil, gateway_address)
+    w3 = Web3(Web3.HTTPProvider(anvil.url))
+    start = w3.eth.block_number
+    gw = GatewayProcess(tmp_path, mosquitto.port, chain__enabled=True, chain__network=anvil.url,
+                        chain__registry=registry, chain__key_passphrase_file=str(passphrase),
+                        chain__confirmations=1, chain__poll_s=0.2)
+    cli("key", "import", str(key_file), "--passphrase-file", str(passphrase), data_dir=gw.data_dir)
+    assemble("probe", tmp_path)
+    gateway_added = "0x" + Web3.keccak(text="GatewayAdded(address,uint32)").hex().removeprefix("0x")
+    project = tmp_path / "watch.toml"
+    project.write_text(f'name = "watch"\n[[applets]]\nname = "probe"\nwasm = "probe.wasm"\n'
+                       '[[strategies]]\nevent = "DEFAULT"\napplet = "probe"\nhandler = "start"\n'
+                       f'[[monitors]]\nkind = "chain_height"\nheight = {start + 3}\nevent = "HEIGHT"\n'
+                       f'[[monitors]]\nkind = "contract_log"\naddress = "{registry}"\nblock_start = 0\n'
+                       f'event = "REGISTRY_LOG"\n')
+    cli("project", "deploy", str(project), data_dir=gw.data_dir)
+    gw.start()
+    try:
+        gw.wait_for(lambda s: s["applets"]["monitor_events"] >= 2, what="the deploy-time logs")  # ownership, gateway
+        for _ in range(3):
+            anvil.rpc("evm_mine")
+        gw.wait_for(lambda s: s["applets"]["monitor_events"] >= 3, what="the height")
+    finally:
+        gw.stop()
+    logs = [json.loads(e["msg"]) for e in cli_json("applet", "logs", "watch", "--limit", "0", data_dir=gw.data_dir)
+            if e["level"] == "info"]
+    assert {"HeaderNumber": start + 3} in logs
+    gateway_logs = [entry for entry in logs if entry.get("topics", [None])[0] == gateway_added]
+    assert len(gateway_logs) == 1 and gateway_logs[0]["address"] == registry
+    assert gateway_logs[0]["blockNumber"].startswith("0x") and gateway_logs[0]["removed"] is False

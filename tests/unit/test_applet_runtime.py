@@ -134,3 +134,15 @@ def test_a_bad_cron_expression_is_refused_at_deploy(tmp_path):
     path = _project_file(tmp_path, extra='[[cron]]\nexpression = "every minute"\nevent = "TICK"\n')
     with pytest.raises(ProjectError, match="not a cron expression"):
         ProjectStore(tmp_path / "data").deploy(path)
+
+
+@pytest.mark.parametrize("monitor, reason", [
+    ('kind = "chain_height"\nevent = "H"\n', "needs 'height'"),
+    ('kind = "contract_log"\naddress = "0x12"\n', "needs 'address'"),
+    ('kind = "contract_log"\naddress = "0x' + "ab" * 20 + '"\ntopics = ["0x1"]\n', "topics"),
+    ('kind = "mempool"\n', "'chain_height' or 'contract_log'"),
+])
+def test_a_bad_chain_monitor_is_refused_at_deploy(tmp_path, monitor, reason):
+    path = _project_file(tmp_path, extra=f"[[monitors]]\n{monitor}")
+    with pytest.raises(ProjectError, match=reason):
+        ProjectStore(tmp_path / "data").deploy(path)
