@@ -15,14 +15,13 @@ import logging
 import os
 import sys
 import time
-import uuid
 
 from gateway.applets.event_api import EventAPI
 from gateway.applets.pebble_events import PebbleDispatcher
 from gateway.applets.pool import Limits
 from gateway.applets.project import ProjectStore
 from gateway.applets.publishers import Publishers
-from gateway.applets.runtime import AppletRuntime, Event
+from gateway.applets.runtime import AppletRuntime
 from gateway.applets.triggers import CronScheduler
 from gateway.buffer.commit import GroupCommitter
 from gateway.buffer.records import nonce_of, record_doc
@@ -76,7 +75,6 @@ class Node:
             self.anchoring = AnchorService(config.chain, config.data_dir, self.store, self.registry,
                                            self.committer.call_blocking)
         self.runtime.host_call = self._applet_host_call
-        self.monitor_events = 0
         self.event_api = EventAPI(self.runtime, Publishers(projects), max_bytes=config.api.max_event_bytes)
         self.counters = Counters(read_status(config.status_path))
         self.latency = Latencies()  # receive -> durable (and acknowledged)
@@ -110,7 +108,7 @@ class Node:
         tasks.append(asyncio.create_task(self.cron.run(stop)))
         if self.anchoring is not None:
             anchoring = asyncio.create_task(self.anchoring.run(stop))
-            tasks.append(asyncio.create_task(self._chain_monitors(stop)))
+            tasks.append(asyncio.create_task(self.anchoring.run_monitors(stop, self.runtime)))
         link = asyncio.create_task(self.link.run(stop))
         log.info("w3gate running: %d devices registered, %d records buffered, broker %s:%d",
                  len(self.registry), self._buffer_stats.get("records", 0),
@@ -265,35 +263,6 @@ class Node:
         self.counters.rejected[rejection.reason] += 1
         self.reject_log(rejection.reason, rejection.device, msg.topic, rejection.detail)
 
-    async def _chain_monitors(self, stop: asyncio.Event) -> None:
-        """Chain heights and contract logs the deployed projects watch, delivered as their events."""
-        from gateway.chain.monitors import ChainMonitors, Monitor
-
-        monitors = ChainMonitors(self.anchoring.sender.w3, self.runtime.store.project_dir)
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            specs = [Monitor(name, m["kind"], m.get("event", "MONITOR_DEFAULT"), m.get("height"), m.get("address"),
-                             tuple(m.get("topics") or ()), m.get("block_start"))
-                     for name, project in self.runtime.projects.items() for m in project.monitors]
-            try:
-                firings = await loop.run_in_executor(self.anchoring.executor, monitors.poll, specs)
-            except Exception as e:  # noqa: BLE001 - the chain is down: try again next round
-                log.debug("chain monitors: %s", e)
-                firings = []
-            for firing in firings:
-                m = firing.monitor
-                if firing.payloads:
-                    await self.runtime.handle([Event(m.project, payload, event_type=m.event,
-                                                     event_id=f"{uuid.uuid4()}_monitor", publisher="chain",
-                                                     trust="chain")
-                                               for payload in firing.payloads])
-                    self.monitor_events += len(firing.payloads)
-                monitors.commit(firing)
-            try:
-                await asyncio.wait_for(stop.wait(), self.config.chain.poll_s)
-            except asyncio.TimeoutError:
-                pass
-
     async def _applet_host_call(self, fn: str, args: dict):
         """Host calls an applet's worker cannot answer itself: the chain, and the system API."""
         if fn == "api_call":
@@ -371,7 +340,7 @@ class Node:
                     **self.event_api.counters},
             "applets": {"projects": sorted(self.runtime.projects), "events": self.runtime.counters["events"],
                         "failed": self.runtime.counters["failed"], "pebble_cursor": self.dispatcher.dispatched,
-                        "cron_events": self.cron.fired, "monitor_events": self.monitor_events,
+                        "cron_events": self.cron.fired, "monitor_events": self.anchoring.monitor_events if self.anchoring else 0,
                         "worker_restarts": sum(w.restarts for w in self.runtime.workers.values())},
             "buffer": {**self._buffer_stats, "pending": self.committer.backlog,
                        "commits": self.committer.commits, "write_failures": self.committer.failures},

@@ -1,4 +1,5 @@
-"""The running node's anchoring: the Anchorer and its TxSender on one thread of their own.
+"""The running node's chain side: anchoring, applets' transactions and calls, chain monitors,
+all through one TxSender on one thread of their own.
 
 Why a thread of their own: web3.py's HTTP calls block, for seconds when an RPC node is slow,
 and the group commit must never wait for the chain. Why a view of the store: the store belongs
@@ -10,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from gateway.applets.runtime import AppletRuntime, Event
 from gateway.buffer.store import RecordStore
+from gateway.chain.monitors import ChainMonitors, Monitor
 from gateway.chain.keystore import keystore_path, load_key, read_passphrase_file
 from gateway.chain.sender import SenderConfig, TxSender, connect, resolve_network
 from gateway.proofs.anchor import PROOFS_DIR, AnchorConfig, AnchorError, Anchorer, addresses_from
@@ -68,6 +72,7 @@ class AnchorService:
         self.interval_s = c.poll_s
         self.last_report: dict = {}
         self.stopped: str | None = None  # why anchoring stopped, when it had to
+        self.monitor_events = 0
         log.info("anchoring as %s (did:io:%s) on %s, registry %s", account.address, account.address.lower(),
                  network.name, c.registry)
 
@@ -88,6 +93,34 @@ class AnchorService:
             if chain != chain_was:
                 (log.warning if chain != "up" else log.info)("chain is %s", chain)
                 chain_was = chain
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- chain monitors: heights and contract logs the deployed projects watch --------------------------
+
+    async def run_monitors(self, stop: asyncio.Event, runtime: AppletRuntime) -> None:
+        """Deliver what the projects' chain monitors see as their events (at least once)."""
+        monitors = ChainMonitors(self.sender.w3, runtime.store.project_dir)
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            specs = [Monitor(name, m["kind"], m.get("event", "MONITOR_DEFAULT"), m.get("height"), m.get("address"),
+                             tuple(m.get("topics") or ()), m.get("block_start"))
+                     for name, project in runtime.projects.items() for m in project.monitors]
+            try:
+                firings = await loop.run_in_executor(self.executor, monitors.poll, specs)
+            except Exception as e:  # noqa: BLE001 - the chain is down: the next round tries again
+                log.debug("chain monitors: %s", e)
+                firings = []
+            for firing in firings:
+                m = firing.monitor
+                if firing.payloads:
+                    await runtime.handle([Event(m.project, payload, event_type=m.event,
+                                                event_id=f"{uuid.uuid4()}_monitor", publisher="chain", trust="chain")
+                                          for payload in firing.payloads])
+                    self.monitor_events += len(firing.payloads)
+                monitors.commit(firing)
             try:
                 await asyncio.wait_for(stop.wait(), self.interval_s)
             except asyncio.TimeoutError:
