@@ -31,7 +31,7 @@ def mosquitto(tmp_path):
 @pytest.fixture
 def anvil(tmp_path):
     """A real anvil chain (id 31337) on a random loopback port, stopped after the test."""
-    from tests.support.anvil import start_anvil
+    from gateway.chain.devchain import start_anvil
 
     chain = start_anvil(tmp_path / "anvil")
     yield chain

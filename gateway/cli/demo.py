@@ -25,6 +25,45 @@ def _w3gate(*args: str) -> list[str]:
     return [sys.executable, "-m", "gateway", *args]
 
 
+def _start_chain(console, work: Path, gw_data: Path, procs: list):
+    """A local chain (anvil) with the proof registry, the gateway's key and its settings (env)."""
+    import secrets
+
+    from gateway.chain import devchain
+    from gateway.chain.keystore import keystore_path, save_key
+
+    chain = devchain.start_anvil(work / "chain")
+    procs.append(chain.proc)
+    registry = devchain.deploy_registry(chain.url, devchain.DEV_KEYS[0], [devchain.DEV_ADDRESSES[1]])
+    passphrase = work / "node-key.pass"
+    passphrase.write_text(secrets.token_hex(16) + "\n")
+    passphrase.chmod(0o600)
+    save_key(keystore_path(gw_data), devchain.DEV_KEYS[1], passphrase.read_text().strip(), overwrite=True,
+             kdf="pbkdf2", iterations=1000)  # a throwaway dev key: no need for scrypt's seconds
+    console.print(f"local chain (anvil) on {chain.url}, proof registry {registry}; "
+                  f"records are anchored in batches, and proven below")
+    env = {"W3GATE_CHAIN_ENABLED": "true", "W3GATE_CHAIN_NETWORK": chain.url, "W3GATE_CHAIN_REGISTRY": registry,
+           "W3GATE_CHAIN_KEY_PASSPHRASE_FILE": str(passphrase), "W3GATE_CHAIN_CONFIRMATIONS": "1",
+           "W3GATE_CHAIN_BATCH_RECORDS": "50", "W3GATE_CHAIN_BATCH_AGE_S": "5"}
+    return chain.url, registry, env
+
+
+def _prove(gw_data: Path, seq: int, rpc_url: str, registry: str) -> str:
+    """Prove record ``seq`` against the chain alone, as `w3gate proof verify` does."""
+    from gateway.buffer.store import RecordStore
+    from gateway.proofs.anchor import PROOFS_DIR, ProofIndex
+    from gateway.proofs.verify import verify_proof
+
+    store = RecordStore(gw_data / "records", readonly=True)
+    try:
+        proof = ProofIndex(gw_data / PROOFS_DIR, store).proof_for(seq)
+    finally:
+        store.close()
+    verdict = verify_proof(proof, rpc_url, registry)
+    where = f"batch {proof['batch']['sequence']}, root {proof['root'][:18]}…"
+    return f"{'valid' if verdict.ok else 'INVALID ' + verdict.reason} ({where})"
+
+
 def _deploy_demo_project(console, gw_data: Path) -> Path | None:
     """The example applets on every verified reading; the applet log to follow, if deployed."""
     from gateway.applets.project import ProjectError, ProjectStore
@@ -51,8 +90,11 @@ def _deploy_demo_project(console, gw_data: Path) -> Path | None:
 @click.option("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
 @click.option("--faults/--no-faults", default=True, show_default=True,
               help="Let some devices misbehave, to show the gateway refusing them.")
+@click.option("--chain/--no-chain", default=None,
+              help="Anchor records on a local chain (anvil) and prove them [default: when anvil is installed].")
 @click.option("--data-dir", type=click.Path(file_okay=False), default="w3gate-demo", show_default=True)
-def demo(devices: int, time_scale: float, duration: float | None, faults: bool, data_dir: str) -> None:
+def demo(devices: int, time_scale: float, duration: float | None, faults: bool, chain: bool | None,
+         data_dir: str) -> None:
     """Run the whole data path on this machine and print live verified readings."""
     from rich.console import Console
 
@@ -84,10 +126,17 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
         console.print(f"{len(identities)} emulated Pebbles ({added} newly registered), "
                       f"profiles: {', '.join(sorted({i.profile for i in identities}))}")
         applet_log = _deploy_demo_project(console, gw_data)
+        from gateway.chain.devchain import ANVIL
+
+        chain_env: dict = {}
+        rpc_url = registry_address = None
+        if chain or (chain is None and ANVIL.exists()):
+            rpc_url, registry_address, chain_env = _start_chain(console, work, gw_data, procs)
         applet_offset = applet_log.stat().st_size if applet_log and applet_log.exists() else 0
         env = {**os.environ, "W3GATE_MQTT_HOST": "127.0.0.1", "W3GATE_MQTT_PORT": str(broker.port),
                "W3GATE_DATA_DIR": str(gw_data), "W3GATE_MQTT_CLIENT_ID": "w3gate-demo",
-               "W3GATE_API_PORT": "0"}  # a free port: the demo never collides with a node on 8889
+               "W3GATE_API_PORT": "0",  # a free port: the demo never collides with a node on 8889
+               **chain_env}
         gw_log = open(work / "gateway.log", "ab")
         procs.append(subprocess.Popen(_w3gate("run"), env=env, stdout=gw_log, stderr=subprocess.STDOUT,
                                       start_new_session=True))
@@ -107,7 +156,7 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
         console.print("fleet running; readings appear below as the gateway makes them durable "
                       "(Ctrl-C to stop)\n")
         profiles = {i.imei: i.profile for i in identities}
-        last_seq, last_status, started = 0, 0.0, time.time()
+        last_seq, last_status, last_proven, started = 0, 0.0, 0, time.time()
         while not stopping and (duration is None or time.time() - started < duration):
             time.sleep(0.5)
             if (gw_data / "records").exists():
@@ -135,9 +184,18 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
                 s = read_status(gw_data / "status.json") or {}
                 rejected = ", ".join(f"{k} {v}" for k, v in sorted(s.get("rejected", {}).items())) or "none"
                 applets = s.get("applets", {})
+                anchored = s.get("buffer", {}).get("anchored_upto", 0)
                 console.print(f"[bold]status[/]: accepted {s.get('accepted_total', 0)}, "
                               f"buffered {s.get('buffer', {}).get('records', 0)}, "
-                              f"applet runs {applets.get('events', 0)}; [red]rejected[/]: {rejected}")
+                              f"applet runs {applets.get('events', 0)}"
+                              + (f", anchored {anchored}" if rpc_url else "") + f"; [red]rejected[/]: {rejected}")
+                if rpc_url and anchored > last_proven:
+                    last_proven = anchored
+                    try:
+                        verdict = _prove(gw_data, anchored, rpc_url, registry_address)
+                    except Exception as e:  # noqa: BLE001 - the demo goes on; the gateway log says more
+                        verdict = f"could not check ({e})"
+                    console.print(f"  [cyan]⛓ record {anchored}[/] proven against the chain: {verdict}")
     finally:
         for proc in reversed(procs):
             stop_group(proc)
@@ -145,6 +203,8 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
         s = read_status(gw_data / "status.json") or {}
         console.print(f"\nstopped. accepted {s.get('accepted_total', 0)}, rejected {s.get('rejected', {})}; "
                       f"records kept in {gw_data} (w3gate records --data-dir {gw_data})")
+        if rpc_url:
+            console.print("the local chain stopped with the demo: its proofs are gone with it")
 
 
 COMMANDS = [demo]

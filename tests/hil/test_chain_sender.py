@@ -10,7 +10,7 @@ from web3 import Web3
 
 from gateway.chain.sender import (ChainUnavailable, Network, SenderConfig, TxSender, connect,
                                   resolve_network)
-from tests.support.anvil import start_anvil
+from gateway.chain.devchain import start_anvil
 
 
 class Clock:

@@ -6,32 +6,20 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
-from pathlib import Path
 
 import pytest
 from eth_account import Account
 from web3 import Web3
 
+from gateway.chain import devchain
 from gateway.chain.keystore import keystore_path
 from tests.hil.test_gateway_e2e import sim
 from tests.support.gateway import GatewayProcess, cli, cli_json, w3gate_exe
 
-ARTIFACT = json.loads((Path(__file__).resolve().parents[2] / "contracts" / "ProofRegistry.json").read_text())
 
 
 def deploy_registry(anvil, gateway_address: str) -> str:
-    w3 = Web3(Web3.HTTPProvider(anvil.url))
-    owner = Account.from_key(anvil.keys[0])
-
-    def send(call):
-        tx = call.build_transaction({"from": owner.address, "chainId": 31337,
-                                     "nonce": w3.eth.get_transaction_count(owner.address)})
-        return w3.eth.wait_for_transaction_receipt(
-            w3.eth.send_raw_transaction(owner.sign_transaction(tx).raw_transaction), timeout=10)
-
-    address = send(w3.eth.contract(abi=ARTIFACT["abi"], bytecode=ARTIFACT["bytecode"]).constructor()).contractAddress
-    send(w3.eth.contract(address=address, abi=ARTIFACT["abi"]).functions.addGateway(gateway_address))
-    return address
+    return devchain.deploy_registry(anvil.url, anvil.keys[0], [gateway_address])
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
-"""A real local chain for tests: anvil from npm `@foundry-rs/anvil` (see package.json), on a
-loopback port of its own, in its own process group so teardown leaves nothing behind."""
+"""A local development chain: anvil from npm `@foundry-rs/anvil` (see package.json) on a loopback
+port of its own, in its own process group so stopping it leaves nothing behind, and the proof
+registry deployed on it. The tests, the benches and the demo use it; a real gateway talks to a
+real chain (``[chain] network``)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +15,7 @@ from pathlib import Path
 from gateway.broker import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
+ARTIFACT = ROOT / "contracts" / "ProofRegistry.json"
 ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
 CHAIN_ID = 31337
 
@@ -100,3 +103,26 @@ def start_anvil(workdir: Path, *extra: str, timeout: float = 20.0) -> Anvil:
             return chain
         stop_group(proc)
     raise AnvilError(f"anvil did not start; see {log}")
+
+
+def deploy_registry(url: str, owner_key: str, gateways: list[str]) -> str:
+    """Deploy the ProofRegistry artifact with ``owner_key`` and register ``gateways``; its address."""
+    from eth_account import Account
+    from web3 import Web3
+
+    artifact = json.loads(ARTIFACT.read_text())
+    w3 = Web3(Web3.HTTPProvider(url))
+    owner = Account.from_key(owner_key)
+    chain_id = w3.eth.chain_id
+
+    def send(call):
+        tx = call.build_transaction({"from": owner.address, "chainId": chain_id,
+                                     "nonce": w3.eth.get_transaction_count(owner.address)})
+        tx_hash = w3.eth.send_raw_transaction(owner.sign_transaction(tx).raw_transaction)
+        return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
+
+    address = send(w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"]).constructor()).contractAddress
+    registry = w3.eth.contract(address=address, abi=artifact["abi"])
+    for gateway in gateways:
+        send(registry.functions.addGateway(gateway))
+    return address
