@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-for module, args in (("bench.buffer", ["--backlog", "1000000"]), ("bench.ingest", []), ("bench.applets", [])):
+for module, args in (("bench.buffer", ["--backlog", "1000000"]), ("bench.ingest", []), ("bench.applets", []),
+                     ("bench.proofs", [])):
     print(f"== {module} ==", flush=True)
     subprocess.run([sys.executable, "-m", module, *args, *sys.argv[1:]], check=True)
