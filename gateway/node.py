@@ -75,7 +75,8 @@ class Node:
             self.anchoring = AnchorService(config.chain, config.data_dir, self.store, self.registry,
                                            self.committer.call_blocking)
         self.runtime.host_call = self._applet_host_call
-        self.event_api = EventAPI(self.runtime, Publishers(projects), max_bytes=config.api.max_event_bytes)
+        self.event_api = EventAPI(self.runtime, Publishers(projects), max_bytes=config.api.max_event_bytes,
+                                  did_document=self._did_document)
         self.counters = Counters(read_status(config.status_path))
         self.latency = Latencies()  # receive -> durable (and acknowledged)
         self.verify_latency = Latencies()  # receive -> signature checked and concluded
@@ -262,6 +263,16 @@ class Node:
     def _count_rejection(self, msg: Inbound, rejection: Rejection) -> None:
         self.counters.rejected[rejection.reason] += 1
         self.reject_log(rejection.reason, rejection.device, msg.topic, rejection.detail)
+
+    def _did_document(self) -> dict | None:
+        from gateway.chain.keystore import KeystoreError, keystore_path, read_identity
+
+        try:
+            identity = read_identity(keystore_path(self.config.data_dir))
+        except KeystoreError:
+            return None
+        chain_id = self.anchoring.sender.known_chain_id if self.anchoring is not None else None
+        return identity.did_document(chain_id)
 
     async def _applet_host_call(self, fn: str, args: dict):
         """Host calls an applet's worker cannot answer itself: the chain, and the system API."""

@@ -9,12 +9,16 @@ The response is upstream's ``EventRsp`` JSON, after the applets ran. Unknown pro
 missing or wrong token 401, a body over the limit 413; such events run nothing. Defaults are
 upstream's: eventType DEFAULT, eventID ``<uuid>_w3b`` (lower-cased), a timestamp more than 1e6 ms
 away from now (or none) replaced by now.
+
+The same server answers ``GET /.well-known/did.json`` with the node's DID document (did:io of
+its key), so a verifier can resolve the gateway an anchor names.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import parse_qs
 
 from gateway.applets.publishers import Publishers
@@ -33,8 +37,10 @@ class Reply:
 
 
 class EventAPI:
-    def __init__(self, runtime: AppletRuntime, publishers: Publishers, *, max_bytes: int = 256 * 1024) -> None:
+    def __init__(self, runtime: AppletRuntime, publishers: Publishers, *, max_bytes: int = 256 * 1024,
+                 did_document: Callable[[], dict | None] | None = None) -> None:
         self.runtime = runtime
+        self.did_document = did_document  # the node's DID document, served at /.well-known/did.json
         self.publishers = publishers
         self.max_bytes = max_bytes
         self.counters = {"accepted": 0, "unauthorized": 0, "not_found": 0, "too_large": 0}
@@ -87,6 +93,7 @@ class EventAPI:
 
         app = web.Application(client_max_size=self.max_bytes + 1)
         app.router.add_post(ROUTE, self._http_event)
+        app.router.add_get("/.well-known/did.json", self._http_did)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -99,6 +106,14 @@ class EventAPI:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def _http_did(self, request):
+        from aiohttp import web
+
+        document = self.did_document() if self.did_document else None
+        if document is None:
+            return web.json_response({"error": "this node has no key (w3gate key new)"}, status=404)
+        return web.json_response(document, content_type="application/did+json")
 
     async def _http_event(self, request):
         from aiohttp import web

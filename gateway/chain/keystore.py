@@ -55,6 +55,18 @@ class NodeIdentity:
     def to_dict(self) -> dict:
         return {"address": self.address, "did": self.did, "keystore": str(self.path)}
 
+    def did_document(self, chain_id: int | None = None) -> dict:
+        """The node's DID document: its key as a secp256k1 recovery method (verifiers recover
+        the signer of a signature and compare addresses, as IoTeX ioID does)."""
+        did = self.did
+        account = f"eip155:{chain_id}:{self.address}" if chain_id else f"eip155:4689:{self.address}"
+        method = {"id": f"{did}#key-0", "type": "EcdsaSecp256k1RecoveryMethod2020", "controller": did,
+                  "blockchainAccountId": account}
+        return {"@context": ["https://www.w3.org/ns/did/v1",
+                             "https://w3id.org/security/suites/secp256k1recovery-2020/v2"],
+                "id": did, "verificationMethod": [method],
+                "authentication": [method["id"]], "assertionMethod": [method["id"]]}
+
 
 def keystore_path(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / KEYSTORE_FILE

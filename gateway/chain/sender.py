@@ -226,6 +226,11 @@ class TxSender:
         return getattr(self.w3.provider, "endpoint_uri", None) or repr(self.w3.provider)
 
     @property
+    def known_chain_id(self) -> int | None:
+        """The chain id once asked (or from the journal), without a call: for the event loop."""
+        return self._chain_id
+
+    @property
     def chain_id(self) -> int:
         """The chain's id, checked against the network preset and the journal (asked once)."""
         if not self._chain_checked:

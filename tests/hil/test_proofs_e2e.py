@@ -107,6 +107,11 @@ def test_applets_send_transactions_and_call_contracts_through_the_nodes_sender(t
         call = event("CALL", {"to": registry, "data": "0x" + Web3.keccak(text="nextSequence(address)")[:4].hex()
                               .removeprefix("0x") + "00" * 12 + gateway_address[2:].lower()})
         assert call["code"] == 0 and int(call["returnValue"], 16) == 0
+        with urllib.request.urlopen(f"{url}/.well-known/did.json", timeout=10) as response:
+            document = json.loads(response.read())
+        did = "did:io:" + gateway_address.lower()
+        assert document["id"] == did and document["verificationMethod"][0]["blockchainAccountId"] == \
+            f"eip155:31337:{gateway_address}"
         wrong = event("TX", {"to": receiver, "value": "1", "data": "", "chainId": 4690})
         assert wrong["code"] == -1  # this node is on anvil's chain, not IoTeX testnet
         import base64
