@@ -276,13 +276,15 @@ class Node:
 
     async def _applet_host_call(self, fn: str, args: dict):
         """Host calls an applet's worker cannot answer itself: the chain, and the system API."""
+        project = self.runtime.projects.get(args.get("project", ""))
+        operators = project.operators if project else []
         if fn == "api_call":
-            return await self._system_api(args.get("request") or {})
+            return await self._system_api(args.get("request") or {}, operators)
         if self.anchoring is None:
             raise RuntimeError(f"{fn}: no chain is configured ([chain] enabled = false)")
-        return await self.anchoring.applet_call(fn, args)
+        return await self.anchoring.applet_call(fn, {**args, "operators": operators})
 
-    async def _system_api(self, request: dict) -> dict:
+    async def _system_api(self, request: dict, operators: list[str]) -> dict:
         """W3bstream's in-process system API behind ``ws_api_call``: hello and send_tx."""
         url = str(request.get("Url") or "").removeprefix("w3bstream://w3bstream.com")
         method = str(request.get("Method") or "GET").upper()
@@ -299,7 +301,7 @@ class Node:
             try:
                 body = json.loads(base64.b64decode(request.get("Body") or ""))
                 tx_hash = await self.anchoring.applet_call(
-                    "send_tx", {"chain_id": self.anchoring.sender.chain_id, "operator": body.get("operatorName"),
+                    "send_tx", {"chain_id": None, "operator": body.get("operatorName"), "operators": operators,
                                 "request": {"to": body.get("to"), "value": body.get("value"), "data": body.get("data")}})
             except Exception as e:  # noqa: BLE001 - the applet gets the reason in the response
                 return reply(400, {"error": str(e)})

@@ -11,6 +11,8 @@ into the data directory.
     event = "PEBBLE_DATA"         # an event type, or "DEFAULT" for whatever matches nothing else
     applet = "validator"
     handler = "start"             # the default
+    operators = ["minter"]        # keys its applets may send with (w3gate key new --operator minter);
+                                  # the first is ws_send_tx's, others by ws_send_tx_with_operator's name
     [env]
     REWARD_EVERY = "10"
     [database]
@@ -82,6 +84,7 @@ class Project:
     pebble: bool = False  # verified Pebble messages are events of this project
     cron: list[CronJob] = field(default_factory=list)
     monitors: list[dict] = field(default_factory=list)  # chain monitors (gateway/chain/monitors.py)
+    operators: list[str] = field(default_factory=list)  # operator keys its applets send with; first = default
 
     def route(self, event_type: str) -> list[Strategy]:
         """Every strategy for this event type, else the DEFAULT ones (upstream's rule)."""
@@ -95,7 +98,8 @@ class Project:
     def from_json(cls, data: dict) -> "Project":
         return cls(data["name"], dict(data["applets"]), [Strategy(**s) for s in data["strategies"]],
                    dict(data.get("env") or {}), list(data.get("schema") or []), bool(data.get("pebble")),
-                   [CronJob(**c) for c in data.get("cron") or []], list(data.get("monitors") or []))
+                   [CronJob(**c) for c in data.get("cron") or []], list(data.get("monitors") or []),
+                   list(data.get("operators") or []))
 
 
 class ProjectStore:
@@ -213,8 +217,12 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
             raise ProjectError(f"{path}: [[cron]] needs the 'event' type it delivers")
         cron.append(CronJob(expression, event))
     monitors = [_monitor(path, entry) for entry in data.get("monitors") or []]
+    operators = data.get("operators") or []
+    if not isinstance(operators, list) or not all(isinstance(o, str) and re.match(r"^[A-Za-z0-9_-]{1,32}$", o)
+                                                  for o in operators):
+        raise ProjectError(f"{path}: 'operators' is a list of operator key names (w3gate key new --operator NAME)")
     return Project(name, applets, strategies, {str(k): str(v) for k, v in env.items()}, schema, pebble,
-                   cron, monitors), modules
+                   cron, monitors, operators), modules
 
 
 ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")

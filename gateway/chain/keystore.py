@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,16 @@ class NodeIdentity:
 
 def keystore_path(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / KEYSTORE_FILE
+
+
+OPERATOR_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def operator_keystore_path(data_dir: str | os.PathLike, name: str) -> Path:
+    """An operator key: applets send transactions with it when their project names it."""
+    if not OPERATOR_NAME.match(name):
+        raise KeystoreError(f"an operator name is 1-32 letters, digits, '_' or '-': {name!r}", reason="bad_name")
+    return Path(data_dir) / "operators" / f"{name}.json"
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from gateway.chain.keystore import (KeystoreError, keystore_path, load_key, new_key, read_identity,
-                                    read_passphrase_file, save_key)
+from gateway.chain.keystore import (OPERATOR_NAME, KeystoreError, keystore_path, load_key, new_key,
+                                    operator_keystore_path, read_identity, read_passphrase_file, save_key)
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
 
 passphrase_file_option = click.option(
@@ -20,8 +20,18 @@ passphrase_file_option = click.option(
     help="Read the passphrase from the first line of this file instead of prompting.")
 
 
-def _path(config_path, data_dir) -> Path:
-    return keystore_path(get_config(config_path, data_dir).data_dir)
+operator_option = click.option(
+    "--operator", metavar="NAME", help="An operator key for applets' transactions (a project names it), "
+                                      "instead of the node key.")
+
+
+def _path(config_path, data_dir, operator: str | None = None) -> Path:
+    data = get_config(config_path, data_dir).data_dir
+    if operator is None:
+        return keystore_path(data)
+    if not OPERATOR_NAME.match(operator):
+        raise click.ClickException("an operator name is 1-32 letters, digits, '_' or '-'")
+    return operator_keystore_path(data, operator)
 
 
 def _passphrase(passphrase_file: str | None, *, confirm: bool) -> str:
@@ -45,14 +55,15 @@ def key() -> None:
 
 
 @key.command("new")
+@operator_option
 @passphrase_file_option
 @click.option("--force", is_flag=True, help="Replace an existing node key (its identity is lost).")
 @json_option
 @config_option
 @data_dir_option
-def new(passphrase_file, force, as_json, config_path, data_dir) -> None:
-    """Create a random node key, encrypted with a passphrase."""
-    path = _path(config_path, data_dir)
+def new(operator, passphrase_file, force, as_json, config_path, data_dir) -> None:
+    """Create a random node key (or operator key), encrypted with a passphrase."""
+    path = _path(config_path, data_dir, operator)
     if path.exists() and not force:
         raise click.ClickException(f"{path} already holds a node key (--force replaces it)")
     try:
@@ -64,15 +75,16 @@ def new(passphrase_file, force, as_json, config_path, data_dir) -> None:
 
 @key.command("import")
 @click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@operator_option
 @passphrase_file_option
 @click.option("--force", is_flag=True, help="Replace an existing node key (its identity is lost).")
 @json_option
 @config_option
 @data_dir_option
-def import_(source, passphrase_file, force, as_json, config_path, data_dir) -> None:
+def import_(source, operator, passphrase_file, force, as_json, config_path, data_dir) -> None:
     """Import a key from SOURCE: a file holding the private key in hex, or a V3 keystore JSON
     (unlocked with the same passphrase, which then protects the node's copy)."""
-    path = _path(config_path, data_dir)
+    path = _path(config_path, data_dir, operator)
     if path.exists() and not force:
         raise click.ClickException(f"{path} already holds a node key (--force replaces it)")
     text = Path(source).read_text().strip()
@@ -94,13 +106,14 @@ def import_(source, passphrase_file, force, as_json, config_path, data_dir) -> N
 
 
 @key.command("show")
+@operator_option
 @json_option
 @config_option
 @data_dir_option
-def show(as_json, config_path, data_dir) -> None:
-    """Print the node's address and DID (no passphrase needed; the key is never shown)."""
+def show(operator, as_json, config_path, data_dir) -> None:
+    """Print the node's (or an operator's) address and DID (no passphrase needed; the key is never shown)."""
     try:
-        identity = read_identity(_path(config_path, data_dir))
+        identity = read_identity(_path(config_path, data_dir, operator))
     except KeystoreError as e:
         raise click.ClickException(str(e)) from None
     _report(identity, as_json, "keystore")

@@ -1,5 +1,6 @@
 """The running node's chain side: anchoring, applets' transactions and calls, chain monitors,
-all through one TxSender on one thread of their own.
+on one thread of their own. Anchors and applets share the node key's TxSender (one nonce
+sequence, one journal); projects may name operator keys of their own, each with its sender.
 
 Why a thread of their own: web3.py's HTTP calls block, for seconds when an RPC node is slow,
 and the group commit must never wait for the chain. Why a view of the store: the store belongs
@@ -18,7 +19,7 @@ from typing import Callable
 from gateway.applets.runtime import AppletRuntime, Event
 from gateway.buffer.store import RecordStore
 from gateway.chain.monitors import ChainMonitors, Monitor
-from gateway.chain.keystore import keystore_path, load_key, read_passphrase_file
+from gateway.chain.keystore import keystore_path, load_key, operator_keystore_path, read_passphrase_file
 from gateway.chain.sender import SenderConfig, TxSender, connect, resolve_network
 from gateway.proofs.anchor import PROOFS_DIR, AnchorConfig, AnchorError, Anchorer, addresses_from
 from gateway.verify.registry import Registry
@@ -69,6 +70,8 @@ class AnchorService:
                                  addresses_from(registry),
                                  AnchorConfig(batch_size=c.batch_records, max_age_s=c.batch_age_s))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="w3gate-chain")
+        self._network, self._data_dir, self._chain_config = network, data_dir, c
+        self._operators: dict[str, TxSender] = {}  # operator keys' senders, opened when first used
         self.interval_s = c.poll_s
         self.last_report: dict = {}
         self.stopped: str | None = None  # why anchoring stopped, when it had to
@@ -81,7 +84,7 @@ class AnchorService:
         chain_was = "up"
         while not stop.is_set() and self.stopped is None:
             try:
-                self.last_report = await loop.run_in_executor(self.executor, self.anchorer.step)
+                self.last_report = await loop.run_in_executor(self.executor, self._step)
             except AnchorError as e:
                 self.stopped = f"{e.reason}: {e}"
                 log.error("anchoring stopped: %s", self.stopped)
@@ -97,6 +100,26 @@ class AnchorService:
                 await asyncio.wait_for(stop.wait(), self.interval_s)
             except asyncio.TimeoutError:
                 pass
+
+    def _step(self) -> dict:
+        report = self.anchorer.step()
+        for name, sender in self._operators.items():  # follow applets' transactions: confirm, resubmit
+            try:
+                sender.poll()
+            except Exception as e:  # noqa: BLE001 - the anchor report already says when the chain is down
+                log.debug("operator %s: %s", name, e)
+        return report
+
+    def _operator(self, name: str) -> TxSender:
+        sender = self._operators.get(name)
+        if sender is None:
+            c = self._chain_config
+            account = load_key(operator_keystore_path(self._data_dir, name), read_passphrase_file(c.key_passphrase_file))
+            sender = self._operators[name] = TxSender(
+                connect(self._network), account, self._data_dir / "operators" / f"{name}.txjournal.json",
+                SenderConfig(confirmations=c.confirmations, resubmit_after_s=c.resubmit_after_s), network=self._network)
+            log.info("operator %s (%s) opened for applets' transactions", name, account.address)
+        return sender
 
     # -- chain monitors: heights and contract logs the deployed projects watch --------------------------
 
@@ -134,21 +157,27 @@ class AnchorService:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self._applet_call, fn, args)
 
     def _applet_call(self, fn: str, args: dict):
+        """``args["operators"]``: the operator keys the applet's project may use, its default first;
+        none: the node key. ``operatorName`` "default" is always the project's default."""
         request = args.get("request") or {}
-        chain_id = int(args.get("chain_id", 0))
-        if fn in ("send_tx", "call_contract") and chain_id != self.sender.chain_id:
+        chain_id = args.get("chain_id")  # None: this node's chain (the system API's send_tx)
+        allowed = list(args.get("operators") or [])
+        if fn in ("send_tx", "call_contract") and chain_id is not None and int(chain_id) != self.sender.chain_id:
             raise AnchorError(f"this node is on chain {self.sender.chain_id}, the applet asked for {chain_id}",
                               reason="wrong_chain")
         data = str(request.get("data") or "")
         data = data if data.startswith("0x") else "0x" + data
         if fn == "send_tx":
-            operator = args.get("operator")
-            if operator not in (None, "", "default"):
-                raise AnchorError(f"no operator named {operator!r}: applets send with the node key",
-                                  reason="unknown_operator")
+            operator = args.get("operator") or "default"
+            if operator == "default":
+                operator = allowed[0] if allowed else None
+            elif operator not in allowed:
+                raise AnchorError(f"project {args.get('project')!r} has no operator {operator!r} "
+                                  f"(it may use: {', '.join(allowed) or 'the node key only'})", reason="unknown_operator")
+            sender = self._operator(operator) if operator else self.sender
             value = request.get("value") or 0
             value = int(value, 0) if isinstance(value, str) else int(value)
-            return self.sender.submit(request.get("to"), data, value=value, tag=f"applet:{args.get('event', '')}")
+            return sender.submit(request.get("to"), data, value=value, tag=f"applet:{args.get('event', '')}")
         if fn == "call_contract":
             return bytes(self.sender.w3.eth.call({"to": self.sender.w3.to_checksum_address(request["to"]),
                                                   "data": data})).hex()

@@ -79,11 +79,16 @@ def test_applets_send_transactions_and_call_contracts_through_the_nodes_sender(t
                         chain__registry=registry, chain__key_passphrase_file=str(passphrase),
                         chain__confirmations=1, chain__poll_s=0.2)
     cli("key", "import", str(key_file), "--passphrase-file", str(passphrase), data_dir=gw.data_dir)
+    minter_file = tmp_path / "minter.key"
+    minter_file.write_text(anvil.keys[2])
+    minter = cli_json("key", "import", str(minter_file), "--operator", "minter", "--passphrase-file", str(passphrase),
+                      data_dir=gw.data_dir)["address"]
     project = tmp_path / "chain.toml"
-    project.write_text(f'name = "chain"\n[[applets]]\nname = "probe"\nwasm = "{built_applets / "abi-probe.wasm"}"\n'
+    project.write_text(f'name = "chain"\noperators = ["minter"]\n[[applets]]\nname = "probe"\nwasm = "{built_applets / "abi-probe.wasm"}"\n'
                        '[[strategies]]\nevent = "TX"\napplet = "probe"\nhandler = "send_tx"\n'
                        '[[strategies]]\nevent = "CALL"\napplet = "probe"\nhandler = "call_contract"\n'
-                       '[[strategies]]\nevent = "API"\napplet = "probe"\nhandler = "api_call"\n')
+                       '[[strategies]]\nevent = "API"\napplet = "probe"\nhandler = "api_call"\n'
+                       '[[strategies]]\nevent = "OPERATOR"\napplet = "probe"\nhandler = "send_tx_with_operator"\n')
     cli("project", "deploy", str(project), data_dir=gw.data_dir)
     token = cli_json("publisher", "add", "chain", "tester", data_dir=gw.data_dir)["token"]
     gw.start()
@@ -102,7 +107,10 @@ def test_applets_send_transactions_and_call_contracts_through_the_nodes_sender(t
         assert sent["code"] == 0, sent
         w3 = Web3(Web3.HTTPProvider(anvil.url))
         receipt = w3.eth.wait_for_transaction_receipt(sent["returnValue"], timeout=10)
-        assert receipt["from"] == gateway_address and w3.eth.get_balance(receiver) == 12345
+        assert receipt["from"] == minter and w3.eth.get_balance(receiver) == 12345  # the project's operator
+        node = event("OPERATOR", {"to": receiver, "value": "0", "data": "", "operatorName": "minter"})
+        assert w3.eth.wait_for_transaction_receipt(node["returnValue"], timeout=10)["from"] == minter
+        assert event("OPERATOR", {"to": receiver, "value": "0", "data": "", "operatorName": "treasury"})["code"] == -1
         # nextSequence(gateway) of the registry: 0, read by the applet with eth_call
         call = event("CALL", {"to": registry, "data": "0x" + Web3.keccak(text="nextSequence(address)")[:4].hex()
                               .removeprefix("0x") + "00" * 12 + gateway_address[2:].lower()})
