@@ -157,6 +157,7 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
                       "(Ctrl-C to stop)\n")
         profiles = {i.imei: i.profile for i in identities}
         last_seq, last_status, last_proven, started = 0, 0.0, 0, time.time()
+        proof_hint_shown = False
         while not stopping and (duration is None or time.time() - started < duration):
             time.sleep(0.5)
             if (gw_data / "records").exists():
@@ -196,6 +197,11 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
                     except Exception as e:  # noqa: BLE001 - the demo goes on; the gateway log says more
                         verdict = f"could not check ({e})"
                     console.print(f"  [cyan]⛓ record {anchored}[/] proven against the chain: {verdict}")
+                    if not proof_hint_shown:
+                        proof_hint_shown = True
+                        console.print(f"    [dim]check one yourself: w3gate proof {anchored} --json --data-dir {gw_data} "
+                                      f"> proof.json && w3gate proof verify proof.json --rpc {rpc_url} "
+                                      f"--registry {registry_address}[/]")
     finally:
         for proc in reversed(procs):
             stop_group(proc)
