@@ -56,8 +56,7 @@ class Publishers:
         token = new_token()
         publishers = {d: p for d, p in self._read(project).items() if p["key"] != key}
         publishers[_digest(token)] = {"key": key, "name": name or key, "created": time.time()}
-        atomic_write(self._path(project), json.dumps(publishers, indent=1).encode())
-        self._path(project).chmod(0o600)
+        atomic_write(self._path(project), json.dumps(publishers, indent=1).encode(), mode=0o600)
         return token
 
     def remove(self, project: str, key: str) -> bool:
@@ -65,7 +64,7 @@ class Publishers:
         kept = {d: p for d, p in publishers.items() if p["key"] != key}
         if len(kept) == len(publishers):
             return False
-        atomic_write(self._path(project), json.dumps(kept, indent=1).encode())
+        atomic_write(self._path(project), json.dumps(kept, indent=1).encode(), mode=0o600)
         return True
 
     def list(self, project: str) -> list[dict]:

@@ -22,7 +22,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from gateway.errors import W3gateError
-from gateway.storage import TMP_SUFFIX, fsync_dir
+from gateway.storage import atomic_write
 
 KEYSTORE_FILE = "node-key.json"
 MIN_PASSPHRASE = 8
@@ -83,23 +83,6 @@ def operator_keystore_path(data_dir: str | os.PathLike, name: str) -> Path:
     return Path(data_dir) / "operators" / f"{name}.json"
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Like storage.atomic_write, but the file is 0600 from its first byte (never readable by others)."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    tmp.unlink(missing_ok=True)  # an old temp file could carry a wider mode
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # whatever the umask
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def _check_passphrase(passphrase: str) -> None:
     if len(passphrase) < MIN_PASSPHRASE:
         raise KeystoreError(f"the passphrase must have at least {MIN_PASSPHRASE} characters",
@@ -122,7 +105,7 @@ def save_key(path: str | os.PathLike, private_key: bytes | str, passphrase: str,
     blob = Account.encrypt(account.key, passphrase, kdf=kdf, iterations=iterations)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _write_private(path, json.dumps(blob, indent=1).encode())
+        atomic_write(path, json.dumps(blob, indent=1).encode(), mode=0o600)
     except OSError as e:
         raise KeystoreError(f"cannot write {path}: {e}", reason="io") from None
     return NodeIdentity(account.address, path)

@@ -18,8 +18,19 @@ from tests.support.gateway import GatewayProcess, cli, cli_json, w3gate_exe
 
 
 
-def deploy_registry(anvil, gateway_address: str) -> str:
-    return devchain.deploy_registry(anvil.url, anvil.keys[0], [gateway_address])
+def chain_gateway(tmp_path, mosquitto, anvil, **settings):
+    """A `w3gate run` with [chain] on anvil: the registry deployed (owner: dev key 0), the node key
+    (dev key 1) imported under a passphrase file. Returns (gateway, registry, identity, passphrase)."""
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("correct horse battery staple\n")
+    key_file = tmp_path / "gateway.key"
+    key_file.write_text(anvil.keys[1])
+    registry = devchain.deploy_registry(anvil.url, anvil.keys[0], [Account.from_key(anvil.keys[1]).address])
+    gw = GatewayProcess(tmp_path, mosquitto.port, chain__enabled=True, chain__network=anvil.url,
+                        chain__registry=registry, chain__key_passphrase_file=str(passphrase),
+                        chain__confirmations=1, chain__poll_s=0.2, **settings)
+    identity = cli_json("key", "import", str(key_file), "--passphrase-file", str(passphrase), data_dir=gw.data_dir)
+    return gw, registry, identity, passphrase
 
 
 @pytest.fixture
@@ -30,16 +41,8 @@ def fleet(tmp_path, mosquitto):
 
 
 def test_readings_are_anchored_and_a_proof_verifies_against_the_chain(tmp_path, mosquitto, anvil, fleet):
-    passphrase = tmp_path / "passphrase"
-    passphrase.write_text("correct horse battery staple\n")
-    key_file = tmp_path / "gateway.key"
-    key_file.write_text(anvil.keys[1])
-    registry = deploy_registry(anvil, Account.from_key(anvil.keys[1]).address)
-    gw = GatewayProcess(tmp_path, mosquitto.port, chain__enabled=True, chain__network=anvil.url,
-                        chain__registry=registry, chain__key_passphrase_file=str(passphrase),
-                        chain__confirmations=1, chain__batch_records=10, chain__batch_age_s=1.0,
-                        chain__poll_s=0.2)
-    identity = cli_json("key", "import", str(key_file), "--passphrase-file", str(passphrase), data_dir=gw.data_dir)
+    gw, registry, identity, _ = chain_gateway(tmp_path, mosquitto, anvil, chain__batch_records=10,
+                                              chain__batch_age_s=1.0)
     assert identity["address"] == Account.from_key(anvil.keys[1]).address
     assert stat.S_IMODE(keystore_path(gw.data_dir).stat().st_mode) == 0o600
     cli("device", "import", str(fleet / "devices.json"), data_dir=gw.data_dir)
@@ -69,16 +72,8 @@ def test_applets_send_transactions_and_call_contracts_through_the_nodes_sender(t
                                                                                built_applets):
     import urllib.request
 
-    passphrase = tmp_path / "passphrase"
-    passphrase.write_text("correct horse battery staple\n")
-    key_file = tmp_path / "gateway.key"
-    key_file.write_text(anvil.keys[1])
-    gateway_address = Account.from_key(anvil.keys[1]).address
-    registry = deploy_registry(anvil, gateway_address)
-    gw = GatewayProcess(tmp_path, mosquitto.port, chain__enabled=True, chain__network=anvil.url,
-                        chain__registry=registry, chain__key_passphrase_file=str(passphrase),
-                        chain__confirmations=1, chain__poll_s=0.2)
-    cli("key", "import", str(key_file), "--passphrase-file", str(passphrase), data_dir=gw.data_dir)
+    gw, registry, identity, passphrase = chain_gateway(tmp_path, mosquitto, anvil)
+    gateway_address = identity["address"]
     minter_file = tmp_path / "minter.key"
     minter_file.write_text(anvil.keys[2])
     minter = cli_json("key", "import", str(minter_file), "--operator", "minter", "--passphrase-file", str(passphrase),
@@ -137,18 +132,9 @@ def test_applets_send_transactions_and_call_contracts_through_the_nodes_sender(t
 def test_chain_monitors_deliver_heights_and_contract_logs_to_applets(tmp_path, mosquitto, anvil):
     from tests.support.wat import assemble
 
-    passphrase = tmp_path / "passphrase"
-    passphrase.write_text("correct horse battery staple\n")
-    key_file = tmp_path / "gateway.key"
-    key_file.write_text(anvil.keys[1])
-    gateway_address = Account.from_key(anvil.keys[1]).address
-    registry = deploy_registry(anvil, gateway_address)
     w3 = Web3(Web3.HTTPProvider(anvil.url))
+    gw, registry, identity, _ = chain_gateway(tmp_path, mosquitto, anvil)
     start = w3.eth.block_number
-    gw = GatewayProcess(tmp_path, mosquitto.port, chain__enabled=True, chain__network=anvil.url,
-                        chain__registry=registry, chain__key_passphrase_file=str(passphrase),
-                        chain__confirmations=1, chain__poll_s=0.2)
-    cli("key", "import", str(key_file), "--passphrase-file", str(passphrase), data_dir=gw.data_dir)
     assemble("probe", tmp_path)
     gateway_added = "0x" + Web3.keccak(text="GatewayAdded(address,uint32)").hex().removeprefix("0x")
     project = tmp_path / "watch.toml"
