@@ -48,6 +48,7 @@ def pebble_event_payload(doc: dict, registry: Registry) -> bytes:
 
 
 CURSOR = "pebble_records"
+PROCESSED_INTERVAL_S = 0.5
 
 
 class PebbleDispatcher:
@@ -63,21 +64,26 @@ class PebbleDispatcher:
         self.registry = registry
         self.batch = batch
         self.dispatched = 0  # the highest record seq handed to a project
-        self._wake = asyncio.Event()
+        self._wakes: dict[str, asyncio.Event] = {}  # one per feed: new records are durable
         self._feeds: dict[str, asyncio.Task] = {}
         self._cursors: dict[str, int] = {}
 
     def notify(self) -> None:
         """New records are durable (called after each group commit)."""
-        self._wake.set()
+        for wake in self._wakes.values():
+            wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
                 await self._sync_feeds(stop)
+                # the processed cursor is a meta write (an fsync on the writer thread): once per
+                # interval, not once per group commit
                 await self._advance_processed()
-                self._wake.clear()
-                await _wait(self._wake, stop, 1.0)
+                try:
+                    await asyncio.wait_for(stop.wait(), PROCESSED_INTERVAL_S)
+                except asyncio.TimeoutError:
+                    pass
         finally:
             for task in self._feeds.values():
                 task.cancel()
@@ -88,11 +94,13 @@ class PebbleDispatcher:
         for name in [n for n in self._feeds if n not in wanted]:
             self._feeds.pop(name).cancel()
             self._cursors.pop(name, None)
+            self._wakes.pop(name, None)
         for name in wanted - self._feeds.keys():
             path = self.runtime.store.project_dir(name) / "state.sqlite"
             # a new project starts at the records still buffered and not yet processed by all
             cursor = read_cursor(path, CURSOR) or (await self.committer.call(self.store.stats))["processed_upto"]
             self._cursors[name] = cursor
+            self._wakes[name] = asyncio.Event()
             self._feeds[name] = asyncio.create_task(self._feed(name, stop))
 
     async def _advance_processed(self) -> None:
@@ -102,7 +110,9 @@ class PebbleDispatcher:
             await self.committer.call(self.store.mark_processed, upto)
 
     async def _feed(self, name: str, stop: asyncio.Event) -> None:
+        wake = self._wakes[name]
         while not stop.is_set():
+            wake.clear()  # before looking: a commit landing meanwhile wakes the next wait
             try:
                 busy = await self._step(name)
             except asyncio.CancelledError:
@@ -111,7 +121,7 @@ class PebbleDispatcher:
                 log.exception("project %s: applet dispatch failed; retrying in 1 s", name)
                 busy = False
             if not busy:
-                await _wait(self._wake, stop, 1.0)
+                await _wait(wake, stop, 1.0)
 
     async def _step(self, name: str) -> bool:
         """Hand the project its next records; True when there were some."""
@@ -128,7 +138,6 @@ class PebbleDispatcher:
         await self.runtime.feed(name, events, (CURSOR, last))
         self._cursors[name] = last
         self.dispatched = max(self.dispatched, last)
-        self._wake.set()  # the processed cursor may move
         return True
 
     def _read(self, after: int, limit: int) -> list[dict]:

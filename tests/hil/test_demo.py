@@ -3,6 +3,7 @@ anvil, the gateway and the fleet as processes). It must show verified readings, 
 applets at work, and readings proven against the local chain."""
 from __future__ import annotations
 
+import os
 import subprocess
 
 from tests.support.gateway import w3gate_exe
@@ -11,7 +12,7 @@ from tests.support.gateway import w3gate_exe
 def test_the_demo_shows_verified_readings_applets_and_proofs(tmp_path, built_applets):
     result = subprocess.run([*w3gate_exe(), "demo", "--duration", "24", "--devices", "8", "--time-scale", "120",
                              "--data-dir", str(tmp_path / "demo")], capture_output=True, text=True, timeout=120,
-                            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin:/usr/sbin"})
+                            env={**os.environ, "COLUMNS": "200"})  # wide: one reading per line
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "project pebble-demo deployed" in out
