@@ -44,6 +44,7 @@ SUBSCRIPTIONS = ["device/+/data", "device/+/confirm", "device/+/query",
 # the broker's in-flight window, QoS 0 (real Pebbles) only by this.
 VERIFY_PAUSE_ABOVE, VERIFY_RESUME_BELOW = 2048, 1024
 STORE_PAUSE_ABOVE, STORE_RESUME_BELOW = 8000, 2000
+MAX_MQTT_EVENTS_RUNNING = 1000  # W3bstream events over MQTT waiting for their applets
 
 
 class Node:
@@ -188,9 +189,13 @@ class Node:
     def on_message(self, msg: Inbound) -> None:
         parts = msg.topic.split("/")
         if len(parts) in (4, 5) and parts[1] == "push":
-            task = asyncio.get_running_loop().create_task(self._event_over_mqtt(msg))
-            self._event_tasks.add(task)
-            task.add_done_callback(self._event_tasks.discard)
+            if len(self._event_tasks) >= MAX_MQTT_EVENTS_RUNNING:  # a flood: refuse, do not pile up
+                self.event_api.counters["busy"] += 1
+                self.reject_log("event_busy", None, parts[0] + "/push/…", "too many MQTT events running")
+            else:
+                task = asyncio.get_running_loop().create_task(self._event_over_mqtt(msg))
+                self._event_tasks.add(task)
+                task.add_done_callback(self._event_tasks.discard)
             return self.committer.submit(None, self._acker(msg))
         if len(parts) != 3 or parts[0] != "device":
             return self._rejected(msg, Rejection("malformed", f"unexpected topic {msg.topic}"))
@@ -311,8 +316,9 @@ class Node:
     async def _event_over_mqtt(self, msg: Inbound) -> None:
         """A W3bstream event published over MQTT: run it, answer on ack/<publisherKey>."""
         ack_topic, reply = await self.event_api.submit_mqtt(msg.topic, msg.payload)
-        if ack_topic is None:
-            log.warning("event on %s refused (%d): %s", msg.topic.split("/")[0], reply.status, reply.body.get("error"))
+        if ack_topic is None:  # counted by the event API; logged without the token, rate-limited
+            self.reject_log(f"event_{reply.status}", None, msg.topic.split("/")[0] + "/push/…",
+                            str(reply.body.get("error")))
             return
         self.link.publish(ack_topic, json.dumps(reply.body).encode(), qos=0)
 

@@ -43,7 +43,7 @@ class EventAPI:
         self.did_document = did_document  # the node's DID document, served at /.well-known/did.json
         self.publishers = publishers
         self.max_bytes = max_bytes
-        self.counters = {"accepted": 0, "unauthorized": 0, "not_found": 0, "too_large": 0}
+        self.counters = {"accepted": 0, "unauthorized": 0, "not_found": 0, "too_large": 0, "busy": 0}
         self._runner = None  # aiohttp's AppRunner while the HTTP API serves
         self.port: int | None = None
 
