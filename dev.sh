@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(mosquitto python3-venv python3-dev build-essential wabt)
+APT_PACKAGES=(mosquitto python3-venv python3-dev build-essential wabt socat)
 VENV=.venv
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -18,6 +18,7 @@ setup() {
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   command -v gcc >/dev/null || missing+=(build-essential python3-dev)
   command -v wat2wasm >/dev/null || missing+=(wabt)  # the runtime's hand-written test modules
+  command -v socat >/dev/null || missing+=(socat)  # a MicroPython REPL on a pty, for pairing benches
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}" >&2
     as_root apt-get update -qq

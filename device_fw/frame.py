@@ -10,6 +10,22 @@
 # types  1 reading (payload: compact JSON), 2 hello (payload: JSON firmware info),
 #        3 config ack, 0x81 config (gateway -> device, payload JSON, also authenticated)
 #
+# payloads (compact JSON; unknown keys are ignored by both sides)
+#   READING     {"temperature": 21.53, "humidity": 45.2, "pressure": 1013.25, "up": <uptime s>}
+#               (a key per value the enabled sensors measured; units degC, %RH, hPa)
+#   HELLO       {"fw": "w3gate-fw 0.1", "board": <sys.platform>, "sensors": [available],
+#                "period_ms": n, "heap_free": bytes, "heap_used": bytes, "boot": <boot count>}
+#               sent at boot (and on each BLE connection); the gateway answers with CONFIG
+#   CONFIG      {"period_ms": n (>= 100), "sensors": [enabled], "repl": true (optional: stop the
+#                firmware and return to the REPL, so a paired board can be paired again)};
+#               keys left out keep their value
+#   CONFIG_ACK  the settings now in force {"period_ms", "sensors", "config_seq": <the CONFIG's seq>}
+#               or {"error": "<reason>", "config_seq": n}
+# seq    a device's frames carry a u32 that only grows, across reboots too: the firmware keeps a
+#        reservation in flash and writes it once per block of seqs. The gateway refuses a seq it
+#        has seen (replay). CONFIG frames carry the gateway's own growing counter for the device,
+#        and the device ignores one whose seq is not above the last it applied.
+#
 # Why both a CRC and a MAC: line noise (bad CRC) is counted apart from a wrong key or a forgery
 # (good CRC, bad MAC). Why a MAC and not a signature: MicroPython has SHA-256 but no ECDSA; the
 # key is provisioned at flash time and the gateway attests what it verified with its own key.
