@@ -66,6 +66,24 @@ batch_records = 1000                # records per batch (one transaction, one Me
 batch_age_s = 60                    # ... or fewer, once the oldest waits this long
 poll_s = 1.0                        # how often the anchorer looks at the buffer and the chain
 
+[serial]
+ports = []                          # legacy sensors: glob patterns or pyserial URLs of their ports,
+                                    # e.g. ["/dev/serial/by-id/usb-*"]; opened as they appear
+baudrate = 115200
+rescan_s = 1.0                      # how often to look for ports that appeared or came back
+
+[ble]
+enabled = false                     # connect to paired BLE sensors (w3gate device pair --ble)
+transport = ""                      # a Bumble HCI transport ("usb:0", "tcp-client:127.0.0.1:PORT");
+                                    # "" uses the system's BlueZ through bleak
+max_connections = 8                 # connection attempts at once (links stay up beyond that)
+scan_s = 5.0                        # scan length while paired devices are missing
+reconnect_max_s = 30.0              # reconnect backoff, doubling up to this
+
+[legacy]
+rate = 50.0                         # frames/s each legacy device may send (token bucket) ...
+burst = 100                         # ... with bursts this large; the excess is "rate_limited"
+
 [log]
 level = "info"
 """
@@ -132,6 +150,28 @@ class ChainConfig:
 
 
 @dataclass(frozen=True)
+class SerialConfig:
+    ports: list
+    baudrate: int
+    rescan_s: float
+
+
+@dataclass(frozen=True)
+class BleConfig:
+    enabled: bool
+    transport: str
+    max_connections: int
+    scan_s: float
+    reconnect_max_s: float
+
+
+@dataclass(frozen=True)
+class LegacyConfig:
+    rate: float
+    burst: int
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str
 
@@ -145,6 +185,9 @@ class Config:
     applets: AppletsConfig
     api: ApiConfig
     chain: ChainConfig
+    serial: SerialConfig
+    ble: BleConfig
+    legacy: LegacyConfig
     log: LogConfig
 
     @property
@@ -156,12 +199,17 @@ class Config:
         return self.data_dir / "records"
 
     @property
+    def legacy_registry_path(self) -> Path:
+        return self.data_dir / "legacy_devices.json"
+
+    @property
     def status_path(self) -> Path:
         return self.data_dir / "status.json"
 
 
 _SECTIONS = {"mqtt": MqttConfig, "verify": VerifyConfig, "buffer": BufferConfig, "applets": AppletsConfig,
-             "api": ApiConfig, "chain": ChainConfig, "log": LogConfig}
+             "api": ApiConfig, "chain": ChainConfig, "serial": SerialConfig, "ble": BleConfig,
+             "legacy": LegacyConfig, "log": LogConfig}
 
 
 def _coerce(value: object, default: object, name: str) -> object:
@@ -170,13 +218,18 @@ def _coerce(value: object, default: object, name: str) -> object:
             if isinstance(value, str):
                 return value.strip().lower() in ("1", "true", "yes", "on")
             return bool(value)
+        if isinstance(default, list):  # of strings; from the environment, comma-separated
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise TypeError
+            return [i.strip() for i in items if i.strip()]
         if isinstance(default, int) and not isinstance(value, bool):
             return int(value)
         if isinstance(default, float):
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default), "a string")
+        kind = {bool: "true or false", int: "an integer", float: "a number", list: "a list of strings"}.get(type(default), "a string")
         raise ConfigError(f"{name} must be {kind}, got {value!r}") from None
 
 

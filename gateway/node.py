@@ -17,18 +17,20 @@ import sys
 import time
 
 from gateway.applets.event_api import EventAPI
-from gateway.applets.pebble_events import PebbleDispatcher
+from gateway.applets.device_events import DeviceDispatcher
 from gateway.applets.pool import Limits
 from gateway.applets.project import ProjectStore
 from gateway.applets.publishers import Publishers
 from gateway.applets.runtime import AppletRuntime
 from gateway.applets.triggers import CronScheduler
 from gateway.buffer.commit import GroupCommitter
-from gateway.buffer.records import nonce_of, record_doc
+from gateway.buffer.records import LEGACY_WIRE, nonce_of, record_doc
 from gateway.buffer.store import FullPolicy, RecordState, RecordStore, StoreConfig
 from gateway.codec import downlink
 from gateway.config import Config
+from gateway.errors import W3gateError
 from gateway.ingest.mqtt import Inbound, MqttLink
+from gateway.legacy_bridge import LegacyBridge
 from gateway.status import Counters, Latencies, RejectLog, read_status, write_status
 from gateway.verify.registry import STATUS_CODES, STATUS_CONFIRMED, Registry
 from gateway.verify.checker import SignatureChecker
@@ -67,7 +69,8 @@ class Node:
             projects,
             limits=Limits(a.time_limit_s, a.max_memory_pages, a.recycle_events, a.worker_memory_mb),
             publish=lambda topic, payload: self.link.publish(topic, payload, qos=1), max_batch=a.batch)
-        self.dispatcher = PebbleDispatcher(self.runtime, self.store, self.committer, self.registry)
+        self.dispatcher = DeviceDispatcher(self.runtime, self.store, self.committer, self.registry,
+                                           legacy_names=self._legacy_names)
         self.cron = CronScheduler(self.runtime)
         self.anchoring = None  # anchoring batches on chain, when [chain] is enabled
         if config.chain.enabled:
@@ -76,6 +79,10 @@ class Node:
             self.anchoring = AnchorService(config.chain, config.data_dir, self.store, self.registry,
                                            self.committer.call_blocking)
         self.runtime.host_call = self._applet_host_call
+        self.legacy: LegacyBridge | None = None
+        self.serial = None
+        if config.serial.ports or config.ble.enabled:
+            self._start_legacy()
         self.event_api = EventAPI(self.runtime, Publishers(projects), max_bytes=config.api.max_event_bytes,
                                   did_document=self._did_document)
         self.counters = Counters(read_status(config.status_path))
@@ -112,6 +119,8 @@ class Node:
             anchoring = asyncio.create_task(self.anchoring.run(stop))
             tasks.append(asyncio.create_task(self.anchoring.run_monitors(stop, self.runtime)))
         link = asyncio.create_task(self.link.run(stop))
+        if self.serial is not None:
+            tasks.append(asyncio.create_task(self.serial.run(stop)))
         log.info("w3gate running: %d devices registered, %d records buffered, broker %s:%d",
                  len(self.registry), self._buffer_stats.get("records", 0),
                  self.config.mqtt.host, self.config.mqtt.port)
@@ -133,6 +142,8 @@ class Node:
                 task.cancel()
             self._buffer_stats = await self.committer.call(self.store.stats)
             self._write_status()
+            if self.legacy is not None:
+                self.legacy.save_seqs()
             await self.committer.call(self.store.close)
             self.committer.close()
             self.checker.close()
@@ -151,6 +162,10 @@ class Node:
                     break
                 recent.append(doc)
             for doc in reversed(recent):  # oldest first, so each device keeps its latest nonces
+                if doc.get("wire") == LEGACY_WIRE:
+                    if self.legacy is not None:
+                        self.legacy.remember(doc)
+                    continue
                 self.verifier.replay.remember(doc["device"], doc["ts"], bytes.fromhex(doc["digest"]),
                                               nonce_of(doc))
             return len(recent)
@@ -171,6 +186,14 @@ class Node:
             except Exception:  # noqa: BLE001 - a broken deployment must not stop ingest
                 log.exception("could not load the deployed projects")
             self.verifier.replay.prune(time.time())
+            if self.legacy is not None:
+                if self.legacy.registry.reload():
+                    log.info("legacy device registry reloaded: %d devices", len(self.legacy.registry))
+                    self.legacy.registry_changed()
+                try:
+                    self.legacy.save_seqs()
+                except OSError as e:
+                    log.warning("could not save legacy sequence numbers: %s", e)
             if time.time() - last_expire > 60:
                 last_expire = time.time()
                 # with a chain, records expire once anchored; without, once applets processed them
@@ -322,6 +345,54 @@ class Node:
             return
         self.link.publish(ack_topic, json.dumps(reply.body).encode(), qos=0)
 
+    # -- legacy devices (serial, BLE) --------------------------------------------------------------
+
+    def _start_legacy(self) -> None:
+        """The serial (and BLE) bridge. Their records are attested with the node key, so it must
+        unlock; without it the gateway refuses to start rather than store unattested data."""
+        from gateway.chain.keystore import keystore_path, load_key, read_passphrase_file
+        from gateway.ingest.serial import SerialLinks
+        from gateway.verify.attest import Attester
+        from gateway.verify.legacy import LegacyRegistry, LegacyVerifier
+
+        if not self.config.chain.key_passphrase_file:
+            raise W3gateError("legacy devices ([serial] ports, [ble]) need the node key to attest their "
+                              "records: create it with `w3gate key new` and set [chain] key_passphrase_file",
+                              reason="no_node_key")
+        account = load_key(keystore_path(self.config.data_dir),
+                           read_passphrase_file(self.config.chain.key_passphrase_file))
+        registry = LegacyRegistry(self.config.legacy_registry_path)
+        verifier = LegacyVerifier(registry, rate=self.config.legacy.rate, burst=self.config.legacy.burst)
+        self.legacy = LegacyBridge(registry, verifier, Attester(bytes(account.key)), self._legacy_submit,
+                                   self._legacy_rejected, seq_path=self.config.data_dir / "legacy_seq.json")
+        s = self.config.serial
+        if s.ports:
+            self.serial = SerialLinks(s.ports, lambda port, chunk: self.legacy.on_data("serial:" + port, chunk),
+                                      baudrate=s.baudrate, rescan_s=s.rescan_s, on_change=self._serial_changed)
+            self.legacy.downlinks["serial"] = _SerialDownlink(self.serial)
+
+    def _legacy_names(self) -> dict[str, str]:
+        return {d.device_id: d.name for d in self.legacy.registry} if self.legacy is not None else {}
+
+    def _serial_changed(self, port: str, up: bool) -> None:
+        if not up:
+            self.legacy.link_lost("serial:" + port)
+
+    def _legacy_submit(self, doc: dict, done) -> None:
+        def durable(seq: int | None) -> None:
+            if seq is None:
+                self.counters.rejected["buffer_full"] += 1
+                self.reject_log("buffer_full", doc["device"], "legacy", "the buffer is full (policy refuse)")
+            else:
+                self.counters.accepted["legacy_" + doc["kind"]] += 1
+                self.dispatcher.notify()
+            done(seq)
+        self.committer.submit(doc, durable)
+
+    def _legacy_rejected(self, rejection: Rejection, link: str) -> None:
+        self.counters.rejected[rejection.reason] += 1
+        self.reject_log(rejection.reason, rejection.device, link, rejection.detail)
+
     # -- registration (pebble.md 7.1) ------------------------------------------------------------
 
     def _answer_query(self, imei: str) -> None:
@@ -353,6 +424,8 @@ class Node:
                      "connected": self.link.connected, "connects": self.link.connects},
             **self.counters.snapshot(),
             "devices": len(self.registry),
+            "legacy": ({**self.legacy.status(), "serial": self.serial.status() if self.serial else None}
+                       if self.legacy is not None else None),
             "verify_worker_restarts": self.checker.restarts,
             "chain": self.anchoring.status() if self.anchoring is not None else None,
             "api": {"url": f"http://{self.config.api.listen}:{self.event_api.port}" if self.event_api.port else None,
@@ -372,3 +445,13 @@ class Node:
             write_status(self.config.status_path, self.status())
         except OSError as e:
             log.warning("could not write %s: %s", self.config.status_path, e)
+
+
+class _SerialDownlink:
+    """Bridge links are named ``serial:<port>``; the serial transport knows ports."""
+
+    def __init__(self, links) -> None:
+        self.links = links
+
+    def write(self, link: str, data: bytes) -> bool:
+        return self.links.write(link.removeprefix("serial:"), data)

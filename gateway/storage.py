@@ -18,11 +18,15 @@ and never creates or writes anything.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import operator
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Generic, Iterator, TypeVar
 
+from tinydb import TinyDB
 from tinydb.storages import Storage
 
 from gateway.errors import W3gateError
@@ -102,9 +106,10 @@ class AtomicJSONStorage(Storage):
     """
 
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False,
-                 append_only: bool = False) -> None:
+                 append_only: bool = False, mode: int = 0o644) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self.mode = mode
         self._keep = append_only and not readonly
         self._data: dict | None = None
         self._text: dict[str, str] = {}  # table name -> its JSON text as last written (keep only)
@@ -128,7 +133,7 @@ class AtomicJSONStorage(Storage):
             raw = ("{" + ",".join(_dumps(name) + ":" + t for name, t in text.items()) + "}").encode()
         else:
             raw = dump_json(data)
-        atomic_write(self.path, raw)
+        atomic_write(self.path, raw, mode=self.mode)
         self.size = len(raw)
         if self._keep:
             self._data, self._text = data, text
@@ -152,3 +157,70 @@ class AtomicJSONStorage(Storage):
     def close(self) -> None:
         self._data = None
         self._text = {}
+
+
+T = TypeVar("T")
+
+
+class WatchedTable(Generic[T]):
+    """One small TinyDB table that the CLI edits while the gateway runs (the device registries).
+
+    Readers keep it in memory, keyed by ``key``, and ``reload`` re-reads the file only when it
+    changed. Every read-modify-write holds an flock, so the CLI and the gateway never lose each
+    other's updates. ``mode`` 0o600 for a table that holds secrets.
+    """
+
+    def __init__(self, path: str | os.PathLike, table: str, key: str, load: Callable[[dict], T], *,
+                 mode: int = 0o644) -> None:
+        self.path = Path(path)
+        self._table_name, self._key, self._load, self._mode = table, key, load, mode
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._items: dict[str, T] = {}
+        self._stamp: tuple[int, int] | None = None
+        self.reload()
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_ino)
+
+    def reload(self) -> bool:
+        """Re-read the file if it changed since the last read; True when it did."""
+        stamp = self._file_stamp()
+        if stamp == self._stamp and stamp is not None:
+            return False
+        self._stamp = stamp
+        if stamp is None:
+            changed = bool(self._items)
+            self._items = {}
+            return changed
+        db = TinyDB(self.path, storage=AtomicJSONStorage, readonly=True)
+        try:
+            self._items = {d[self._key]: self._load(d) for d in db.table(self._table_name).all()}
+        finally:
+            db.close()
+        return True
+
+    def get(self, key: str) -> T | None:
+        return self._items.get(key)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter([self._items[k] for k in sorted(self._items)])
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @contextmanager
+    def _table(self):
+        """The TinyDB table, under the lock; the in-memory copy is re-read afterwards."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            db = TinyDB(self.path, storage=AtomicJSONStorage, mode=self._mode)
+            try:
+                yield db.table(self._table_name)
+            finally:
+                db.close()
+        self.reload()

@@ -4,6 +4,7 @@ into the data directory.
     name = "pebble-monitor"
     [events]
     pebble = true                 # verified Pebble messages reach this project (all devices)
+    legacy = true                 # and attested records of serial and BLE sensors
     [[applets]]
     name = "validator"
     wasm = "../applets/build/pebble-validator.wasm"     # relative to this file
@@ -82,9 +83,14 @@ class Project:
     env: dict[str, str] = field(default_factory=dict)
     schema: list[str] = field(default_factory=list)
     pebble: bool = False  # verified Pebble messages are events of this project
+    legacy: bool = False  # so are attested records of legacy (serial, BLE) sensors
     cron: list[CronJob] = field(default_factory=list)
     monitors: list[dict] = field(default_factory=list)  # chain monitors (gateway/chain/monitors.py)
     operators: list[str] = field(default_factory=list)  # operator keys its applets send with; first = default
+
+    def takes(self, doc: dict) -> bool:
+        """Whether a buffered record is an event of this project."""
+        return self.legacy if doc.get("wire") == "legacy" else self.pebble
 
     def route(self, event_type: str) -> list[Strategy]:
         """Every strategy for this event type, else the DEFAULT ones (upstream's rule)."""
@@ -98,8 +104,8 @@ class Project:
     def from_json(cls, data: dict) -> "Project":
         return cls(data["name"], dict(data["applets"]), [Strategy(**s) for s in data["strategies"]],
                    dict(data.get("env") or {}), list(data.get("schema") or []), bool(data.get("pebble")),
-                   [CronJob(**c) for c in data.get("cron") or []], list(data.get("monitors") or []),
-                   list(data.get("operators") or []))
+                   bool(data.get("legacy")), [CronJob(**c) for c in data.get("cron") or []],
+                   list(data.get("monitors") or []), list(data.get("operators") or []))
 
 
 class ProjectStore:
@@ -207,6 +213,7 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
     if not isinstance(schema, list) or not all(isinstance(s, str) for s in schema):
         raise ProjectError(f"{path}: [database] schema must be a list of SQL statements")
     pebble = bool((data.get("events") or {}).get("pebble", False))
+    legacy = bool((data.get("events") or {}).get("legacy", False))
     cron = []
     for entry in data.get("cron") or []:
         expression, event = entry.get("expression"), entry.get("event")
@@ -222,7 +229,7 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
                                                   for o in operators):
         raise ProjectError(f"{path}: 'operators' is a list of operator key names (w3gate key new --operator NAME)")
     return Project(name, applets, strategies, {str(k): str(v) for k, v in env.items()}, schema, pebble,
-                   cron, monitors, operators), modules
+                   legacy, cron, monitors, operators), modules
 
 
 ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")

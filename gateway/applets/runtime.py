@@ -122,8 +122,9 @@ class AppletRuntime:
         self.projects = current
         return True
 
-    def pebble_projects(self) -> list[str]:
-        return [name for name, p in self.projects.items() if p.pebble]
+    def device_projects(self) -> list[str]:
+        """Projects that take buffered device records (Pebble or legacy) as events."""
+        return [name for name, p in self.projects.items() if p.pebble or p.legacy]
 
     async def close(self) -> None:
         for worker in self.workers.values():

@@ -1,22 +1,17 @@
 """Device registry: which IMEIs may send data, and which key or address signs for each.
 
-Kept in a small TinyDB file (atomic writes) that the CLI edits while the gateway runs; the
-gateway reloads it when the file changes. Every read-modify-write holds an flock so the CLI
-and the gateway (which records confirmations) never lose each other's updates.
+Kept in a small TinyDB file (atomic writes, ``WatchedTable``) that the CLI edits while the
+gateway runs; the gateway reloads it when the file changes and records confirmations in it.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Iterator
 
-from tinydb import Query, TinyDB
+from tinydb import Query
 
-from gateway.storage import AtomicJSONStorage
+from gateway.storage import WatchedTable
 from gateway.codec.pebble import PROFILES, DEFAULT_PROFILE
 from gateway.errors import W3gateError
 from gateway.verify.secp256k1 import Key, normalize_address
@@ -81,64 +76,11 @@ def make_device(imei: str, *, address: str | None = None, public_key: str | None
     return Device(imei, address, public_key, owner, profile, status, time.time())
 
 
-class Registry:
+class Registry(WatchedTable[Device]):
     """The device table at ``path`` (a JSON file)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self._lock_path = self.path.with_name(self.path.name + ".lock")
-        self._devices: dict[str, Device] = {}
-        self._stamp: tuple[int, int] | None = None
-        self.reload()
-
-    # -- reading -------------------------------------------------------------------------------
-
-    def _file_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_ino)
-
-    def reload(self) -> bool:
-        """Re-read the file if it changed since the last read; True when it did."""
-        stamp = self._file_stamp()
-        if stamp == self._stamp and stamp is not None:
-            return False
-        self._stamp = stamp
-        if stamp is None:
-            changed = bool(self._devices)
-            self._devices = {}
-            return changed
-        db = TinyDB(self.path, storage=AtomicJSONStorage, readonly=True)
-        try:
-            self._devices = {d["imei"]: Device(**d) for d in db.table("devices").all()}
-        finally:
-            db.close()
-        return True
-
-    def get(self, imei: str) -> Device | None:
-        return self._devices.get(imei)
-
-    def __iter__(self) -> Iterator[Device]:
-        return iter(sorted(self._devices.values(), key=lambda d: d.imei))
-
-    def __len__(self) -> int:
-        return len(self._devices)
-
-    # -- writing -------------------------------------------------------------------------------
-
-    @contextmanager
-    def _table(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            db = TinyDB(self.path, storage=AtomicJSONStorage)
-            try:
-                yield db.table("devices")
-            finally:
-                db.close()
-        self.reload()
+        super().__init__(path, "devices", "imei", lambda doc: Device(**doc))
 
     def add(self, device: Device, *, replace_existing: bool = False) -> None:
         with self._table() as table:

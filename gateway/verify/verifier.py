@@ -31,6 +31,10 @@ REASONS = (
     "not_proposed",  # confirm from a device nobody proposed to own
     "wrong_owner",  # confirm naming an owner other than the proposer
     "buffer_full",  # verified, but the buffer refused it (full, policy "refuse")
+    # legacy devices (serial, BLE: legacy.py)
+    "corrupt",  # a frame damaged on the line (framing, length, CRC)
+    "bad_mac",  # an intact frame not made with the device's key (wrong key, forgery)
+    "rate_limited",  # a device sending faster than its configured rate
 )
 
 

@@ -1,11 +1,12 @@
-"""Verified Pebble records become applet events, in record order, straight from the buffer.
+"""Verified device records become applet events, in record order, straight from the buffer.
 
-Each project that takes Pebble events reads the buffer from its own cursor, which its worker
-commits in the same SQLite transaction as the state its applets changed. So each record reaches
-each project in order, and its effects on the project's state happen exactly once across
-crashes and restarts (a batch cut short runs again from the old cursor, with none of its state
-kept; MQTT messages and transactions it sent are not taken back). The buffer's ``processed``
-cursor follows the slowest project, or the buffer itself when no project takes Pebble events.
+Each project that takes device events (``[events] pebble = true`` and/or ``legacy = true``)
+reads the buffer from its own cursor, which its worker commits in the same SQLite transaction
+as the state its applets changed. So each record reaches each project in order, and its effects
+on the project's state happen exactly once across crashes and restarts (a batch cut short runs
+again from the old cursor, with none of its state kept; MQTT messages and transactions it sent
+are not taken back). The buffer's ``processed`` cursor follows the slowest project, or the
+buffer itself when no project takes device events.
 
 Event types and payload (JSON, what ``ws_get_data`` returns):
     PEBBLE_DATA, PEBBLE_CONFIG, PEBBLE_CONFIRM
@@ -14,25 +15,49 @@ Event types and payload (JSON, what ``ws_get_data`` returns):
      "trust": "secure-element", "digest": "<sha256 hex of the signed bytes>",
      "reading": {"temperature": 21.5, "humidity": 45.1, "pressure": 1013.2, "gps_fix": true,
                  "latitude": …, "longitude": …, "vbat": 4.1, …}}
-The reading of a config message is the device's settings; of a confirm, ``{"owner", "channel"}``.
-The event's publisher is the IMEI, its timestamp the device time in milliseconds.
+    The reading of a config message is the device's settings; of a confirm, ``{"owner", "channel"}``.
+    The event's publisher is the IMEI, its timestamp the device time in milliseconds.
+
+    LEGACY_DATA, LEGACY_HELLO, LEGACY_CONFIG (a serial or BLE sensor: device_fw/frame.py)
+    {"seq": 43, "device": "<16 hex id>", "name": "greenhouse", "kind": "data", "wire": "legacy",
+     "device_seq": 1207, "timestamp": <gateway time, s>, "received": <gateway time, s>,
+     "trust": "gateway-attested", "attested_by": "did:io:0x<gateway>", "digest": "<sha256 of the frame>",
+     "reading": {"temperature": 21.5, "humidity": 45.1, "pressure": 1013.2, "up": 3600}}
+    A hello's reading is the firmware's report, a config's the settings it applied.
+    The publisher is the device id, the timestamp the receive time in milliseconds.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from typing import Callable
 
 from gateway.applets.runtime import AppletRuntime, Event
 from gateway.applets.state import read_cursor
 from gateway.buffer.commit import GroupCommitter
-from gateway.buffer.records import decode_record
+from gateway.buffer.records import LEGACY_WIRE, decode_record
 from gateway.buffer.store import RecordStore
 from gateway.verify.registry import Registry
 
 log = logging.getLogger("w3gate.applets")
 
-EVENT_TYPES = {"data": "PEBBLE_DATA", "config": "PEBBLE_CONFIG", "confirm": "PEBBLE_CONFIRM"}
+PEBBLE_EVENTS = {"data": "PEBBLE_DATA", "config": "PEBBLE_CONFIG", "confirm": "PEBBLE_CONFIRM"}
+LEGACY_EVENTS = {"data": "LEGACY_DATA", "hello": "LEGACY_HELLO", "config_ack": "LEGACY_CONFIG"}
+EVENT_TYPES = [*PEBBLE_EVENTS.values(), *LEGACY_EVENTS.values()]
+
+
+def event_type(doc: dict) -> str:
+    return LEGACY_EVENTS[doc["kind"]] if doc.get("wire") == LEGACY_WIRE else PEBBLE_EVENTS[doc["kind"]]
+
+
+def legacy_event_payload(doc: dict, names: dict[str, str]) -> bytes:
+    return json.dumps({
+        "seq": doc["seq"], "device": doc["device"], "name": names.get(doc["device"]),
+        "kind": doc["kind"], "wire": LEGACY_WIRE, "device_seq": doc["device_seq"], "timestamp": doc["ts"],
+        "received": doc["rx"], "trust": doc["trust"], "attested_by": "did:io:" + doc["address"].lower(),
+        "digest": doc["digest"], "reading": decode_record(doc),
+    }, separators=(",", ":")).encode()
 
 
 def pebble_event_payload(doc: dict, registry: Registry) -> bytes:
@@ -47,22 +72,23 @@ def pebble_event_payload(doc: dict, registry: Registry) -> bytes:
     }, separators=(",", ":")).encode()
 
 
-CURSOR = "pebble_records"
+CURSOR = "pebble_records"  # the name predates legacy records; kept, since projects store it
 PROCESSED_INTERVAL_S = 0.5
 
 
-class PebbleDispatcher:
-    """One feed per project that takes Pebble events, each at its own pace from its own cursor
+class DeviceDispatcher:
+    """One feed per project that takes device events, each at its own pace from its own cursor
     (kept in the project's state, committed with the effects of its events): a slow or runaway
     project falls behind alone. The buffer's ``processed`` cursor is the slowest feed's."""
 
     def __init__(self, runtime: AppletRuntime, store: RecordStore, committer: GroupCommitter, registry: Registry,
-                 *, batch: int = 200) -> None:
+                 *, batch: int = 200, legacy_names: Callable[[], dict[str, str]] = dict) -> None:
         self.runtime = runtime
         self.store = store
         self.committer = committer
         self.registry = registry
         self.batch = batch
+        self.legacy_names = legacy_names  # legacy device id -> name, for event payloads
         self.dispatched = 0  # the highest record seq handed to a project
         self._wakes: dict[str, asyncio.Event] = {}  # one per feed: new records are durable
         self._feeds: dict[str, asyncio.Task] = {}
@@ -90,7 +116,7 @@ class PebbleDispatcher:
             await asyncio.gather(*self._feeds.values(), return_exceptions=True)
 
     async def _sync_feeds(self, stop: asyncio.Event) -> None:
-        wanted = set(self.runtime.pebble_projects())
+        wanted = set(self.runtime.device_projects())
         for name in [n for n in self._feeds if n not in wanted]:
             self._feeds.pop(name).cancel()
             self._cursors.pop(name, None)
@@ -126,19 +152,27 @@ class PebbleDispatcher:
     async def _step(self, name: str) -> bool:
         """Hand the project its next records; True when there were some."""
         after = self._cursors[name]
-        per_record = max(1, max(self.runtime.jobs_per_event(name, t) for t in EVENT_TYPES.values()))
+        per_record = max(1, max(self.runtime.jobs_per_event(name, t) for t in EVENT_TYPES))
         docs = await self.committer.call(self._read, after, max(1, self.batch // per_record))
         if not docs:
             return False
-        events = [Event(name, pebble_event_payload(doc, self.registry), event_type=EVENT_TYPES[doc["kind"]],
-                        event_id=f"{doc['digest'][:32]}_pebble", publisher=doc["device"],
-                        timestamp_ms=int(doc["ts"]) * 1000, trust=doc.get("trust", ""))
-                  for doc in docs]
+        project = self.runtime.projects.get(name)
+        names = self.legacy_names() if any(d.get("wire") == LEGACY_WIRE for d in docs) else {}
+        events = [self._event(name, doc, names) for doc in docs if project is not None and project.takes(doc)]
         last = docs[-1]["seq"]
         await self.runtime.feed(name, events, (CURSOR, last))
         self._cursors[name] = last
         self.dispatched = max(self.dispatched, last)
         return True
+
+    def _event(self, name: str, doc: dict, names: dict[str, str]) -> Event:
+        if doc.get("wire") == LEGACY_WIRE:
+            return Event(name, legacy_event_payload(doc, names), event_type=event_type(doc),
+                         event_id=f"{doc['digest'][:32]}_legacy", publisher=doc["device"],
+                         timestamp_ms=int(doc["rx"] * 1000), trust=doc["trust"])
+        return Event(name, pebble_event_payload(doc, self.registry), event_type=event_type(doc),
+                     event_id=f"{doc['digest'][:32]}_pebble", publisher=doc["device"],
+                     timestamp_ms=int(doc["ts"]) * 1000, trust=doc.get("trust", ""))
 
     def _read(self, after: int, limit: int) -> list[dict]:
         return list(self.store.iter_records(after_seq=after, newest_first=False, limit=limit))

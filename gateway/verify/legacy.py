@@ -1,0 +1,259 @@
+"""Legacy devices: sensors without a secure element, on serial or BLE.
+
+They authenticate each frame with HMAC-SHA256 under a per-device key provisioned at pairing
+(``device_fw/frame.py`` is the frame, shared with the firmware). The gateway checks the MAC,
+refuses replayed sequence numbers and floods, and then attests what it verified with its own
+key (``attest.py``): the record's trust level is ``gateway-attested``, never ``secure-element``.
+
+The registry file holds the keys, so it is written 0600 and no key is ever logged: a
+``LegacyDevice`` prints without its key.
+"""
+from __future__ import annotations
+
+import binascii
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+from tinydb import Query
+
+from device_fw import frame as wire
+from gateway.storage import WatchedTable
+from gateway.verify.registry import RegistryError
+from gateway.verify.verifier import Rejection
+
+TRANSPORTS = ("serial", "ble")
+FRAME_KINDS = {wire.READING: "data", wire.HELLO: "hello", wire.CONFIG_ACK: "config_ack"}
+SENSORS = ("sim", "bme280", "dht22")
+MIN_PERIOD_MS = 100
+
+
+@dataclass(frozen=True)
+class LegacyDevice:
+    device_id: str  # 16 hex digits: the 8-byte id in every frame
+    name: str
+    key: str = field(repr=False)  # 64 hex digits, the HMAC key; secret
+    transport: str = "serial"
+    address: str = ""  # BLE address or serial port it was paired on (a hint, not a filter)
+    config: dict = field(default_factory=dict)  # the settings the gateway wants: period_ms, sensors
+    config_seq: int = 0  # seq of the last CONFIG frame sent; the device only applies growing ones
+    added: float = 0.0
+
+    @property
+    def key_bytes(self) -> bytes:
+        return bytes.fromhex(self.key)
+
+    def public_dict(self) -> dict:
+        """Everything but the key: what `device list` shows and logs may carry."""
+        d = asdict(self)
+        d.pop("key")
+        return d
+
+
+def new_legacy_device(name: str, *, transport: str, address: str = "", config: dict | None = None) -> LegacyDevice:
+    """A fresh identity: random id and key, so a re-paired board starts clean (new id, seq 0)."""
+    if transport not in TRANSPORTS:
+        raise RegistryError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}",
+                            reason="bad_transport")
+    return LegacyDevice(secrets.token_hex(8), name or "", secrets.token_hex(32), transport, address,
+                        check_config(config or {}), 0, time.time())
+
+
+def check_config(config: dict) -> dict:
+    """The settings a device accepts (device_fw/frame.py CONFIG); refuses anything else by name."""
+    out = {}
+    for key, value in config.items():
+        if key == "period_ms":
+            if not isinstance(value, int) or isinstance(value, bool) or value < MIN_PERIOD_MS:
+                raise RegistryError(f"period_ms must be an integer >= {MIN_PERIOD_MS}, got {value!r}",
+                                    reason="bad_config")
+        elif key == "sensors":
+            if not isinstance(value, list) or any(s not in SENSORS for s in value):
+                raise RegistryError(f"sensors must be a list of {', '.join(SENSORS)}, got {value!r}",
+                                    reason="bad_config")
+        else:
+            raise RegistryError(f"unknown setting {key!r} (period_ms, sensors)", reason="bad_config")
+        out[key] = value
+    return out
+
+
+class LegacyRegistry(WatchedTable[LegacyDevice]):
+    """Paired legacy devices and their keys (``legacy_devices.json``, mode 0600)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(path, "legacy", "device_id", lambda doc: LegacyDevice(**doc), mode=0o600)
+
+    def add(self, device: LegacyDevice) -> None:
+        with self._table() as table:
+            if table.contains(Query().device_id == device.device_id):
+                raise RegistryError(f"legacy device {device.device_id} is already paired", reason="exists")
+            if device.name and table.contains(Query().name == device.name):
+                raise RegistryError(f"a legacy device is already named {device.name!r}", reason="exists")
+            table.insert(asdict(device))
+
+    def remove(self, device_id: str) -> bool:
+        with self._table() as table:
+            return bool(table.remove(Query().device_id == device_id))
+
+    def update(self, device_id: str, **changes) -> LegacyDevice:
+        with self._table() as table:
+            docs = table.search(Query().device_id == device_id)
+            if not docs:
+                raise RegistryError(f"legacy device {device_id} is not paired", reason="unknown_device")
+            device = replace(LegacyDevice(**docs[0]), **changes)
+            table.update(asdict(device), Query().device_id == device_id)
+        return device
+
+    def find(self, name_or_id: str) -> LegacyDevice | None:
+        """By id, or by name (what a user types)."""
+        return self.get(name_or_id) or next((d for d in self if d.name == name_or_id), None)
+
+    def next_config(self, device_id: str) -> tuple[LegacyDevice, int]:
+        """Take the next CONFIG seq for a device (stored before the frame is sent, so it only grows)."""
+        with self._table() as table:
+            docs = table.search(Query().device_id == device_id)
+            if not docs:
+                raise RegistryError(f"legacy device {device_id} is not paired", reason="unknown_device")
+            device = LegacyDevice(**docs[0])
+            seq = max(device.config_seq + 1, int(time.time()))  # grows even if the file was restored
+            table.update({"config_seq": seq}, Query().device_id == device_id)
+        return replace(device, config_seq=seq), seq
+
+
+class SeqWindow:
+    """Replay protection by sequence number, with a 64-frame window for frames that arrive out of
+    order (a device heard on two links at once): accept a seq above the highest seen, or one
+    inside the window not seen yet."""
+
+    SIZE = 64
+    __slots__ = ("highest", "_seen")
+
+    def __init__(self, highest: int = -1) -> None:
+        # bit i: highest - i was seen. Restored from before a restart, which of the seqs below
+        # ``highest`` were used is unknown: all count as spent.
+        self.highest = highest
+        self._seen = (1 << self.SIZE) - 1
+
+    def check(self, seq: int) -> str | None:
+        """None if ``seq`` is new, else why not."""
+        if seq > self.highest:
+            return None
+        back = self.highest - seq
+        if back >= self.SIZE:
+            return f"seq {seq} is far below the device's latest {self.highest}"
+        if self._seen >> back & 1:
+            return f"seq {seq} was already accepted"
+        return None
+
+    def accept(self, seq: int) -> None:
+        if seq > self.highest:
+            shift = seq - self.highest
+            self._seen = (self._seen << shift | 1) & ((1 << self.SIZE) - 1) if shift < self.SIZE else 1
+            self.highest = seq
+        else:
+            self._seen |= 1 << (self.highest - seq)
+
+
+class TokenBucket:
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@dataclass(slots=True)
+class LegacyFrame:
+    """A frame whose MAC, seq and rate were checked: ready to be attested and buffered."""
+
+    device: LegacyDevice
+    kind: str  # "data", "hello", "config_ack"
+    seq: int
+    frame: bytes  # the decoded frame (header, payload, CRC, MAC): the evidence, kept as received
+    payload: bytes  # its JSON payload
+
+
+def _mac(key: bytes, body: bytes) -> bytes:
+    return hmac.digest(key, body, "sha256")
+
+
+class LegacyVerifier:
+    """Checks raw frames (COBS-encoded, delimiters removed) from any serial or BLE link."""
+
+    def __init__(self, registry: LegacyRegistry, *, rate: float = 50.0, burst: float = 100.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self.rate, self.burst = rate, burst
+        self.clock = clock
+        self.windows: dict[str, SeqWindow] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def _key_of(self, device_id: bytes) -> bytes | None:
+        device = self.registry.get(device_id.hex())
+        return device.key_bytes if device else None
+
+    def check(self, raw: bytes) -> LegacyFrame:
+        """The checked frame, or a Rejection: corrupt, unsupported, unknown_device, bad_mac,
+        rate_limited, replay (by seq)."""
+        try:
+            frame = wire.cobs_decode(raw)
+            frame_type, device_id, seq, payload = wire.decode_frame(frame, self._key_of, _mac)
+        except wire.FrameError as e:
+            device = _device_hint(raw)
+            reason = {"corrupt": "corrupt", "unsupported": "unsupported", "unknown_device": "unknown_device",
+                      "bad_mac": "bad_mac"}[e.reason]
+            raise Rejection(reason, e.detail, device=device) from None
+        did = device_id.hex()
+        device = self.registry.get(did)
+        kind = FRAME_KINDS.get(frame_type)
+        if device is None:  # removed between the key lookup and now
+            raise Rejection("unknown_device", f"device {did}", device=did)
+        if kind is None:
+            raise Rejection("unsupported", f"frame type {frame_type} is not sent by devices", device=did)
+        now = self.clock()
+        bucket = self._buckets.get(did)
+        if bucket is None:
+            bucket = self._buckets[did] = TokenBucket(self.rate, self.burst, now)
+        if not bucket.take(now):
+            raise Rejection("rate_limited", f"over {self.rate:g} frames/s", device=did)
+        window = self.windows.get(did)
+        if window is None:
+            window = self.windows[did] = SeqWindow()
+        why = window.check(seq)
+        if why:
+            raise Rejection("replay", why, device=did)
+        if kind == "data":
+            try:
+                json.loads(payload)
+            except ValueError:
+                raise Rejection("malformed", "reading is not JSON", device=did) from None
+        window.accept(seq)
+        return LegacyFrame(device, kind, seq, frame, payload)
+
+    def remember(self, device_id: str, seq: int) -> None:
+        """A seq accepted before a restart (from the records or the saved high-water marks)."""
+        window = self.windows.get(device_id)
+        if window is None or seq > window.highest:
+            self.windows[device_id] = SeqWindow(seq)
+
+    def high_water(self) -> dict[str, int]:
+        return {d: w.highest for d, w in self.windows.items()}
+
+
+def _device_hint(raw: bytes) -> str | None:
+    """The device id a damaged frame claims, for the log (it may be wrong: it is not checked)."""
+    try:
+        return binascii.hexlify(wire.cobs_decode(raw)[2:10]).decode() or None
+    except wire.FrameError:
+        return None

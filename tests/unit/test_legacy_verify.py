@@ -1,0 +1,132 @@
+"""Legacy devices: the gateway admits a frame only with the device's MAC, a fresh seq and within
+its rate, and attests what it admitted with the node key."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+
+import pytest
+from coincurve import PrivateKey
+
+from device_fw import frame as wire
+from gateway.buffer.records import decode_record, legacy_record_doc
+from gateway.proofs.anchor import leaf_fields
+from gateway.verify.attest import Attester, attestation_digest
+from gateway.verify.legacy import LegacyRegistry, LegacyVerifier, SeqWindow, new_legacy_device
+from gateway.verify.registry import RegistryError
+from gateway.verify.secp256k1 import recover
+from gateway.verify.verifier import Rejection
+
+
+@pytest.fixture
+def registry(tmp_path):
+    reg = LegacyRegistry(tmp_path / "legacy_devices.json")
+    reg.add(new_legacy_device("greenhouse", transport="serial", config={"period_ms": 1000}))
+    return reg
+
+
+def raw(device, seq, payload=b'{"temperature":21.5}', frame_type=wire.READING, key=None):
+    """The frame as a link delivers it to the verifier: COBS bytes without delimiters."""
+    return wire.encode(frame_type, bytes.fromhex(device.device_id), seq, payload, key or device.key_bytes)[1:-1]
+
+
+def reason(verifier, data) -> str:
+    with pytest.raises(Rejection) as e:
+        verifier.check(data)
+    return e.value.reason
+
+
+def test_a_frame_with_the_device_mac_and_a_new_seq_is_admitted(registry):
+    device = next(iter(registry))
+    checked = LegacyVerifier(registry).check(raw(device, 7))
+    assert (checked.device.name, checked.kind, checked.seq) == ("greenhouse", "data", 7)
+    assert json.loads(checked.payload) == {"temperature": 21.5}
+
+
+def test_each_kind_of_bad_frame_is_refused_with_its_own_reason(registry):
+    device = next(iter(registry))
+    verifier = LegacyVerifier(registry)
+    good = raw(device, 1)
+    assert reason(verifier, good[:-3]) == "corrupt"  # cut short on the line
+    flipped = bytearray(good)
+    flipped[20] ^= 0x01
+    assert reason(verifier, bytes(flipped)) == "corrupt"  # CRC catches line noise
+    assert reason(verifier, raw(device, 1, key=os.urandom(32))) == "bad_mac"  # intact, wrong key
+    stranger = new_legacy_device("stranger", transport="serial")
+    assert reason(verifier, raw(stranger, 1)) == "unknown_device"
+    assert reason(verifier, raw(device, 1, frame_type=wire.CONFIG)) == "unsupported"  # devices never send it
+    assert reason(verifier, raw(device, 2, payload=b"not json")) == "malformed"
+    verifier.check(good)
+    assert reason(verifier, good) == "replay"
+
+
+def test_replayed_and_very_old_seqs_are_refused_but_late_ones_inside_the_window_are_not():
+    window = SeqWindow()
+    for seq in (10, 12, 11):  # 11 arrives late, on another link
+        assert window.check(seq) is None
+        window.accept(seq)
+    assert "already accepted" in window.check(11)
+    assert window.check(9) is None  # never seen, inside the window
+    window.accept(200)
+    assert "far below" in window.check(100)
+    assert window.check(201) is None
+
+
+def test_seqs_remembered_from_before_a_restart_stay_spent(registry):
+    device = next(iter(registry))
+    verifier = LegacyVerifier(registry)
+    verifier.remember(device.device_id, 500)
+    assert reason(verifier, raw(device, 480)) == "replay"
+    assert verifier.check(raw(device, 501)).seq == 501
+
+
+def test_a_device_flooding_the_link_is_rate_limited_and_recovers(registry):
+    device = next(iter(registry))
+    now = [1000.0]
+    verifier = LegacyVerifier(registry, rate=10, burst=5, clock=lambda: now[0])
+    results = []
+    for seq in range(8):
+        try:
+            verifier.check(raw(device, seq))
+            results.append("ok")
+        except Rejection as e:
+            results.append(e.reason)
+    assert results == ["ok"] * 5 + ["rate_limited"] * 3
+    now[0] += 0.2  # two tokens back at 10/s
+    assert verifier.check(raw(device, 100)).seq == 100
+
+
+def test_the_record_is_attested_by_the_node_key_and_proves_like_any_other(registry):
+    device = next(iter(registry))
+    node_key = PrivateKey()
+    attester = Attester(node_key.secret)
+    checked = LegacyVerifier(registry).check(raw(device, 3))
+    doc = legacy_record_doc(checked, 1767225600.1234, attester)
+    assert doc["trust"] == "gateway-attested" and doc["address"] == attester.address
+    assert doc["device"] == device.device_id and doc["device_seq"] == 3
+    assert decode_record(doc) == {"temperature": 21.5}
+    # anyone can check the attestation: the signer recovers to the gateway's address
+    fields = leaf_fields({**doc, "seq": 1}, doc["address"])
+    digest = attestation_digest(bytes.fromhex(fields["payload_sha256"]), fields["received_ms"])
+    assert fields["payload_sha256"] == hashlib.sha256(checked.frame).hexdigest()
+    assert attester.address in {key.address for _, key in recover(digest, bytes.fromhex(fields["signature"]))}
+
+
+def test_the_registry_keeps_keys_private_and_never_prints_them(registry, tmp_path):
+    device = next(iter(registry))
+    assert stat.S_IMODE(os.stat(tmp_path / "legacy_devices.json").st_mode) == 0o600
+    assert device.key not in repr(device) and "key" not in device.public_dict()
+    with pytest.raises(RegistryError, match="already named"):
+        registry.add(new_legacy_device("greenhouse", transport="ble"))
+    with pytest.raises(RegistryError, match="period_ms"):
+        new_legacy_device("x", transport="serial", config={"period_ms": 5})
+
+
+def test_config_seqs_only_grow(registry):
+    device = next(iter(registry))
+    _, first = registry.next_config(device.device_id)
+    _, second = registry.next_config(device.device_id)
+    assert second > first > 0
+    assert registry.get(device.device_id).config_seq == second
