@@ -203,6 +203,11 @@ class Config:
         return self.data_dir / "legacy_devices.json"
 
     @property
+    def serial_holds_path(self) -> Path:
+        """Ports another program (pairing) holds; the gateway leaves them alone."""
+        return self.data_dir / "serial-holds"
+
+    @property
     def status_path(self) -> Path:
         return self.data_dir / "status.json"
 

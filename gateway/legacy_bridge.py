@@ -118,8 +118,7 @@ class LegacyBridge:
     def registry_changed(self) -> None:
         """Push settings that changed in the registry to devices we can reach."""
         for device in self.registry:
-            sent = self._sent.get(device.device_id)
-            if sent is not None and sent != device.config:
+            if device.device_id in self.heard_on and self._sent.get(device.device_id) != device.config:
                 self.send_config(device)
 
     # -- state -----------------------------------------------------------------------------------

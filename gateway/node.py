@@ -80,7 +80,8 @@ class Node:
                                            self.committer.call_blocking)
         self.runtime.host_call = self._applet_host_call
         self.legacy: LegacyBridge | None = None
-        self.serial = None
+        self.serial = None  # SerialLinks, when [serial] ports are set
+        self.ble = None  # BleLinks, when [ble] is enabled
         if config.serial.ports or config.ble.enabled:
             self._start_legacy()
         self.event_api = EventAPI(self.runtime, Publishers(projects), max_bytes=config.api.max_event_bytes,
@@ -121,6 +122,8 @@ class Node:
         link = asyncio.create_task(self.link.run(stop))
         if self.serial is not None:
             tasks.append(asyncio.create_task(self.serial.run(stop)))
+        if self.ble is not None:
+            ble = asyncio.create_task(self.ble.run(stop))
         log.info("w3gate running: %d devices registered, %d records buffered, broker %s:%d",
                  len(self.registry), self._buffer_stats.get("records", 0),
                  self.config.mqtt.host, self.config.mqtt.port)
@@ -132,6 +135,8 @@ class Node:
             await self.committer.drain()
             self.link.close()
             await link
+            if self.ble is not None:
+                await ble  # disconnects cleanly
             await dispatcher  # it finishes the batch it is running, so nothing runs twice needlessly
             await self.event_api.stop_http()
             if self.anchoring is not None:
@@ -368,8 +373,20 @@ class Node:
         s = self.config.serial
         if s.ports:
             self.serial = SerialLinks(s.ports, lambda port, chunk: self.legacy.on_data("serial:" + port, chunk),
-                                      baudrate=s.baudrate, rescan_s=s.rescan_s, on_change=self._serial_changed)
+                                      baudrate=s.baudrate, rescan_s=s.rescan_s, on_change=self._serial_changed,
+                                      hold_dir=self.config.serial_holds_path)
             self.legacy.downlinks["serial"] = _SerialDownlink(self.serial)
+        b = self.config.ble
+        if b.enabled:
+            from gateway.ingest.ble import BleLinks
+
+            scanner, client = _ble_backends(b.transport)
+            self.ble = BleLinks(lambda: {d.name for d in registry if d.transport == "ble"},
+                                lambda link, chunk: self.legacy.on_data(link, chunk),
+                                on_change=lambda link, up: None if up else self.legacy.link_lost(link),
+                                scanner_backend=scanner, client_backend=client, max_connecting=b.max_connections,
+                                scan_s=b.scan_s, reconnect_max_s=b.reconnect_max_s)
+            self.legacy.downlinks["ble"] = self.ble
 
     def _legacy_names(self) -> dict[str, str]:
         return {d.device_id: d.name for d in self.legacy.registry} if self.legacy is not None else {}
@@ -424,8 +441,8 @@ class Node:
                      "connected": self.link.connected, "connects": self.link.connects},
             **self.counters.snapshot(),
             "devices": len(self.registry),
-            "legacy": ({**self.legacy.status(), "serial": self.serial.status() if self.serial else None}
-                       if self.legacy is not None else None),
+            "legacy": ({**self.legacy.status(), "serial": self.serial.status() if self.serial else None,
+                        "ble": self.ble.status() if self.ble else None} if self.legacy is not None else None),
             "verify_worker_restarts": self.checker.restarts,
             "chain": self.anchoring.status() if self.anchoring is not None else None,
             "api": {"url": f"http://{self.config.api.listen}:{self.event_api.port}" if self.event_api.port else None,
@@ -455,3 +472,14 @@ class _SerialDownlink:
 
     def write(self, link: str, data: bytes) -> bool:
         return self.links.write(link.removeprefix("serial:"), data)
+
+
+def _ble_backends(transport: str) -> tuple[type | None, type | None]:
+    """bleak's backend classes: the Bumble host on ``transport`` (an HCI dongle, a virtual
+    controller), or bleak's default (BlueZ) when none is named."""
+    if not transport:
+        return None, None
+    from gateway.ble import BumbleClient, BumbleScanner, use_transport
+
+    use_transport(transport)
+    return BumbleScanner, BumbleClient

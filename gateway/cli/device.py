@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -137,3 +138,112 @@ def firmware(imei, version, uri, app, config_path, data_dir) -> None:
 
 
 COMMANDS = [device]
+
+
+# -- legacy sensors (serial, BLE) ---------------------------------------------------------------
+
+def _legacy_registry(config_path, data_dir):
+    from gateway.verify.legacy import LegacyRegistry
+
+    return LegacyRegistry(get_config(config_path, data_dir).legacy_registry_path)
+
+
+def _settings(period_ms, sensors) -> dict:
+    settings = {}
+    if period_ms is not None:
+        settings["period_ms"] = period_ms
+    if sensors:
+        settings["sensors"] = [s.strip() for s in sensors.split(",") if s.strip()]
+    return settings
+
+
+@device.command("pair")
+@click.option("--serial", "port", metavar="PORT", required=True,
+              help="The board's serial port at its MicroPython REPL (/dev/serial/by-id/...).")
+@click.option("--name", required=True, help="A name for the sensor (shown with its readings).")
+@click.option("--period-ms", type=int, default=1000, show_default=True, help="Reading period.")
+@click.option("--sensors", default="sim", show_default=True,
+              help="Comma-separated sensors to read: bme280, dht22, sim (simulated).")
+@click.option("--link", default="stdio", show_default=True,
+              help="Where the firmware sends frames: stdio (the USB port it was flashed on) or "
+                   "uart:<n>:<baud>:<tx>:<rx>.")
+@click.option("--replace", is_flag=True, help="Pair again a board already paired under this name.")
+@click.option("--timeout", type=float, default=15.0, show_default=True,
+              help="Seconds to wait for the first signed frame.")
+@json_option
+@config_option
+@data_dir_option
+def pair(port, name, period_ms, sensors, link, replace, timeout, as_json, config_path, data_dir) -> None:
+    """Pair a legacy sensor: new device key, firmware and settings onto the board with mpremote,
+    register it, and check its first signed frame. The key is never printed."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from gateway.provision import pair_serial
+
+    config = get_config(config_path, data_dir)
+    with Progress(TextColumn("{task.description:<22}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  transient=True, disable=as_json or not sys.stderr.isatty()) as bar:
+        task = bar.add_task(f"pairing {name}", total=None)
+
+        def progress(step: str, done: int, total: int) -> None:
+            bar.update(task, description=f"{step} → {name}", completed=done, total=total)
+        try:
+            paired = pair_serial(config, port, name=name, settings=_settings(period_ms, sensors), link=link,
+                                 replace=replace, check_timeout_s=timeout, progress=progress)
+        except W3gateError as e:
+            raise click.ClickException(str(e)) from None
+    if as_json:
+        return emit_json({**paired.device.public_dict(), "first_frame": paired.first_frame,
+                          "first_payload": paired.first_payload, "seconds": round(paired.seconds, 2)})
+    click.echo(f"paired {name} ({paired.device.device_id}) on {port} in {paired.seconds:.1f} s")
+    click.echo(f"first signed frame: {paired.first_frame} {json.dumps(paired.first_payload)}")
+
+
+@device.command("sensors")
+@json_option
+@config_option
+@data_dir_option
+def sensors_(as_json, config_path, data_dir) -> None:
+    """List paired legacy sensors (serial, BLE); keys are never shown."""
+    devices = list(_legacy_registry(config_path, data_dir))
+    if as_json:
+        return emit_json([d.public_dict() for d in devices])
+    if not devices:
+        click.echo("no sensors paired (w3gate device pair --serial PORT --name NAME)")
+    for d in devices:
+        click.echo(f"{d.device_id}  {d.name:<16} {d.transport:<6} {d.address or '-':<30} {json.dumps(d.config)}")
+
+
+@device.command("set")
+@click.argument("name")
+@click.option("--period-ms", type=int, help="Reading period.")
+@click.option("--sensors", help="Comma-separated sensors to read: bme280, dht22, sim.")
+@config_option
+@data_dir_option
+def set_(name, period_ms, sensors, config_path, data_dir) -> None:
+    """Change a paired sensor's settings; the gateway sends them down its link."""
+    from gateway.verify.legacy import check_config
+
+    registry = _legacy_registry(config_path, data_dir)
+    found = registry.find(name)
+    if found is None:
+        raise click.ClickException(f"no sensor named {name!r} is paired (w3gate device sensors)")
+    try:
+        settings = check_config({**found.config, **_settings(period_ms, sensors)})
+        registry.update(found.device_id, config=settings)
+    except W3gateError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{name}: {json.dumps(settings)} (a running gateway sends them down its link)")
+
+
+@device.command("unpair")
+@click.argument("name")
+@config_option
+@data_dir_option
+def unpair(name, config_path, data_dir) -> None:
+    """Forget a paired sensor: its frames are refused from then on."""
+    registry = _legacy_registry(config_path, data_dir)
+    found = registry.find(name)
+    if found is None or not registry.remove(found.device_id):
+        raise click.ClickException(f"no sensor named {name!r} is paired")
+    click.echo(f"unpaired {name} ({found.device_id})")

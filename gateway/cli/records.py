@@ -15,6 +15,10 @@ def summary(kind: str, values: dict) -> str:
         return values["error"]
     if kind == "confirm":
         return f"owner {values['owner']}"
+    if kind == "hello":
+        return f"firmware {values.get('fw')!r} sensors {','.join(values.get('sensors') or [])} heap free {values.get('heap_free')}"
+    if kind == "config_ack":
+        return "settings " + ", ".join(f"{k}={v}" for k, v in values.items() if k != "config_seq")
     if kind == "config":
         return f"firmware {values['firmware']!r} period {values['upload_period']} s channels {values['data_channel']}"
     parts = []
@@ -32,7 +36,7 @@ def summary(kind: str, values: dict) -> str:
 
 
 @click.command()
-@click.option("--device", "imei", help="Only this IMEI.")
+@click.option("--device", "imei", help="Only this IMEI (or legacy sensor id).")
 @click.option("--limit", type=int, default=20, show_default=True, help="How many records (0 = all).")
 @json_option
 @config_option
@@ -58,7 +62,7 @@ def records(imei, limit, as_json, config_path, data_dir) -> None:
         click.echo("no records" + (f" for device {imei}" if imei else ""))
     for r in rows:
         click.echo(f"{r['seq']:>8} {r['state']:<9} {iso(r['rx'])} {r['device']} {r['kind']:<7} "
-                   f"{summary(r['kind'], r['values'])}")
+                   f"{r.get('trust', ''):<16} {summary(r['kind'], r['values'])}")
 
 
 COMMANDS = [records]

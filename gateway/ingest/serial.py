@@ -7,22 +7,29 @@ opened with ``serial.serial_for_url`` (so benches can substitute a pty or a sock
 read without a thread: the event loop watches the port's file descriptor and hands each chunk
 of bytes, not each frame, to the consumer. An unplugged port (EIO, end of file) is closed and
 counted; the next scan reopens it when its name is back.
+
+Another program may *hold* a port (``hold_port``: pairing a board with mpremote needs the line
+to itself): the gateway lets go of a held port and leaves it alone until the hold ends.
 """
 from __future__ import annotations
 
 import asyncio
 import glob
+import hashlib
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import serial
 
 log = logging.getLogger("w3gate.serial")
 
 READ_BYTES = 65536
+HOLD_TTL_S = 120.0  # a hold not refreshed for this long is stale (its holder died)
 URL_SCHEMES = ("socket://", "rfc2217://", "spy://", "alt://", "hwgrep://")
 
 
@@ -41,12 +48,13 @@ class SerialLinks:
 
     def __init__(self, patterns: list[str], on_data: Callable[[str, bytes], None], *,
                  baudrate: int = 115200, rescan_s: float = 1.0,
-                 on_change: Callable[[str, bool], None] | None = None) -> None:
+                 on_change: Callable[[str, bool], None] | None = None, hold_dir: Path | None = None) -> None:
         self.patterns = list(patterns)
         self.on_data = on_data
         self.on_change = on_change or (lambda port, up: None)
         self.baudrate = baudrate
         self.rescan_s = rescan_s
+        self.hold_dir = hold_dir
         self.ports: dict[str, PortState] = {}
         self.opens = 0
         self.losses = 0
@@ -76,9 +84,14 @@ class SerialLinks:
         return names
 
     def scan(self) -> None:
-        """Open every matching port that is not open yet."""
+        """Open every matching port that is not open yet, and let go of held ones."""
+        held = held_ports(self.hold_dir) if self.hold_dir else set()
+        for name in list(self.ports):
+            if os.path.realpath(name) in held:
+                log.info("serial %s: held by another program; letting go", name)
+                self._close(name, lost=False)
         for name in self.candidates():
-            if name not in self.ports:
+            if name not in self.ports and os.path.realpath(name) not in held:
                 self._open(name)
 
     def write(self, port: str, data: bytes) -> bool:
@@ -150,3 +163,38 @@ class SerialLinks:
     def status(self) -> dict:
         return {"ports": {n: {"since": s.opened, "bytes_in": s.bytes_in} for n, s in self.ports.items()},
                 "opens": self.opens, "losses": self.losses}
+
+
+def _hold_file(hold_dir: Path, port: str) -> Path:
+    return hold_dir / hashlib.sha256(os.path.realpath(port).encode()).hexdigest()[:16]
+
+
+def held_ports(hold_dir: Path) -> set[str]:
+    """Real paths of the ports other programs hold now."""
+    held = set()
+    try:
+        entries = list(os.scandir(hold_dir))
+    except FileNotFoundError:
+        return held
+    for entry in entries:
+        try:
+            if time.time() - entry.stat().st_mtime < HOLD_TTL_S:
+                held.add(Path(entry.path).read_text())
+        except OSError:
+            continue
+    return held
+
+
+@contextmanager
+def hold_port(hold_dir: Path, port: str, *, settle_s: float = 0.0) -> Iterator[Callable[[], None]]:
+    """Keep a running gateway off ``port`` for the duration; yields a function that refreshes the
+    hold (call it during long work). ``settle_s``: wait this long for the gateway to let go."""
+    hold_dir.mkdir(parents=True, exist_ok=True)
+    path = _hold_file(hold_dir, port)
+    path.write_text(os.path.realpath(port))
+    try:
+        if settle_s:
+            time.sleep(settle_s)
+        yield lambda: os.utime(path)
+    finally:
+        path.unlink(missing_ok=True)

@@ -113,7 +113,7 @@ def test_segments_rotate_when_full_and_are_plain_tinydb_files(tmp_path):
 def test_one_append_is_one_durable_write_unless_it_crosses_a_segment(store, monkeypatch):
     writes = []
     real = storage_mod.atomic_write
-    monkeypatch.setattr(storage_mod, "atomic_write", lambda p, d: writes.append(p.name) or real(p, d))
+    monkeypatch.setattr(storage_mod, "atomic_write", lambda p, d, **kw: writes.append(p.name) or real(p, d, **kw))
     store.append(docs(3))
     assert writes == [segment_name(1)]
     store.append(docs(3, start=3))  # 4 in segment 1, then 5-6 in a new segment
