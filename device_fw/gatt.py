@@ -7,12 +7,18 @@
 # every chunk to a Deframer, so a frame may span notifications and the default 23-byte MTU works.
 #   DATA    notify, read   device -> gateway: READING, HELLO and CONFIG_ACK frames
 #   CONFIG  write, write without response   gateway -> device: CONFIG frames
+#   PROVISION  write   gateway -> an unprovisioned device: its identity and settings, once, as
+#           0x00 COBS(JSON {"id", "key", "name", "period_ms", "sensors"}) 0x00 in chunks (there is
+#           no key yet to MAC it with). Ignored once the device has an identity; an authenticated
+#           CONFIG {"repl": true} makes it unprovisioned again (w3gate device pair --replace).
+#           The key crosses the air in clear: pair within reach, in a quiet place.
 # Advertising: flags 0x06, complete local name (the device's name, "w3-<first 4 id bytes hex>"
 # unless configured), and SERVICE in the complete list of 128-bit service UUIDs.
 
 SERVICE = "7a3e0001-5c2f-4b7a-9d0e-3b1f0c6e2a01"
 DATA = "7a3e0002-5c2f-4b7a-9d0e-3b1f0c6e2a01"
 CONFIG = "7a3e0003-5c2f-4b7a-9d0e-3b1f0c6e2a01"
+PROVISION = "7a3e0004-5c2f-4b7a-9d0e-3b1f0c6e2a01"
 DEFAULT_MTU = 23
 
 
