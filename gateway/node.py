@@ -378,9 +378,9 @@ class Node:
             self.legacy.downlinks["serial"] = _SerialDownlink(self.serial)
         b = self.config.ble
         if b.enabled:
-            from gateway.ingest.ble import BleLinks
+            from gateway.ingest.ble import BleLinks, bleak_backends
 
-            scanner, client = _ble_backends(b.transport)
+            scanner, client = bleak_backends(b.transport)
             self.ble = BleLinks(lambda: {d.name for d in registry if d.transport == "ble"},
                                 lambda link, chunk: self.legacy.on_data(link, chunk),
                                 on_change=lambda link, up: None if up else self.legacy.link_lost(link),
@@ -473,13 +473,3 @@ class _SerialDownlink:
     def write(self, link: str, data: bytes) -> bool:
         return self.links.write(link.removeprefix("serial:"), data)
 
-
-def _ble_backends(transport: str) -> tuple[type | None, type | None]:
-    """bleak's backend classes: the Bumble host on ``transport`` (an HCI dongle, a virtual
-    controller), or bleak's default (BlueZ) when none is named."""
-    if not transport:
-        return None, None
-    from gateway.ble import BumbleClient, BumbleScanner, use_transport
-
-    use_transport(transport)
-    return BumbleScanner, BumbleClient

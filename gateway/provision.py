@@ -1,5 +1,6 @@
 """Pairing a legacy sensor: a fresh identity, the firmware and its settings written to the board
-with mpremote, the device registered, and its first signed frame checked.
+with mpremote (serial) or its identity over the PROVISION characteristic (BLE), the device
+registered, and its first signed frame checked.
 
 The board is reached at its MicroPython REPL over a serial port. mpremote runs with ``resume``
 (no soft reset: on the unix port a soft reset ends the interpreter, and a board keeps whatever
@@ -8,6 +9,7 @@ command line, and is never printed or logged.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -166,3 +168,80 @@ def first_signed_frame(port: str, device: LegacyDevice, *, timeout_s: float) -> 
         raise PairingError(f"lost {port} while waiting for the first frame: {e}", reason="no_port") from None
     raise PairingError(f"the board was flashed but sent no signed frame in {timeout_s:.0f} s; "
                        "is the firmware's link set right?", reason="no_frame")
+
+
+async def pair_ble(config: Config, name: str, *, settings: dict, replace: bool = False,
+                   scan_s: float = 10.0, check_timeout_s: float = 15.0, scanner_backend=None, client_backend=None,
+                   progress: Callable[[str, int, int], None] = lambda step, done, total: None) -> Paired:
+    """Pair a BLE sensor that advertises ``name`` and is waiting for an identity: write it over
+    the PROVISION characteristic, register it, and check its first signed notification."""
+    from bleak import BleakClient, BleakScanner
+    from bleak.exc import BleakError
+
+    from device_fw import gatt
+
+    registry = LegacyRegistry(config.legacy_registry_path)
+    settings = check_config(settings)
+    old = registry.find(name)
+    if old is not None and not replace:
+        raise PairingError(f"a sensor named {name!r} is already paired (--replace pairs it again)", reason="exists")
+    started = time.monotonic()
+    total = 4
+    progress("scanning", 0, total)
+    found = await BleakScanner.find_device_by_filter(
+        lambda d, adv: (adv.local_name or d.name) == name and gatt.SERVICE in adv.service_uuids,
+        timeout=scan_s, backend=scanner_backend)
+    if found is None:
+        raise PairingError(f"no sensor advertising {name!r} with the w3gate service in {scan_s:.0f} s",
+                           reason="not_found")
+    progress("connecting", 1, total)
+    frames: asyncio.Queue[bytes] = asyncio.Queue()
+    try:
+        async with BleakClient(found, timeout=check_timeout_s, backend=client_backend) as client:
+            deframer = wire.Deframer()
+            await client.start_notify(gatt.DATA, lambda char, data: [frames.put_nowait(f) for f in deframer.feed(data)])
+            if old is not None:  # its own key tells it to forget its identity
+                seq = max(old.config_seq + 1, int(time.time()))
+                for chunk in gatt.chunks(wire.encode(wire.CONFIG, bytes.fromhex(old.device_id), seq, b'{"repl":true}',
+                                                     old.key_bytes), client.mtu_size):
+                    await client.write_gatt_char(gatt.CONFIG, chunk, response=True)
+                await asyncio.sleep(0.5)
+            if client.services.get_characteristic(gatt.PROVISION) is None:
+                raise PairingError(f"{name!r} offers no provisioning characteristic", reason="not_provisionable")
+            device = new_legacy_device(name, transport="ble", address=found.address, config=settings)
+            blob = json.dumps({"id": device.device_id, "key": device.key, "name": name, **settings},
+                              separators=(",", ":")).encode()
+            progress("provisioning", 2, total)
+            registry.add(device)
+            try:
+                for chunk in gatt.chunks(b"\x00" + wire.cobs_encode(blob) + b"\x00", client.mtu_size):
+                    await client.write_gatt_char(gatt.PROVISION, chunk, response=True)
+                progress("first frame", 3, total)
+                kind, payload = await _first_notified(frames, device, check_timeout_s)
+            except BaseException:
+                registry.remove(device.device_id)
+                raise
+    except (BleakError, OSError, asyncio.TimeoutError) as e:
+        raise PairingError(f"BLE link to {name!r} failed: {e or type(e).__name__}", reason="ble") from None
+    if old is not None:
+        registry.remove(old.device_id)
+    progress("done", total, total)
+    return Paired(device, kind, payload, time.monotonic() - started)
+
+
+async def _first_notified(frames: "asyncio.Queue[bytes]", device: LegacyDevice, timeout_s: float) -> tuple[str, dict]:
+    key_of = {bytes.fromhex(device.device_id): device.key_bytes}.get
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            raw = await asyncio.wait_for(frames.get(), left)
+        except asyncio.TimeoutError:
+            break
+        try:
+            frame_type, _, _, payload = wire.decode(raw, key_of)
+        except wire.FrameError:
+            continue  # frames made before it had this identity
+        if frame_type in (wire.HELLO, wire.READING):
+            return ("hello" if frame_type == wire.HELLO else "data"), json.loads(payload)
+    raise PairingError(f"the sensor took its identity but sent no signed frame in {timeout_s:.0f} s",
+                       reason="no_frame")

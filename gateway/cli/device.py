@@ -158,44 +158,64 @@ def _settings(period_ms, sensors) -> dict:
 
 
 @device.command("pair")
-@click.option("--serial", "port", metavar="PORT", required=True,
-              help="The board's serial port at its MicroPython REPL (/dev/serial/by-id/...).")
-@click.option("--name", required=True, help="A name for the sensor (shown with its readings).")
+@click.option("--serial", "port", metavar="PORT",
+              help="Flash the board on this serial port (at its MicroPython REPL, /dev/serial/by-id/...).")
+@click.option("--ble", "ble_name", metavar="NAME",
+              help="Provision the BLE sensor advertising NAME (firmware already on it, no identity yet).")
+@click.option("--name", help="A name for the sensor (with --ble, its advertised name).")
 @click.option("--period-ms", type=int, default=1000, show_default=True, help="Reading period.")
 @click.option("--sensors", default="sim", show_default=True,
               help="Comma-separated sensors to read: bme280, dht22, sim (simulated).")
 @click.option("--link", default="stdio", show_default=True,
-              help="Where the firmware sends frames: stdio (the USB port it was flashed on) or "
-                   "uart:<n>:<baud>:<tx>:<rx>.")
-@click.option("--replace", is_flag=True, help="Pair again a board already paired under this name.")
+              help="With --serial, where the firmware sends frames: stdio (the USB port it was flashed "
+                   "on) or uart:<n>:<baud>:<tx>:<rx>.")
+@click.option("--replace", is_flag=True, help="Pair again a sensor already paired under this name.")
 @click.option("--timeout", type=float, default=15.0, show_default=True,
               help="Seconds to wait for the first signed frame.")
 @json_option
 @config_option
 @data_dir_option
-def pair(port, name, period_ms, sensors, link, replace, timeout, as_json, config_path, data_dir) -> None:
-    """Pair a legacy sensor: new device key, firmware and settings onto the board with mpremote,
-    register it, and check its first signed frame. The key is never printed."""
+def pair(port, ble_name, name, period_ms, sensors, link, replace, timeout, as_json, config_path, data_dir) -> None:
+    """Pair a legacy sensor: a new device key and its settings onto the board (firmware with
+    mpremote over serial, or over BLE), register it, and check its first signed frame. The key
+    is never printed."""
+    import asyncio
+
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from gateway.provision import pair_serial
+    from gateway.provision import pair_ble, pair_serial
 
+    if bool(port) == bool(ble_name):
+        raise click.UsageError("give either --serial PORT or --ble NAME")
+    name = name or ble_name
+    if not name:
+        raise click.UsageError("--name is needed with --serial")
     config = get_config(config_path, data_dir)
-    with Progress(TextColumn("{task.description:<22}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+    settings = _settings(period_ms, sensors)
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   transient=True, disable=as_json or not sys.stderr.isatty()) as bar:
         task = bar.add_task(f"pairing {name}", total=None)
 
         def progress(step: str, done: int, total: int) -> None:
             bar.update(task, description=f"{step} → {name}", completed=done, total=total)
         try:
-            paired = pair_serial(config, port, name=name, settings=_settings(period_ms, sensors), link=link,
-                                 replace=replace, check_timeout_s=timeout, progress=progress)
+            if port:
+                paired = pair_serial(config, port, name=name, settings=settings, link=link, replace=replace,
+                                     check_timeout_s=timeout, progress=progress)
+            else:
+                from gateway.ingest.ble import bleak_backends
+
+                scanner, client = bleak_backends(config.ble.transport)
+                paired = asyncio.run(pair_ble(config, name, settings=settings, replace=replace,
+                                              check_timeout_s=timeout, scanner_backend=scanner,
+                                              client_backend=client, progress=progress))
         except W3gateError as e:
             raise click.ClickException(str(e)) from None
     if as_json:
         return emit_json({**paired.device.public_dict(), "first_frame": paired.first_frame,
                           "first_payload": paired.first_payload, "seconds": round(paired.seconds, 2)})
-    click.echo(f"paired {name} ({paired.device.device_id}) on {port} in {paired.seconds:.1f} s")
+    where = port or f"BLE {paired.device.address}"
+    click.echo(f"paired {name} ({paired.device.device_id}) on {where} in {paired.seconds:.1f} s")
     click.echo(f"first signed frame: {paired.first_frame} {json.dumps(paired.first_payload)}")
 
 

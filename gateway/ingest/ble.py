@@ -184,3 +184,14 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except asyncio.TimeoutError:
         pass
+
+
+def bleak_backends(transport: str) -> tuple[type | None, type | None]:
+    """bleak's (scanner, client) backend classes: the Bumble host on ``transport`` (an HCI
+    dongle, a virtual controller), or bleak's default (BlueZ) when none is named."""
+    if not transport:
+        return None, None
+    from gateway.ble import BumbleClient, BumbleScanner, use_transport
+
+    use_transport(transport)
+    return BumbleScanner, BumbleClient
