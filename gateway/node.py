@@ -403,6 +403,8 @@ class Node:
             else:
                 self.counters.accepted["legacy_" + doc["kind"]] += 1
                 self.dispatcher.notify()
+                if self._trace:
+                    self._trace.write(f"{doc['digest']} {doc['rx']:.6f} {time.time():.6f}\n")
             done(seq)
         self.committer.submit(doc, durable)
 
