@@ -158,3 +158,26 @@ def test_seqs_stay_spent_across_a_gateway_restart(bench):
     send(port, sensor, 4, {"temperature": 4.0})
     status = gw.wait_for(lambda s: s["accepted"].get("legacy_data") == 4, what="the new reading")
     assert status["rejected"].get("replay") == 1
+
+
+def test_attested_readings_reach_applets_as_legacy_events_with_their_trust_level(bench, tmp_path):
+    from tests.support.wat import assemble
+
+    gw, sensor, cable = bench
+    assemble("probe", tmp_path)
+    project = tmp_path / "sensors.toml"
+    project.write_text('name = "sensors"\n[events]\nlegacy = true\n[[applets]]\nname = "probe"\nwasm = "probe.wasm"\n'
+                       '[[strategies]]\nevent = "LEGACY_DATA"\napplet = "probe"\nhandler = "start"\n')
+    cli("project", "deploy", str(project), data_dir=gw.data_dir)
+    gw.wait_for(lambda s: "sensors" in s.get("applets", {}).get("projects", []), what="live deploy")
+    port = cable.device()
+    for seq in (1, 2, 3):
+        send(port, sensor, seq, {"temperature": 20.0 + seq})
+    gw.wait_for(lambda s: s["buffer"].get("processed_upto", 0) >= 3, what="the readings processed")
+    logs = cli_json("applet", "logs", "sensors", "--limit", "0", data_dir=gw.data_dir)
+    events = [json.loads(line["msg"]) for line in logs if line["level"] == "info"]
+    identity = cli_json("key", "show", data_dir=gw.data_dir)
+    assert [e["reading"]["temperature"] for e in events] == [21.0, 22.0, 23.0]
+    assert all(e["trust"] == "gateway-attested" and e["attested_by"] == identity["did"] and
+               e["device"] == sensor.device_id and e["name"] == "greenhouse" for e in events)
+    assert [e["device_seq"] for e in events] == [1, 2, 3]
