@@ -63,6 +63,19 @@ def hmac_sha256(key, message):
     return hashlib.sha256(bytes(b ^ 0x5C for b in key) + inner).digest()
 
 
+def prepared_hmac(key):
+    # hmac_sha256 with the key's pads worked out once: a board signs every frame with one key
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key + bytes(64 - len(key))
+    ipad = bytes(b ^ 0x36 for b in key)
+    opad = bytes(b ^ 0x5C for b in key)
+
+    def mac(_key, message):
+        return hashlib.sha256(opad + hashlib.sha256(ipad + message).digest()).digest()
+    return mac
+
+
 def cobs_encode(data):
     out = bytearray()
     block = bytearray()
@@ -100,7 +113,7 @@ def cobs_decode(data):
     return bytes(out)
 
 
-def encode(frame_type, device_id, seq, payload, key):
+def encode(frame_type, device_id, seq, payload, key, mac=hmac_sha256):
     # The wire bytes of one frame, delimiters included
     if len(device_id) != 8:
         raise ValueError("a device id is 8 bytes")
@@ -108,7 +121,7 @@ def encode(frame_type, device_id, seq, payload, key):
         raise ValueError("payload over %d bytes" % MAX_PAYLOAD)
     body = struct.pack(">BB8sIH", VERSION, frame_type, device_id, seq & 0xFFFFFFFF, len(payload)) + payload
     crc = binascii.crc32(body) & 0xFFFFFFFF
-    return b"\x00" + cobs_encode(body + struct.pack(">I", crc) + hmac_sha256(key, body)[:MAC_BYTES]) + b"\x00"
+    return b"\x00" + cobs_encode(body + struct.pack(">I", crc) + mac(key, body)[:MAC_BYTES]) + b"\x00"
 
 
 def decode(raw, key_of, mac=hmac_sha256):
