@@ -4,8 +4,10 @@ Links deliver chunks of bytes (a UART read, a BLE notification); each link has i
 ``Deframer``, so a frame may span chunks and garbage between frames costs only itself. A frame
 that passes ``LegacyVerifier`` (MAC, seq, rate) is signed by the ``Attester`` and submitted to
 the buffer like a Pebble record, with trust ``gateway-attested``. Downlink: a device that says
-HELLO gets its settings as a CONFIG frame, and so does a device whose settings change in the
-registry (``w3gate device config``), on the link it was last heard on.
+HELLO gets its settings as a CONFIG frame, and so does a device first heard on a link since the
+link came up (its HELLO may have been sent before anyone listened: a USB serial port drops what
+arrives while it is closed) and a device whose settings change in the registry (``w3gate device
+set``), on the link it was last heard on.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class LegacyBridge:
         self.accepted = 0
         self.configs_sent = 0
         self._sent: dict[str, dict] = {}  # device id -> settings last sent
+        self._synced: set[tuple[str, str]] = set()  # (device id, link) given its settings since the link came up
         self._saved: dict[str, int] = {}
         for device_id, seq in (read_json(seq_path) or {}).items():
             self.verifier.remember(device_id, int(seq))
@@ -73,6 +76,7 @@ class LegacyBridge:
     def link_lost(self, link: str) -> None:
         """A link went down: a frame cut in half must not be glued to the next link's bytes."""
         self.deframers.pop(link, None)
+        self._synced = {(d, l) for d, l in self._synced if l != link}
 
     def _accept(self, link: str, checked: LegacyFrame, received: float) -> None:
         device = checked.device
@@ -81,7 +85,10 @@ class LegacyBridge:
         if checked.kind == "hello":
             log.info("legacy device %s (%s) on %s: %s", device.name or device.device_id, device.device_id,
                      link, checked.payload.decode(errors="replace"))
-            self.send_config(device)
+        if checked.kind == "hello" or (device.device_id, link) not in self._synced:
+            self._synced.add((device.device_id, link))
+            if device.config:
+                self.send_config(device)
         elif checked.kind == "config_ack":
             log.info("legacy device %s applied settings: %s", device.name or device.device_id,
                      checked.payload.decode(errors="replace"))

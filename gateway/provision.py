@@ -32,6 +32,10 @@ from gateway.verify.legacy import LegacyDevice, LegacyRegistry, check_config, ne
 FIRMWARE_DIR = Path(wire.__file__).resolve().parent
 BOARD_MAIN = "from device_fw import app\napp.main()\n"  # /main.py: what a board runs at boot
 EXEC_TIMEOUT_S = 30.0
+# run /main.py now, with the modules just written: a board paired before still has the old ones
+# imported (it returned to the REPL without a reset)
+START_FIRMWARE = ("import sys\nfor m in [m for m in sys.modules if m == 'main' or m.startswith('device_fw')]:\n"
+                  "    del sys.modules[m]\nimport main")
 
 
 class PairingError(W3gateError):
@@ -85,7 +89,7 @@ def pair_serial(config: Config, port: str, *, name: str, settings: dict, link: s
     """Flash and register a sensor on ``port``. ``progress(step, done, total)`` reports the copy.
 
     ``replace``: a device already paired under ``name`` is first told (with its own key) to stop
-    its firmware and return to the REPL, and is unpaired once the new pairing succeeded."""
+    its firmware and return to the REPL, and is unpaired when the board takes its new identity."""
     registry = LegacyRegistry(config.legacy_registry_path)
     settings = check_config(settings)
     old = registry.find(name) if name else None
@@ -123,15 +127,15 @@ def pair_serial(config: Config, port: str, *, name: str, settings: dict, link: s
             board.run("fs", "cp", str(main), ":main.py")
         board.run("fs", "rm", ":state.json", check=False)  # a new identity starts a new seq
         progress("settings", total, total)
+        if old is not None:  # its firmware has stopped and its key is overwritten on the board
+            registry.remove(old.device_id)
         registry.add(device)
         try:
-            board.run("exec", "--no-follow", "import main")
+            board.run("exec", "--no-follow", START_FIRMWARE)
             kind, payload = first_signed_frame(port, device, timeout_s=check_timeout_s)
         except W3gateError:
             registry.remove(device.device_id)
             raise
-    if old is not None:
-        registry.remove(old.device_id)
     return Paired(device, kind, payload, time.monotonic() - started)
 
 
@@ -212,6 +216,8 @@ async def pair_ble(config: Config, name: str, *, settings: dict, replace: bool =
             blob = json.dumps({"id": device.device_id, "key": device.key, "name": name, **settings},
                               separators=(",", ":")).encode()
             progress("provisioning", 2, total)
+            if old is not None:  # it forgot that identity
+                registry.remove(old.device_id)
             registry.add(device)
             try:
                 for chunk in gatt.chunks(b"\x00" + wire.cobs_encode(blob) + b"\x00", client.mtu_size):
@@ -223,8 +229,6 @@ async def pair_ble(config: Config, name: str, *, settings: dict, replace: bool =
                 raise
     except (BleakError, OSError, asyncio.TimeoutError) as e:
         raise PairingError(f"BLE link to {name!r} failed: {e or type(e).__name__}", reason="ble") from None
-    if old is not None:
-        registry.remove(old.device_id)
     progress("done", total, total)
     return Paired(device, kind, payload, time.monotonic() - started)
 

@@ -118,10 +118,8 @@ class SerialLinks:
                 self._failed[name] = time.monotonic()
             return
         self._failed.pop(name, None)
-        try:
-            handle.reset_input_buffer()  # bytes from before we listened: half a frame at best
-        except (OSError, serial.SerialException):
-            pass
+        # bytes waiting from before we listened are kept: whole frames among them are good (a
+        # board says HELLO as it boots), and the deframer drops a partial one
         self.ports[name] = PortState(name, handle, fd, time.time())
         assert self._loop is not None, "run() first"
         self._loop.add_reader(fd, self._readable, name)
