@@ -1,5 +1,8 @@
 """``w3gate demo``: a private broker, the gateway and a fleet of emulated Pebbles, each its own
-process talking MQTT, with the verified readings printed as they reach the buffer."""
+process talking MQTT, with the verified readings printed as they reach the buffer. Beside them,
+legacy sensors: an emulated MicroPython board on a serial port and an emulated BLE sensor on a
+virtual radio, each paired with one `w3gate device pair` command, their readings attested by
+the gateway."""
 from __future__ import annotations
 
 import json
@@ -64,6 +67,62 @@ def _prove(gw_data: Path, seq: int, rpc_url: str, registry: str) -> str:
     return f"{'valid' if verdict.ok else 'INVALID ' + verdict.reason} ({where})"
 
 
+def _node_key(work: Path, gw_data: Path) -> dict:
+    """The gateway's key, which attests legacy sensors' records (a throwaway one for the demo)."""
+    import secrets
+
+    from gateway.chain.keystore import keystore_path, save_key
+
+    passphrase = work / "node-key.pass"
+    passphrase.write_text(secrets.token_hex(16) + "\n")
+    passphrase.chmod(0o600)
+    save_key(keystore_path(gw_data), secrets.token_bytes(32), passphrase.read_text().strip(), overwrite=True,
+             kdf="pbkdf2", iterations=1000)
+    return {"W3GATE_CHAIN_KEY_PASSPHRASE_FILE": str(passphrase)}
+
+
+def _legacy_bench(console, work: Path, procs: list) -> tuple[dict, list[tuple[str, list[str]]]]:
+    """An emulated serial board and an emulated BLE sensor, not yet paired: the gateway settings
+    that reach them, and the pairing command for each."""
+    import shutil
+
+    from hardware.ble_sensor.launch import Radio, Sensor
+    from hardware.board import BoardError, EmulatedBoard
+
+    env: dict = {}
+    pairings: list[tuple[str, list[str]]] = []
+    if shutil.which("socat"):
+        try:
+            board = EmulatedBoard(work / "boards" / "greenhouse", "greenhouse", port_dir=work / "serial" / "by-id").plug()
+        except BoardError as e:
+            console.print(f"[dim]no emulated serial board ({e})[/]")
+        else:
+            procs.append(board.proc)
+            env["W3GATE_SERIAL_PORTS"] = str(board.port_dir / "usb-*")
+            pairings.append(("greenhouse", ["device", "pair", "--serial", str(board.port), "--name", "greenhouse",
+                                            "--period-ms", "3000", "--sensors", "sim"]))
+            console.print(f"emulated MicroPython board (unix port) on {board.port}, at its REPL")
+    else:
+        console.print("[dim]socat is missing: no emulated serial board (./dev.sh setup installs it)[/]")
+    radio = Radio(work / "ble")
+    procs.append(radio.proc)
+    sensor = Sensor(radio, work / "ble", "w3-beehive", period_ms=4000)
+    procs.append(sensor.proc)
+    env.update(W3GATE_BLE_ENABLED="true", W3GATE_BLE_TRANSPORT=radio.transport)
+    pairings.append(("w3-beehive", ["device", "pair", "--ble", "w3-beehive", "--period-ms", "4000"]))
+    console.print(f"emulated BLE sensor w3-beehive on a virtual radio ({radio.transport}), waiting to be paired")
+    return env, pairings
+
+
+def _pair(console, env: dict, gw_data: Path, name: str, args: list[str]) -> None:
+    shown = " ".join(["w3gate", *args])
+    console.print(f"[bold]$ {shown}[/]")
+    result = subprocess.run(_w3gate(*args, "--data-dir", str(gw_data)), env=env, capture_output=True, text=True,
+                            timeout=120)
+    for line in (result.stdout or result.stderr).strip().splitlines():
+        console.print(f"  {line}")
+
+
 def _deploy_demo_project(console, gw_data: Path) -> Path | None:
     """The example applets on every verified reading; the applet log to follow, if deployed."""
     from gateway.applets.project import ProjectError, ProjectStore
@@ -92,9 +151,11 @@ def _deploy_demo_project(console, gw_data: Path) -> Path | None:
               help="Let some devices misbehave, to show the gateway refusing them.")
 @click.option("--chain/--no-chain", default=None,
               help="Anchor records on a local chain (anvil) and prove them [default: when anvil is installed].")
+@click.option("--sensors/--no-sensors", default=True, show_default=True,
+              help="Pair an emulated serial board and an emulated BLE sensor beside the Pebbles.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default="w3gate-demo", show_default=True)
 def demo(devices: int, time_scale: float, duration: float | None, faults: bool, chain: bool | None,
-         data_dir: str) -> None:
+         sensors: bool, data_dir: str) -> None:
     """Run the whole data path on this machine and print live verified readings."""
     from rich.console import Console
 
@@ -132,20 +193,30 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
         rpc_url = registry_address = None
         if chain or (chain is None and ANVIL.exists()):
             rpc_url, registry_address, chain_env = _start_chain(console, work, gw_data, procs)
+        legacy_env: dict = {}
+        pairings: list = []
+        if sensors:
+            if not chain_env:
+                legacy_env.update(_node_key(work, gw_data))
+            env_more, pairings = _legacy_bench(console, work, procs)
+            legacy_env.update(env_more)
         applet_offset = applet_log.stat().st_size if applet_log and applet_log.exists() else 0
         env = {**os.environ, "W3GATE_MQTT_HOST": "127.0.0.1", "W3GATE_MQTT_PORT": str(broker.port),
                "W3GATE_DATA_DIR": str(gw_data), "W3GATE_MQTT_CLIENT_ID": "w3gate-demo",
                "W3GATE_API_PORT": "0",  # a free port: the demo never collides with a node on 8889
-               **chain_env}
+               **chain_env, **legacy_env}
         gw_log = open(work / "gateway.log", "ab")
-        procs.append(subprocess.Popen(_w3gate("run"), env=env, stdout=gw_log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+        gateway = subprocess.Popen(_w3gate("run"), env=env, stdout=gw_log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        procs.append(gateway)
         deadline = time.time() + 20
         while not (read_status(gw_data / "status.json") or {}).get("mqtt", {}).get("connected"):
-            if time.time() > deadline or procs[0].poll() is not None:
+            if time.time() > deadline or gateway.poll() is not None:
                 raise click.ClickException(f"the gateway did not start; see {work / 'gateway.log'}")
             time.sleep(0.1)
         console.print(f"gateway running (log: {work / 'gateway.log'})")
+        for name, args in pairings:  # one command each, as a user pairs a sensor
+            _pair(console, env, gw_data, name, args)
         sim_log = open(work / "fleet.log", "ab")
         sim = _w3gate("sim", "pebble", "--count", str(devices), "--fleet-dir", str(fleet_dir),
                       "--broker", broker.url, "--time-scale", str(time_scale), "--register", "--quiet")
@@ -156,6 +227,9 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
         console.print("fleet running; readings appear below as the gateway makes them durable "
                       "(Ctrl-C to stop)\n")
         profiles = {i.imei: i.profile for i in identities}
+        from gateway.verify.legacy import LegacyRegistry
+
+        legacy_names = {d.device_id: f"{d.name} ({d.transport})" for d in LegacyRegistry(gw_data / "legacy_devices.json")}
         last_seq, last_status, last_proven, started = 0, 0.0, 0, time.time()
         proof_hint_shown = False
         while not stopping and (duration is None or time.time() - started < duration):
@@ -167,9 +241,14 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
                 for doc in fresh:
                     last_seq = doc["seq"]
                     values = decode_record(doc, profiles.get(doc["device"]))
-                    console.print(f"[green]✔[/] {time.strftime('%H:%M:%S', time.localtime(doc['rx']))} "
-                                  f"{doc['device']} [dim]{profiles.get(doc['device'], '?'):<16}[/] "
-                                  f"{doc['kind']:<7} {summary(doc['kind'], values)}")
+                    stamp = time.strftime('%H:%M:%S', time.localtime(doc['rx']))
+                    if doc.get("wire") == "legacy":
+                        label = legacy_names.get(doc["device"], doc["device"])
+                        console.print(f"[cyan]✔[/] {stamp} {label:<34} [cyan]{doc['trust']}[/] "
+                                      f"{doc['kind']:<10} {summary(doc['kind'], values)}")
+                    else:
+                        console.print(f"[green]✔[/] {stamp} {doc['device']} [dim]{profiles.get(doc['device'], '?'):<16}[/] "
+                                      f"[green]{doc.get('trust', '')}[/] {doc['kind']:<7} {summary(doc['kind'], values)}")
             if applet_log is not None and applet_log.exists() and applet_log.stat().st_size > applet_offset:
                 with open(applet_log, "rb") as f:
                     f.seek(applet_offset)

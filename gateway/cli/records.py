@@ -16,7 +16,8 @@ def summary(kind: str, values: dict) -> str:
     if kind == "confirm":
         return f"owner {values['owner']}"
     if kind == "hello":
-        return f"firmware {values.get('fw')!r} sensors {','.join(values.get('sensors') or [])} heap free {values.get('heap_free')}"
+        heap = f" heap free {values['heap_free']} B" if values.get("heap_free") else ""
+        return f"firmware {values.get('fw')!r} sensors {','.join(values.get('sensors') or [])}{heap}"
     if kind == "config_ack":
         return "settings " + ", ".join(f"{k}={v}" for k, v in values.items() if k != "config_seq")
     if kind == "config":

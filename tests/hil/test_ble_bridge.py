@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.ble import Radio, Sensor
+from hardware.ble_sensor.launch import Radio, Sensor
 from tests.support.gateway import GatewayProcess, cli, cli_json
 
 

@@ -12,7 +12,7 @@ from bleak import BleakClient, BleakScanner
 from device_fw import frame as wire
 from device_fw import gatt
 from gateway.ble import BumbleClient, BumbleScanner, close_host, use_transport
-from tests.support.ble import Radio, Sensor
+from hardware.ble_sensor.launch import Radio, Sensor
 
 
 @pytest.fixture

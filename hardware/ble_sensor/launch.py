@@ -1,5 +1,6 @@
-"""A virtual BLE bench: the radio process (hardware/ble_sensor/radio.py) and emulated sensors,
-each its own process, reached by the gateway over HCI-over-TCP like any other controller."""
+"""Start a virtual BLE bench: the radio process (``radio.py``) and emulated sensors, each its own
+process, reached by the gateway over HCI-over-TCP like any other controller (tests, the demo,
+benches)."""
 from __future__ import annotations
 
 import os
@@ -21,7 +22,7 @@ class Radio:
         deadline = time.monotonic() + 10
         while not port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the virtual radio did not start: {(directory / 'radio.log').read_text()}")
+                raise RuntimeError(f"the virtual radio did not start: {(directory / 'radio.log').read_text()}")
             time.sleep(0.02)
         self.transport = f"tcp-client:127.0.0.1:{port_file.read_text()}"
 
