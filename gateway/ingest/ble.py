@@ -56,6 +56,7 @@ class BleLinks:
         self._connecting = asyncio.Semaphore(max_connecting)
         self.scans = 0
         self.connects = 0
+        self._wake = asyncio.Event()  # a link dropped: look for it again now, not at the next tick
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -66,7 +67,8 @@ class BleLinks:
                     for name, device in found.items():
                         link = self.links.setdefault(name, _Link(name))
                         link.task = asyncio.create_task(self._connect(link, device, stop))
-                await _sleep(stop, 0.5 if missing else 1.0)
+                        link.task.add_done_callback(lambda task: self._wake.set())  # ended: look again
+                await self._idle(stop, 0.5 if missing else 1.0)
         finally:
             tasks = [link.task for link in self.links.values() if link.task is not None]
             for task in tasks:
@@ -78,6 +80,13 @@ class BleLinks:
                         await link.client.disconnect()
                     except (BleakError, OSError, asyncio.TimeoutError):
                         pass
+
+    async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
+        self._wake.clear()
+        waits = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
 
     def _missing(self) -> set[str]:
         now = time.monotonic()
@@ -177,13 +186,6 @@ class BleLinks:
                 "scans": self.scans, "connects": self.connects,
                 "drops": sum(l.drops for l in self.links.values()),
                 "reconnect_s": [round(s, 3) for l in self.links.values() for s in l.reconnect_s[-5:]]}
-
-
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except asyncio.TimeoutError:
-        pass
 
 
 def bleak_backends(transport: str) -> tuple[type | None, type | None]:

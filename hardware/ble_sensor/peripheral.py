@@ -9,7 +9,8 @@ reservation and settings live in a state file, so a restarted sensor keeps its s
 
 Faults, for tests, as lines on stdin: ``drop`` (disconnect every central), ``wrong-key N``
 (sign the next N frames with a wrong key), ``replay`` (send the last frame again), ``garbage``
-(notify random bytes), ``pause`` / ``resume`` (stop and restart readings).
+(notify random bytes), ``pause`` / ``resume`` (stop and restart readings), ``burst N`` (N readings
+back to back, for benches).
 """
 from __future__ import annotations
 
@@ -95,7 +96,8 @@ class EmulatedSensor:
         adv = AdvertisingData([(AdvertisingData.COMPLETE_LOCAL_NAME, self.name.encode()[:11]),
                                (AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
                                 UUID(gatt.SERVICE).to_bytes(force_128=True))])
-        await self.device.start_advertising(auto_restart=True, advertising_data=bytes(adv))
+        await self.device.start_advertising(auto_restart=True, advertising_data=bytes(adv),
+                                            advertising_interval_min=100, advertising_interval_max=100)
 
     def _on_connection(self, connection) -> None:
         self.connections.add(connection)
@@ -225,6 +227,9 @@ class EmulatedSensor:
             await self.notify(self.last_frame)
         elif word == "garbage":
             await self.notify(os.urandom(64).replace(b"\x00", b"\x01"))
+        elif word == "burst":
+            for _ in range(int(arg or 1)):
+                await self.send(wire.READING, self.values())
         elif word == "pause":
             self.paused = True
         elif word == "resume":

@@ -3,7 +3,8 @@
 bumble's ``apps.controllers`` takes exactly two transports; a bench needs one gateway host and
 many sensors, each in its own process. So this process listens on one loopback port, and each
 connection (a bumble host opened with ``tcp-client:127.0.0.1:PORT``) is HCI to a fresh virtual
-controller; controllers of closed connections leave the link. The link does not emulate radio
+controller; when a connection closes its controller leaves the link and its peers see their
+connections to it time out. The link does not emulate radio
 timing: it is far faster than real BLE (platform-notes section 7).
 
     python -m hardware.ble_sensor.radio [--port 0] [--port-file FILE]
@@ -17,6 +18,7 @@ import logging
 import os
 from pathlib import Path
 
+from bumble import hci
 from bumble.controller import Controller
 from bumble.link import LocalLink
 from bumble.transport.common import StreamPacketSource
@@ -54,9 +56,21 @@ class Radio:
                                              link=radio.link, public_address=address)
 
             def connection_lost(self, exc) -> None:
-                radio.link.remove_controller(self.controller)
+                radio.leave(self.controller)
 
         return HciOverTcp()
+
+
+    def leave(self, gone: Controller) -> None:
+        """A host went away (its process ended): its peers see their connections to it time out,
+        as a real radio's supervision timeout would tell them; the link has no such timer."""
+        for controller in list(self.link.controllers):
+            if controller is gone:
+                continue
+            for address, connection in list(controller.le_connections.items()):
+                if self.link.find_le_controller(address) is gone:
+                    controller.on_le_disconnected(connection, hci.HCI_CONNECTION_TIMEOUT_ERROR)
+        self.link.remove_controller(gone)
 
 
 async def serve(port: int, port_file: Path | None) -> None:

@@ -97,3 +97,17 @@ def test_several_sensors_at_once(bench):
     status = gw.wait_for(lambda s: len(s["legacy"]["ble"]["connected"]) == 4 and legacy(s) >= 40,
                          what="four sensors streaming")
     assert sorted(status["legacy"]["ble"]["connected"]) == names
+
+
+def test_after_a_gateway_restart_the_sensor_is_found_again_and_no_seq_is_accepted_twice(bench):
+    gw, sensor = bench
+    sensor("w3-beehive")
+    pair(gw, "w3-beehive")
+    before = legacy(gw.wait_for(lambda s: legacy(s) >= 5, what="readings"))
+    assert gw.stop() == 0
+    gw.start()
+    status = gw.wait_for(lambda s: legacy(s) >= before + 5, what="readings after the restart")
+    assert "replay" not in status["rejected"]
+    seqs = [r["device_seq"] for r in cli_json("records", "--limit", "0", data_dir=gw.data_dir)
+            if r["wire"] == "legacy"]
+    assert len(seqs) == len(set(seqs))
