@@ -79,6 +79,17 @@ class Rig:
                 self.anvil.rpc("evm_mine")
             self.now += 1
 
+    def settled_events(self, expected: int, timeout: float = 5.0) -> list:
+        """The Anchored events once their count is ``expected`` (or the last answer at timeout).
+        Right after evm_snapshot/evm_mine, anvil 1.7 now and then answers the same query with
+        the event and then without it; asking again settles it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.anchored_events()
+            if len(events) == expected or time.monotonic() > deadline:
+                return events
+            time.sleep(0.05)
+
     def anchored_events(self) -> list:
         return self.w3.eth.get_logs({"address": self.registry.address, "fromBlock": 0, "toBlock": "latest",
                                      "topics": [ANCHORED_TOPIC]})
@@ -90,7 +101,7 @@ class Rig:
         assert [b.first for b in batches] == [1] + [b.last + 1 for b in batches[:-1]]
         assert batches[-1].last == self.store.stats()["last_seq"]
         assert all(b.status == "anchored" for b in batches)
-        events = self.anchored_events()
+        events = self.settled_events(len(batches))
         roots = ["0x" + bytes(e["topics"][2]).hex() for e in events]
         assert roots == [b.root for b in batches]  # one each, in order
         assert self.registry.functions.nextSequence(self.gateway.address).call() == len(batches)
@@ -221,10 +232,10 @@ def test_an_anchor_lost_in_a_reorg_is_anchored_again(anvil, tmp_path, depth):
     for _ in range(depth - 1):
         anvil.rpc("evm_mine")
         anchorer.step()
-    assert len(rig.anchored_events()) == 1
+    assert len(rig.settled_events(1)) == 1
     assert anchorer.batches[0].status == "sealed"  # not deep enough yet
     anvil.rpc("evm_revert", snapshot)  # the blocks holding the anchor are gone
-    assert rig.anchored_events() == []
+    assert rig.settled_events(0) == []
     rig.drive(anchorer)
     rig.assert_exactly_once(anchorer)
     rig.store.close()
