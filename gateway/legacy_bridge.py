@@ -85,13 +85,13 @@ class LegacyBridge:
         if checked.kind == "hello":
             log.info("legacy device %s (%s) on %s: %s", device.name or device.device_id, device.device_id,
                      link, checked.payload.decode(errors="replace"))
+        elif checked.kind == "config_ack":
+            log.info("legacy device %s applied settings: %s", device.name or device.device_id,
+                     checked.payload.decode(errors="replace"))
         if checked.kind == "hello" or (device.device_id, link) not in self._synced:
             self._synced.add((device.device_id, link))
             if device.config:
                 self.send_config(device)
-        elif checked.kind == "config_ack":
-            log.info("legacy device %s applied settings: %s", device.name or device.device_id,
-                     checked.payload.decode(errors="replace"))
 
     def _durable(self, seq: int | None) -> None:
         if seq is not None:

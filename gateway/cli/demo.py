@@ -152,10 +152,12 @@ def _deploy_demo_project(console, gw_data: Path) -> Path | None:
 @click.option("--chain/--no-chain", default=None,
               help="Anchor records on a local chain (anvil) and prove them [default: when anvil is installed].")
 @click.option("--sensors/--no-sensors", default=True, show_default=True,
-              help="Pair an emulated serial board and an emulated BLE sensor beside the Pebbles.")
+              help="Run an emulated serial board and an emulated BLE sensor beside the Pebbles.")
+@click.option("--pair/--no-pair", default=True, show_default=True,
+              help="Pair them at start; with --no-pair the demo prints the two commands to run yourself.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default="w3gate-demo", show_default=True)
 def demo(devices: int, time_scale: float, duration: float | None, faults: bool, chain: bool | None,
-         sensors: bool, data_dir: str) -> None:
+         sensors: bool, pair: bool, data_dir: str) -> None:
     """Run the whole data path on this machine and print live verified readings."""
     from rich.console import Console
 
@@ -216,7 +218,12 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
             time.sleep(0.1)
         console.print(f"gateway running (log: {work / 'gateway.log'})")
         for name, args in pairings:  # one command each, as a user pairs a sensor
-            _pair(console, env, gw_data, name, args)
+            if pair:
+                _pair(console, env, gw_data, name, args)
+            else:
+                extra = f"W3GATE_BLE_TRANSPORT={env['W3GATE_BLE_TRANSPORT']} " if "--ble" in args else ""
+                console.print(f"pair {name} yourself, in another terminal: [bold]{extra}"
+                              f"{' '.join(['w3gate', *args, '--data-dir', str(gw_data)])}[/]")
         sim_log = open(work / "fleet.log", "ab")
         sim = _w3gate("sim", "pebble", "--count", str(devices), "--fleet-dir", str(fleet_dir),
                       "--broker", broker.url, "--time-scale", str(time_scale), "--register", "--quiet")
@@ -229,7 +236,7 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
         profiles = {i.imei: i.profile for i in identities}
         from gateway.verify.legacy import LegacyRegistry
 
-        legacy_names = {d.device_id: f"{d.name} ({d.transport})" for d in LegacyRegistry(gw_data / "legacy_devices.json")}
+        paired = LegacyRegistry(gw_data / "legacy_devices.json")
         last_seq, last_status, last_proven, started = 0, 0.0, 0, time.time()
         proof_hint_shown = False
         while not stopping and (duration is None or time.time() - started < duration):
@@ -243,7 +250,9 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
                     values = decode_record(doc, profiles.get(doc["device"]))
                     stamp = time.strftime('%H:%M:%S', time.localtime(doc['rx']))
                     if doc.get("wire") == "legacy":
-                        label = legacy_names.get(doc["device"], doc["device"])
+                        paired.reload()  # sensors paired while the demo runs
+                        sensor = paired.get(doc["device"])
+                        label = f"{sensor.name} ({sensor.transport})" if sensor else doc["device"]
                         console.print(f"[cyan]✔[/] {stamp} {label:<34} [cyan]{doc['trust']}[/] "
                                       f"{doc['kind']:<10} {summary(doc['kind'], values)}")
                     else:

@@ -28,3 +28,36 @@ def test_the_demo_shows_verified_readings_applets_proofs_and_paired_sensors(tmp_
     assert any("greenhouse (serial)" in line and "gateway-attested data" in line for line in out.splitlines())
     assert any("w3-beehive (ble)" in line and "gateway-attested" in line for line in out.splitlines())
     assert any("secure-element data" in line for line in out.splitlines())
+
+
+def test_a_new_user_pairs_the_demo_sensors_with_one_command_each(tmp_path, built_applets):
+    """`w3gate demo --no-pair` leaves the pairing to the user: the two printed commands, run as
+    they are, pair the emulated serial board and BLE sensor, whose readings then show up."""
+    import shlex
+    import time
+
+    demo = subprocess.Popen([*w3gate_exe(), "demo", "--no-pair", "--no-chain", "--duration", "40", "--devices", "2",
+                             "--data-dir", str(tmp_path / "demo")], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "400"})
+    lines, commands = [], []
+    deadline = time.monotonic() + 60
+    while len(commands) < 2 and time.monotonic() < deadline:
+        line = demo.stdout.readline()
+        lines.append(line)
+        if "yourself, in another terminal:" in line:
+            commands.append(line.split("another terminal: ", 1)[1].strip())
+    assert len(commands) == 2, "".join(lines)
+    for command in commands:
+        words = shlex.split(command)
+        env = dict(os.environ)
+        while "=" in words[0]:  # VAR=value prefixes, as a shell takes them
+            key, value = words.pop(0).split("=", 1)
+            env[key] = value
+        words[0:1] = w3gate_exe()
+        paired = subprocess.run(words, capture_output=True, text=True, env=env, timeout=120)
+        assert paired.returncode == 0 and "first signed frame" in paired.stdout, paired.stdout + paired.stderr
+    out = "".join(lines) + demo.communicate(timeout=120)[0]
+    assert demo.returncode == 0
+    assert any("greenhouse (serial)" in line and "gateway-attested" in line for line in out.splitlines()), out
+    assert any("w3-beehive (ble)" in line and "gateway-attested" in line for line in out.splitlines()), out
+    assert any("secure-element" in line for line in out.splitlines())
