@@ -191,9 +191,12 @@ def main():
     state = hal.load_json(STATE_FILE, {}) or {}
     ble_link = None
     if device.get("ble"):
-        from device_fw import ble
-        ble_link = ble.Peripheral(device.get("name") or "w3-sensor")
-        if not (device.get("id") and device.get("key")):
+        try:
+            from device_fw import ble
+            ble_link = ble.Peripheral(device.get("name") or "w3-sensor")
+        except ImportError:  # a board (or the unix port) without the bluetooth module
+            print("w3gate-fw: no bluetooth on " + hal.BOARD + "; serving the serial link only")
+        if ble_link is not None and not (device.get("id") and device.get("key")):
             device = ble_link.wait_for_identity(device, DEVICE_FILE)
             state = {}
     if not (device.get("id") and device.get("key")):

@@ -161,7 +161,8 @@ def _settings(period_ms, sensors) -> dict:
 @click.option("--serial", "port", metavar="PORT",
               help="Flash the board on this serial port (at its MicroPython REPL, /dev/serial/by-id/...).")
 @click.option("--ble", "ble_name", metavar="NAME",
-              help="Provision the BLE sensor advertising NAME (firmware already on it, no identity yet).")
+              help="A BLE sensor named NAME. Alone: give the board advertising NAME its identity over the air "
+                   "(firmware already on it). With --serial: flash it over USB, and the gateway reaches it over BLE.")
 @click.option("--name", help="A name for the sensor (with --ble, its advertised name).")
 @click.option("--period-ms", type=int, default=1000, show_default=True, help="Reading period.")
 @click.option("--sensors", default="sim", show_default=True,
@@ -185,8 +186,8 @@ def pair(port, ble_name, name, period_ms, sensors, link, replace, timeout, as_js
 
     from gateway.provision import pair_ble, pair_serial
 
-    if bool(port) == bool(ble_name):
-        raise click.UsageError("give either --serial PORT or --ble NAME")
+    if not port and not ble_name:
+        raise click.UsageError("give --serial PORT, --ble NAME, or both (flash over USB, then use BLE)")
     name = name or ble_name
     if not name:
         raise click.UsageError("--name is needed with --serial")
@@ -199,9 +200,9 @@ def pair(port, ble_name, name, period_ms, sensors, link, replace, timeout, as_js
         def progress(step: str, done: int, total: int) -> None:
             bar.update(task, description=f"{step} → {name}", completed=done, total=total)
         try:
-            if port:
+            if port:  # with --ble too: the board also serves BLE, and the gateway reaches it there
                 paired = pair_serial(config, port, name=name, settings=settings, link=link, replace=replace,
-                                     check_timeout_s=timeout, progress=progress)
+                                     ble=bool(ble_name), check_timeout_s=timeout, progress=progress)
             else:
                 from gateway.ingest.ble import bleak_backends
 

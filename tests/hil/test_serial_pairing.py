@@ -103,3 +103,16 @@ def test_pairing_a_port_without_micropython_fails_clearly(tmp_path):
                  data_dir=tmp_path / "data", check=False)
     assert result.returncode != 0 and "MicroPython" in result.stderr
     assert cli_json("device", "sensors", data_dir=tmp_path / "data") == []
+
+
+def test_a_ble_board_is_flashed_over_usb_and_registered_for_ble(bench):
+    """`--serial PORT --ble NAME`: firmware and identity over USB, the board told to serve BLE.
+    The unix port has no bluetooth module, so here the firmware says so and keeps to the serial
+    link, which still carries the first signed frame the pairing checks."""
+    import json
+
+    gw, board = bench
+    paired = cli_json("device", "pair", "--serial", str(board.port), "--ble", "w3-garden", data_dir=gw.data_dir)
+    assert paired["name"] == "w3-garden" and paired["transport"] == "ble"
+    on_board = json.loads((board.directory / "device.json").read_text())
+    assert on_board["ble"] is True and on_board["name"] == "w3-garden" and on_board["id"] == paired["device_id"]
