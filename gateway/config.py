@@ -224,7 +224,7 @@ def _coerce(value: object, default: object, name: str) -> object:
                 return value.strip().lower() in ("1", "true", "yes", "on")
             return bool(value)
         if isinstance(default, list):  # of strings; from the environment, comma-separated
-            items = value.split(",") if isinstance(value, str) else value
+            items = value.split(",") if isinstance(value, str) and name.startswith("W3GATE_") else value
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
                 raise TypeError
             return [i.strip() for i in items if i.strip()]

@@ -58,3 +58,14 @@ def test_the_defaults_printed_by_the_cli_load_back_as_a_config_file(tmp_path):
     assert load_config(path, env={}) == load_config(env={})
     shown = CliRunner().invoke(main, ["config", "--config", str(path)], env={"W3GATE_MQTT_PORT": "1999"}).output
     assert '"port": 1999' in shown
+
+
+def test_serial_port_patterns_come_as_a_list_from_the_file_or_comma_separated_from_the_environment(tmp_path):
+    path = tmp_path / "w3gate.toml"
+    path.write_text('[serial]\nports = ["/dev/serial/by-id/usb-*", "socket://127.0.0.1:7000"]\n')
+    assert load_config(path, env={}).serial.ports == ["/dev/serial/by-id/usb-*", "socket://127.0.0.1:7000"]
+    env = {"W3GATE_SERIAL_PORTS": "/dev/ttyUSB*, /dev/ttyACM*"}
+    assert load_config(path, env=env).serial.ports == ["/dev/ttyUSB*", "/dev/ttyACM*"]
+    path.write_text('[serial]\nports = "/dev/ttyUSB0"\n')
+    with pytest.raises(ConfigError, match="serial.ports must be a list of strings"):
+        load_config(path, env={})
