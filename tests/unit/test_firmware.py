@@ -2,7 +2,6 @@
 with its serial link on a pty, checked frame by frame with the gateway's codec."""
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -103,7 +102,8 @@ def test_without_device_json_the_firmware_says_how_to_pair(tmp_path):
     assert out.returncode == 0 and "w3gate device pair" in out.stdout
 
 
-def test_the_simulated_sensor_is_deterministic_per_seed(tmp_path):
+def test_the_simulated_sensor_repeats_its_readings_for_a_seed(tmp_path):
+    """Its noise comes from the seed; only the slow drift with uptime differs between runs."""
     values = []
     for n in range(2):
         fw = FirmwareProcess(tmp_path / f"seed{n}", sim_seed=7)
@@ -111,5 +111,4 @@ def test_the_simulated_sensor_is_deterministic_per_seed(tmp_path):
             values.append([f[3]["temperature"] for f in fw.start().frames(4)[1:]])
         finally:
             fw.stop()
-    assert all(abs(a - b) < 1.0 for a, b in zip(*values))
-    assert json.dumps(values)  # plain numbers
+    assert all(abs(a - b) < 0.05 for a, b in zip(*values))
