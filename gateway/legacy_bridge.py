@@ -53,9 +53,13 @@ class LegacyBridge:
         self._sent: dict[str, dict] = {}  # device id -> settings last sent
         self._synced: set[tuple[str, str]] = set()  # (device id, link) given its settings since the link came up
         self._saved: dict[str, int] = {}
-        for device_id, seq in (read_json(seq_path) or {}).items():
-            self.verifier.remember(device_id, int(seq))
-            self._saved[device_id] = int(seq)
+        saved = read_json(seq_path) or {}
+        for device_id, seq in (saved.items() if isinstance(saved, dict) else ()):
+            if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**32:
+                self.verifier.remember(device_id, seq)
+                self._saved[device_id] = seq
+            else:  # the records still hold the seqs they used (remember)
+                log.warning("%s: ignoring the saved seq %r of legacy device %s", seq_path, seq, device_id)
 
     # -- uplink ----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 import hmac
 import json
+import logging
 import os
 import secrets
 import time
@@ -25,6 +26,8 @@ from device_fw import frame as wire
 from gateway.storage import WatchedTable
 from gateway.verify.registry import RegistryError
 from gateway.verify.verifier import Rejection
+
+log = logging.getLogger("w3gate.legacy")
 
 TRANSPORTS = ("serial", "ble")
 FRAME_KINDS = {wire.READING: "data", wire.HELLO: "hello", wire.CONFIG_ACK: "config_ack"}
@@ -124,38 +127,61 @@ class LegacyRegistry(WatchedTable[LegacyDevice]):
         return replace(device, config_seq=seq), seq
 
 
+SEQ_MOD = 1 << 32  # the wire's u32
+SEQ_HALF = 1 << 31  # serial-number arithmetic (RFC 1982): ahead means less than half the circle ahead
+
+
+def seq_ahead(seq: int, highest: int) -> int:
+    """How far ``seq`` is ahead of ``highest`` on the u32 circle (negative: behind), so a seq
+    that wrapped from 2**32 - 1 to 0 counts as the next one, not as 4 billion frames old."""
+    d = (seq - highest) % SEQ_MOD
+    return d if d < SEQ_HALF else d - SEQ_MOD
+
+
 class SeqWindow:
     """Replay protection by sequence number, with a 64-frame window for frames that arrive out of
-    order (a device heard on two links at once): accept a seq above the highest seen, or one
-    inside the window not seen yet."""
+    order (a device heard on two links at once): accept a seq ahead of the highest seen, or one
+    inside the window not seen yet.
+
+    Seqs are u32 and wrap: "ahead" is serial-number arithmetic, less than 2**31 forward on the
+    circle (docs/legacy-devices.md, "Sequence numbers"). A replayed frame from before a wrap is
+    behind the highest seq by its true distance, so it is refused like any other."""
 
     SIZE = 64
     __slots__ = ("highest", "_seen")
 
     def __init__(self, highest: int = -1) -> None:
         # bit i: highest - i was seen. Restored from before a restart, which of the seqs below
-        # ``highest`` were used is unknown: all count as spent.
-        self.highest = highest
+        # ``highest`` were used is unknown: all count as spent. -1: nothing seen yet.
+        self.highest = highest % SEQ_MOD if highest >= 0 else -1
         self._seen = (1 << self.SIZE) - 1
 
     def check(self, seq: int) -> str | None:
         """None if ``seq`` is new, else why not."""
-        if seq > self.highest:
+        if self.highest < 0:
             return None
-        back = self.highest - seq
-        if back >= self.SIZE:
+        ahead = seq_ahead(seq, self.highest)
+        if ahead > 0:
+            return None
+        if -ahead >= self.SIZE:
             return f"seq {seq} is far below the device's latest {self.highest}"
-        if self._seen >> back & 1:
+        if self._seen >> -ahead & 1:
             return f"seq {seq} was already accepted"
         return None
 
-    def accept(self, seq: int) -> None:
-        if seq > self.highest:
-            shift = seq - self.highest
-            self._seen = (self._seen << shift | 1) & ((1 << self.SIZE) - 1) if shift < self.SIZE else 1
+    def accept(self, seq: int) -> bool:
+        """Mark ``seq`` seen (after ``check``); True if it wrapped past 2**32 - 1."""
+        if self.highest < 0:
+            self.highest, self._seen = seq, 1
+            return False
+        ahead = seq_ahead(seq, self.highest)
+        if ahead > 0:
+            self._seen = (self._seen << ahead | 1) & ((1 << self.SIZE) - 1) if ahead < self.SIZE else 1
+            wrapped = seq < self.highest
             self.highest = seq
-        else:
-            self._seen |= 1 << (self.highest - seq)
+            return wrapped
+        self._seen |= 1 << -ahead
+        return False
 
 
 class TokenBucket:
@@ -205,7 +231,8 @@ class LegacyVerifier:
 
     def check(self, raw: bytes) -> LegacyFrame:
         """The checked frame, or a Rejection: corrupt, unsupported, unknown_device, bad_mac,
-        rate_limited, replay (by seq)."""
+        replay (by seq), rate_limited, malformed; in that order, so that only authentic, fresh
+        frames count against the device's rate."""
         try:
             frame = wire.cobs_decode(raw)
             frame_type, device_id, seq, payload = wire.decode_frame(frame, self._key_of, _mac)
@@ -221,34 +248,38 @@ class LegacyVerifier:
             raise Rejection("unknown_device", f"device {did}", device=did)
         if kind is None:
             raise Rejection("unsupported", f"frame type {frame_type} is not sent by devices", device=did)
-        now = self.clock()
-        bucket = self._buckets.get(did)
-        if bucket is None:
-            bucket = self._buckets[did] = TokenBucket(self.rate, self.burst, now)
-        if not bucket.take(now):
-            raise Rejection("rate_limited", f"over {self.rate:g} frames/s", device=did)
+        # Forgeries are out (MAC, above); replays go next, before the rate limit, so a flood of
+        # replayed frames costs the device none of its rate: only frames that passed both are charged.
         window = self.windows.get(did)
         if window is None:
             window = self.windows[did] = SeqWindow()
         why = window.check(seq)
         if why:
             raise Rejection("replay", why, device=did)
+        now = self.clock()
+        bucket = self._buckets.get(did)
+        if bucket is None:
+            bucket = self._buckets[did] = TokenBucket(self.rate, self.burst, now)
+        if not bucket.take(now):
+            raise Rejection("rate_limited", f"over {self.rate:g} frames/s", device=did)
         if kind == "data":
             try:
                 json.loads(payload)
             except ValueError:
                 raise Rejection("malformed", "reading is not JSON", device=did) from None
-        window.accept(seq)
+        if window.accept(seq):
+            log.warning("legacy device %s: seq wrapped past 2**32 - 1; re-pair it before it sends "
+                        "another 2**31 frames (docs/legacy-devices.md, Sequence numbers)", did)
         return LegacyFrame(device, kind, seq, frame, payload)
 
     def remember(self, device_id: str, seq: int) -> None:
         """A seq accepted before a restart (from the records or the saved high-water marks)."""
         window = self.windows.get(device_id)
-        if window is None or seq > window.highest:
+        if window is None or window.highest < 0 or seq_ahead(seq, window.highest) > 0:
             self.windows[device_id] = SeqWindow(seq)
 
     def high_water(self) -> dict[str, int]:
-        return {d: w.highest for d, w in self.windows.items()}
+        return {d: w.highest for d, w in self.windows.items() if w.highest >= 0}
 
 
 def _device_hint(raw: bytes) -> str | None:

@@ -9,6 +9,8 @@ import stat
 
 import pytest
 from coincurve import PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from device_fw import frame as wire
 from gateway.buffer.records import decode_record, legacy_record_doc
@@ -130,3 +132,90 @@ def test_config_seqs_only_grow(registry):
     _, second = registry.next_config(device.device_id)
     assert second > first > 0
     assert registry.get(device.device_id).config_seq == second
+
+
+# -- hostile input: replays do not cost the real sensor, seqs wrap ---------------------------------
+
+
+def test_a_flood_of_replayed_frames_costs_the_real_sensor_no_frame(registry):
+    device = next(iter(registry))
+    now = [1000.0]
+    verifier = LegacyVerifier(registry, rate=10, burst=5, clock=lambda: now[0])
+    sniffed = raw(device, 1)
+    verifier.check(sniffed)
+    assert {reason(verifier, sniffed) for _ in range(1000)} == {"replay"}
+    forged = raw(device, 2, key=os.urandom(32))
+    assert {reason(verifier, forged) for _ in range(1000)} == {"bad_mac"}
+    # the sensor's own burst is untouched: 4 tokens left of 5
+    assert [verifier.check(raw(device, seq)).seq for seq in range(2, 6)] == [2, 3, 4, 5]
+    assert reason(verifier, raw(device, 6)) == "rate_limited"
+
+
+def test_a_sensor_crossing_the_top_of_the_u32_seq_keeps_being_accepted(registry):
+    device = next(iter(registry))
+    verifier = LegacyVerifier(registry, rate=1e9, burst=1e9)
+    top = 2**32 - 1
+    seqs = [top - 2, top - 1, top, 0, 1, 2]
+    assert [verifier.check(raw(device, seq)).seq for seq in seqs] == seqs
+    assert verifier.high_water() == {device.device_id: 2}
+    # and across a restart: the high-water mark is the wrapped seq, later ones still pass
+    restarted = LegacyVerifier(registry)
+    restarted.remember(device.device_id, top)  # records from before the wrap ...
+    restarted.remember(device.device_id, 2)  # ... and after it, in any order
+    restarted.remember(device.device_id, top - 1)
+    assert restarted.check(raw(device, 3)).seq == 3
+
+
+def test_a_replay_after_the_wrap_is_still_refused(registry):
+    device = next(iter(registry))
+    verifier = LegacyVerifier(registry, rate=1e9, burst=1e9)
+    top = 2**32 - 1
+    frames = {seq: raw(device, seq, payload=b'{"n":%d}' % seq) for seq in (top - 100, top - 1, top, 0, 1)}
+    for frame in frames.values():
+        verifier.check(frame)
+    for seq, frame in frames.items():
+        assert reason(verifier, frame) == "replay", seq
+    # frames a long way behind, whichever side of the wrap they were sent on
+    assert reason(verifier, raw(device, 2**31 + 5)) == "replay"
+    assert reason(verifier, raw(device, top - 70)) == "replay"
+    verifier.check(raw(device, 5))  # a gap ahead (frames lost on the line) is fine
+
+
+def test_a_sensor_rebooting_across_the_wrap_is_accepted(registry):
+    """The firmware resumes at its reserved block (up to 256 ahead) and says HELLO first."""
+    device = next(iter(registry))
+    verifier = LegacyVerifier(registry)
+    verifier.remember(device.device_id, 2**32 - 10)
+    hello = verifier.check(raw(device, 200, payload=b'{"boot":2}', frame_type=wire.HELLO))
+    assert (hello.kind, hello.seq) == ("hello", 200)
+    assert reason(verifier, raw(device, 2**32 - 5)) == "replay"
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.integers(0, 2**32 - 1), steps=st.lists(st.integers(1, 300), min_size=1, max_size=40),
+       replays=st.lists(st.integers(0, 1000), max_size=40))
+def test_property_every_fresh_frame_passes_and_every_replay_is_refused(start, steps, replays):
+    """Any run of growing seqs (gaps, reboots, the u32 wrap) interleaved with replays of any
+    frame already accepted: the sensor loses nothing, the attacker gets nothing in."""
+    device = new_legacy_device("s", transport="serial")
+    registry = {device.device_id: device}
+    verifier = LegacyVerifier(_Dict(registry), rate=1e9, burst=1e9)
+    sent: list[bytes] = []
+    seq = start
+    for i, step in enumerate(steps):
+        frame = raw(device, seq, payload=b'{"i":%d}' % i)
+        assert verifier.check(frame).seq == seq
+        sent.append(frame)
+        for r in replays[i:i + 2]:
+            assert reason(verifier, sent[r % len(sent)]) == "replay"
+        seq = (seq + step) % 2**32
+
+
+class _Dict:
+    """The registry's lookup, without a file (hypothesis runs the test hundreds of times)."""
+
+    def __init__(self, devices: dict) -> None:
+        self.devices = devices
+
+    def get(self, device_id: str):
+        return self.devices.get(device_id)
