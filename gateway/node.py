@@ -28,9 +28,10 @@ from gateway.buffer.records import LEGACY_WIRE, nonce_of, record_doc
 from gateway.buffer.store import FullPolicy, RecordState, RecordStore, StoreConfig
 from gateway.codec import downlink
 from gateway.config import Config
-from gateway.errors import W3gateError
+from gateway.errors import CodecError, W3gateError
 from gateway.ingest.mqtt import Inbound, MqttLink
 from gateway.legacy_bridge import LegacyBridge
+from gateway.supervisor import Health, step, supervise
 from gateway.status import Counters, Latencies, RejectLog, read_status, write_status
 from gateway.verify.registry import STATUS_CODES, STATUS_CONFIRMED, Registry
 from gateway.verify.checker import SignatureChecker
@@ -46,6 +47,7 @@ SUBSCRIPTIONS = ["device/+/data", "device/+/confirm", "device/+/query",
 # the broker's in-flight window, QoS 0 (real Pebbles) only by this.
 VERIFY_PAUSE_ABOVE, VERIFY_RESUME_BELOW = 2048, 1024
 STORE_PAUSE_ABOVE, STORE_RESUME_BELOW = 8000, 2000
+STUCK_AFTER_S = 10.0  # messages waiting this long with none handled: status says ingest is stuck
 MAX_MQTT_EVENTS_RUNNING = 1000  # W3bstream events over MQTT waiting for their applets
 
 
@@ -91,6 +93,8 @@ class Node:
         self.verify_latency = Latencies()  # receive -> signature checked and concluded
         self.reject_log = RejectLog()
         self.started = time.time()
+        self.health = Health()  # what is degraded now, shown in status
+        self.last_handled: float | None = None  # when a message last ended (accepted or refused)
         self._buffer_stats: dict = {}
         self._paused = False
         self._event_tasks: set[asyncio.Task] = set()
@@ -106,24 +110,20 @@ class Node:
         await self._rebuild_replay_state()
         await self.checker.start()
         self._buffer_stats = await self.committer.call(self.store.stats)
-        await self.runtime.reload()
+        await step(self.health, "projects", self.runtime.reload)
+        tasks = {"housekeeping": self._housekeeping, "dispatcher": self.dispatcher.run, "cron": self.cron.run,
+                 "mqtt": self.link.run}
         if self.config.api.enabled:
-            try:
-                await self.event_api.start_http(self.config.api.listen, self.config.api.port)
-            except OSError as e:  # ingest goes on; the API is what is missing
-                log.error("event API not started: cannot listen on %s:%d (%s); set [api] port",
-                          self.config.api.listen, self.config.api.port, e)
-        tasks = [asyncio.create_task(self._housekeeping(stop))]
-        dispatcher = asyncio.create_task(self.dispatcher.run(stop))
-        tasks.append(asyncio.create_task(self.cron.run(stop)))
+            tasks["event API"] = self._serve_event_api
         if self.anchoring is not None:
-            anchoring = asyncio.create_task(self.anchoring.run(stop))
-            tasks.append(asyncio.create_task(self.anchoring.run_monitors(stop, self.runtime)))
-        link = asyncio.create_task(self.link.run(stop))
+            tasks["anchoring"] = self.anchoring.run
+            tasks["chain monitors"] = lambda stop: self.anchoring.run_monitors(stop, self.runtime)
         if self.serial is not None:
-            tasks.append(asyncio.create_task(self.serial.run(stop)))
+            tasks["serial"] = self.serial.run
         if self.ble is not None:
-            ble = asyncio.create_task(self.ble.run(stop))
+            tasks["ble"] = self.ble.run
+        running = {name: asyncio.create_task(supervise(name, lambda run=run: run(stop), stop, self.health))
+                   for name, run in tasks.items()}
         log.info("w3gate running: %d devices registered, %d records buffered, broker %s:%d",
                  len(self.registry), self._buffer_stats.get("records", 0),
                  self.config.mqtt.host, self.config.mqtt.port)
@@ -134,16 +134,16 @@ class Node:
             await self.checker.drain()
             await self.committer.drain()
             self.link.close()
-            await link
-            if self.ble is not None:
-                await ble  # disconnects cleanly
-            await dispatcher  # it finishes the batch it is running, so nothing runs twice needlessly
+            await running["mqtt"]
+            if "ble" in running:
+                await running["ble"]  # disconnects cleanly
+            await running["dispatcher"]  # it finishes the batch it is running, so nothing runs twice needlessly
             await self.event_api.stop_http()
             if self.anchoring is not None:
-                await anchoring  # ends after its current step
+                await running["anchoring"]  # ends after its current step
                 self.anchoring.close()
             await self.runtime.close()
-            for task in tasks:
+            for task in running.values():
                 task.cancel()
             self._buffer_stats = await self.committer.call(self.store.stats)
             self._write_status()
@@ -179,42 +179,61 @@ class Node:
         if count:
             log.info("replay protection restored from %d recent records", count)
 
+    async def _serve_event_api(self, stop: asyncio.Event) -> None:
+        if self.event_api.port is None:
+            await self.event_api.start_http(self.config.api.listen, self.config.api.port)
+        await stop.wait()
+
     async def _housekeeping(self, stop: asyncio.Event) -> None:
+        """Once a second: reload what users change on disk, trim, expire, write status. Each step
+        fails alone (``degraded`` in status until it works again); the status is always written."""
         last_expire = 0.0
         while not stop.is_set():
             await asyncio.sleep(1.0)
-            if self.registry.reload():
-                self.verifier.forget_keys()
-                log.info("device registry reloaded: %d devices", len(self.registry))
-            try:
-                await self.runtime.reload()
-            except Exception:  # noqa: BLE001 - a broken deployment must not stop ingest
-                log.exception("could not load the deployed projects")
-            self.verifier.replay.prune(time.time())
+            await step(self.health, "device registry", self._reload_registry)
+            await step(self.health, "projects", self.runtime.reload)
+            await step(self.health, "replay memory", lambda: self.verifier.replay.prune(time.time()))
             if self.legacy is not None:
-                if self.legacy.registry.reload():
-                    log.info("legacy device registry reloaded: %d devices", len(self.legacy.registry))
-                    self.legacy.registry_changed()
-                try:
-                    self.legacy.save_seqs()
-                except OSError as e:
-                    log.warning("could not save legacy sequence numbers: %s", e)
+                await step(self.health, "legacy devices", self._reload_legacy)
             if time.time() - last_expire > 60:
                 last_expire = time.time()
-                # with a chain, records expire once anchored; without, once applets processed them
-                state = RecordState.ANCHORED if self.config.chain.enabled else RecordState.PROCESSED
-                expired = await self.committer.call(self.store.expire, None, state)
-                if expired:
-                    log.info("expired %d records past the retention of %.0f s", expired,
-                             self.config.buffer.retention_s)
-            self._buffer_stats = await self.committer.call(self.store.stats)
+                await step(self.health, "expiry", self._expire)
+            stats = await step(self.health, "buffer", lambda: self.committer.call(self.store.stats))
+            if stats is not None:
+                self._buffer_stats = stats
             self._write_status()
             if self._trace:
                 self._trace.flush()
 
+    def _reload_registry(self) -> None:
+        if self.registry.reload():
+            self.verifier.forget_keys()
+            log.info("device registry reloaded: %d devices", len(self.registry))
+
+    def _reload_legacy(self) -> None:
+        if self.legacy.registry.reload():
+            log.info("legacy device registry reloaded: %d devices", len(self.legacy.registry))
+            self.legacy.registry_changed()
+        self.legacy.save_seqs()
+
+    async def _expire(self) -> None:
+        # with a chain, records expire once anchored; without, once applets processed them
+        state = RecordState.ANCHORED if self.config.chain.enabled else RecordState.PROCESSED
+        expired = await self.committer.call(self.store.expire, None, state)
+        if expired:
+            log.info("expired %d records past the retention of %.0f s", expired, self.config.buffer.retention_s)
+
     # -- the data path ---------------------------------------------------------------------------
 
     def on_message(self, msg: Inbound) -> None:
+        """The transport boundary: whatever a message holds, it ends in one counted outcome and one
+        acknowledgement, and it is never handled twice; a failure of ours costs that message only."""
+        try:
+            self._route(msg)
+        except Exception as e:  # noqa: BLE001 - see above
+            self._rejected(msg, self._failure(msg, e))
+
+    def _route(self, msg: Inbound) -> None:
         parts = msg.topic.split("/")
         if len(parts) in (4, 5) and parts[1] == "push":
             if len(self._event_tasks) >= MAX_MQTT_EVENTS_RUNNING:  # a flood: refuse, do not pile up
@@ -226,14 +245,14 @@ class Node:
                 task.add_done_callback(self._event_tasks.discard)
             return self.committer.submit(None, self._acker(msg))
         if len(parts) != 3 or parts[0] != "device":
-            return self._rejected(msg, Rejection("malformed", f"unexpected topic {msg.topic}"))
+            return self._rejected(msg, Rejection("malformed", f"unexpected topic {msg.topic[:100]}"))
         imei, channel = parts[1].removeprefix("nrf-"), parts[2]
         if channel == "query":
             self._answer_query(imei)
             return self.committer.submit(None, self._acker(msg))
         try:
             if channel not in ("data", "confirm"):
-                raise Rejection("malformed", f"unexpected topic {msg.topic}", device=imei)
+                raise Rejection("malformed", f"unexpected topic {msg.topic[:100]}", device=imei)
             admitted = self.verifier.admit(channel, imei, msg.payload)
         except Rejection as rejection:
             return self._rejected(msg, rejection)
@@ -241,13 +260,25 @@ class Node:
         if self.checker.backlog > VERIFY_PAUSE_ABOVE and not self._paused:
             self._pause()
 
+    def _failure(self, msg: Inbound, error: Exception) -> Rejection:
+        """What an exception on one message becomes: ``malformed`` when a decoder refused it late,
+        ``internal`` otherwise (a bug: its traceback is logged once per kind, then rate-limited)."""
+        device = msg.topic.split("/")[1].removeprefix("nrf-") if msg.topic.count("/") == 2 else None
+        if isinstance(error, CodecError):
+            return Rejection("malformed", error.detail, device=device)
+        self.reject_log.internal(error, device, msg.topic[:100])
+        return Rejection("internal", f"{type(error).__name__}: {error}", device=device)
+
     def _checked(self, msg: Inbound, admitted: Admitted, valid: bool) -> None:
-        self.verify_latency.add(time.time() - msg.received)
         try:
+            self.verify_latency.add(time.time() - msg.received)
             accepted = self.verifier.conclude(admitted, valid)
+            doc = record_doc(accepted, msg.received)
         except Rejection as rejection:
             return self._rejected(msg, rejection)
-        self.committer.submit(record_doc(accepted, msg.received), self._on_durable(msg, accepted))
+        except Exception as e:  # noqa: BLE001 - a callback of the checker: the boundary holds here too
+            return self._rejected(msg, self._failure(msg, e))
+        self.committer.submit(doc, self._on_durable(msg, accepted))
         if self._paused:
             self._maybe_resume()
         elif self.committer.backlog > STORE_PAUSE_ABOVE:
@@ -256,21 +287,23 @@ class Node:
 
     def _on_durable(self, msg: Inbound, accepted: Accepted):
         def done(seq: int | None) -> None:
-            if seq is None:
-                self._count_rejection(msg, Rejection("buffer_full", "the buffer is full (policy refuse)",
-                                                     device=accepted.device.imei))
-            else:
-                now = time.time()
-                self.counters.accepted[accepted.kind] += 1
-                self.latency.add(now - msg.received)
-                if self._trace:
-                    self._trace.write(f"{accepted.digest.hex()} {msg.received:.6f} {now:.6f}\n")
-                if accepted.kind == "confirm":
-                    self._confirmed(accepted)
-                self.dispatcher.notify()
-            self.link.ack(msg.mid, msg.qos)
-            if self._paused:
-                self._maybe_resume()
+            try:
+                if seq is None:
+                    self._count_rejection(msg, Rejection("buffer_full", "the buffer is full (policy refuse)",
+                                                         device=accepted.device.imei))
+                else:
+                    now = time.time()
+                    self.counters.accepted[accepted.kind] += 1
+                    self.latency.add(now - msg.received)
+                    if self._trace:
+                        self._trace.write(f"{accepted.digest.hex()} {msg.received:.6f} {now:.6f}\n")
+                    if accepted.kind == "confirm":
+                        self._confirmed(accepted)
+                    self.dispatcher.notify()
+            except Exception as e:  # noqa: BLE001 - the record is on disk: log, and acknowledge anyway
+                self.reject_log.internal(e, accepted.device.imei, msg.topic)
+            finally:
+                self._handled(msg)
         return done
 
     def _pause(self) -> None:
@@ -283,7 +316,14 @@ class Node:
             self.link.resume()
 
     def _acker(self, msg: Inbound):
-        return lambda seq: self.link.ack(msg.mid, msg.qos)
+        return lambda seq: self._handled(msg)
+
+    def _handled(self, msg: Inbound) -> None:
+        """The one place a message's life ends: acknowledged, and the ingest clock moves."""
+        self.last_handled = time.time()
+        self.link.ack(msg.mid, msg.qos)
+        if self._paused:
+            self._maybe_resume()
 
     def _rejected(self, msg: Inbound, rejection: Rejection) -> None:
         if rejection.reason == "replay" and msg.dup:
@@ -343,7 +383,12 @@ class Node:
 
     async def _event_over_mqtt(self, msg: Inbound) -> None:
         """A W3bstream event published over MQTT: run it, answer on ack/<publisherKey>."""
-        ack_topic, reply = await self.event_api.submit_mqtt(msg.topic, msg.payload)
+        try:
+            ack_topic, reply = await self.event_api.submit_mqtt(msg.topic, msg.payload)
+        except Exception as e:  # noqa: BLE001 - a task of its own: nothing else would see it
+            self.event_api.counters["internal"] += 1
+            self.reject_log.internal(e, None, msg.topic.split("/")[0] + "/push/…")
+            return
         if ack_topic is None:  # counted by the event API; logged without the token, rate-limited
             self.reject_log(f"event_{reply.status}", None, msg.topic.split("/")[0] + "/push/…",
                             str(reply.body.get("error")))
@@ -435,8 +480,14 @@ class Node:
     # -- status ----------------------------------------------------------------------------------
 
     def status(self) -> dict:
+        now = time.time()
         return {
-            "time": time.time(),
+            "time": now,
+            "degraded": self._degraded(now),
+            "ingest": {"last_handled": self.last_handled,
+                       "last_handled_age_s": round(now - self.last_handled, 1) if self.last_handled else None,
+                       "waiting": self.checker.backlog + self.committer.backlog,
+                       "handler_errors": self.link.handler_errors},
             "started": self.started,
             "pid": os.getpid(),
             "mqtt": {"broker": f"{self.config.mqtt.host}:{self.config.mqtt.port}",
@@ -459,11 +510,25 @@ class Node:
             "latency_receive_to_durable": self.latency.percentiles(),
         }
 
+    def _degraded(self, now: float) -> dict[str, str]:
+        """``{component: reason}`` for everything not working now; status never claims health
+        while messages wait and none has been handled for a while."""
+        out = {name: p["reason"] for name, p in self.health.snapshot().items()}
+        if not self.link.connected:
+            out["mqtt"] = f"not connected to {self.config.mqtt.host}:{self.config.mqtt.port}"
+        waiting = self.checker.backlog + self.committer.backlog
+        since = self.last_handled or self.started
+        if waiting and now - since > STUCK_AFTER_S:
+            out["ingest"] = f"{waiting} messages waiting, none handled for {now - since:.0f} s"
+        return out
+
     def _write_status(self) -> None:
         try:
             write_status(self.config.status_path, self.status())
         except OSError as e:
             log.warning("could not write %s: %s", self.config.status_path, e)
+        except Exception as e:  # noqa: BLE001 - a bug in status must not stop housekeeping
+            self.health.fail("status", e)
 
 
 class _SerialDownlink:

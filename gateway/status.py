@@ -20,6 +20,7 @@ class RejectLog:
     def __init__(self, burst: int = 20, period: float = 10.0) -> None:
         self.burst, self.period = burst, period
         self._window: dict[str, tuple[float, int]] = {}
+        self._seen_internal: set[tuple[str, str]] = set()
 
     def __call__(self, reason: str, device: str | None, topic: str, detail: str) -> None:
         now = time.monotonic()
@@ -33,6 +34,22 @@ class RejectLog:
         self._window[reason] = (start, count)
         if count <= self.burst:
             reject_log.warning("rejected %s from %s on %s: %s", reason, device or "?", topic, detail)
+
+
+    def internal(self, exc: BaseException, device: str | None, topic: str) -> None:
+        """A failure of ours on one message: its traceback is logged the first time this kind of
+        failure happens (type and place), later ones are counted lines like any rejection."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+        kind = (type(exc).__name__, where)
+        if kind not in self._seen_internal and len(self._seen_internal) < 100:
+            self._seen_internal.add(kind)
+            reject_log.error("internal error on a message from %s on %s (a bug; the message is counted as "
+                             "'internal' and acknowledged)", device or "?", topic, exc_info=exc)
+            return
+        self("internal", device, topic, f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
 class Latencies:

@@ -191,16 +191,22 @@ class WatchedTable(Generic[T]):
         stamp = self._file_stamp()
         if stamp == self._stamp and stamp is not None:
             return False
-        self._stamp = stamp
         if stamp is None:
+            self._stamp = stamp
             changed = bool(self._items)
             self._items = {}
             return changed
-        db = TinyDB(self.path, storage=AtomicJSONStorage, readonly=True)
         try:
-            self._items = {d[self._key]: self._load(d) for d in db.table(self._table_name).all()}
-        finally:
-            db.close()
+            db = TinyDB(self.path, storage=AtomicJSONStorage, readonly=True)
+            try:
+                items = {d[self._key]: self._load(d) for d in db.table(self._table_name).all()}
+            finally:
+                db.close()
+        except Exception as e:  # noqa: BLE001 - whatever the file holds, the reason names it
+            # the last good copy stays in effect, and the next reload tries the file again
+            raise StoreError(f"{self.path} cannot be read ({type(e).__name__}: {str(e)[:200]}); "
+                             "the previous contents stay in effect", reason="corrupt") from None
+        self._items, self._stamp = items, stamp
         return True
 
     def get(self, key: str) -> T | None:

@@ -43,7 +43,8 @@ class EventAPI:
         self.did_document = did_document  # the node's DID document, served at /.well-known/did.json
         self.publishers = publishers
         self.max_bytes = max_bytes
-        self.counters = {"accepted": 0, "unauthorized": 0, "not_found": 0, "too_large": 0, "busy": 0}
+        self.counters = {"accepted": 0, "unauthorized": 0, "not_found": 0, "too_large": 0, "busy": 0,
+                         "internal": 0}
         self._runner = None  # aiohttp's AppRunner while the HTTP API serves
         self.port: int | None = None
 
@@ -64,7 +65,12 @@ class EventAPI:
             timestamp_ms = now
         event = Event(project, payload, event_type=event_type or "DEFAULT", event_id=event_id or "",
                       publisher=publisher, timestamp_ms=timestamp_ms, trust="publisher-token")
-        (response,) = await self.runtime.handle([event])
+        try:
+            (response,) = await self.runtime.handle([event])
+        except Exception:  # noqa: BLE001 - the client gets a reason, the API keeps serving
+            self.counters["internal"] += 1
+            log.exception("event %s of project %s failed inside the gateway", event.event_id, project)
+            return Reply(500, {"error": "internal: the gateway failed on this event (logged)"})
         self.counters["accepted"] += 1
         return Reply(200, response.to_json())
 
@@ -97,7 +103,12 @@ class EventAPI:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()  # so a later attempt starts clean
+            self._runner = None
+            raise
         self.port = site._server.sockets[0].getsockname()[1]  # the port picked when 0 was asked
         log.info("event API on http://%s:%d%s", host, self.port, ROUTE.format(project="<project>"))
         return self.port

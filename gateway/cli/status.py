@@ -29,7 +29,11 @@ def status(as_json, config_path, data_dir) -> None:
     """Show accepted and rejected counts (by reason), buffer size and latency."""
     config = get_config(config_path, data_dir)
     info = read_status(config.status_path) or {}
-    running = _alive(info.get("pid")) and time.time() - info.get("time", 0) < 10
+    alive = _alive(info.get("pid"))
+    age = time.time() - info.get("time", 0)
+    running = alive and age < 10
+    if alive and not running:  # the process is there but has not written its status for a while
+        info["degraded"] = {**info.get("degraded", {}), "gateway": f"not responding: status is {age:.0f} s old"}
     if config.records_path.exists() and not running:
         store = RecordStore(config.records_path, readonly=True)
         info["buffer"] = {**info.get("buffer", {}), **store.stats()}
@@ -41,6 +45,13 @@ def status(as_json, config_path, data_dir) -> None:
     click.echo(f"gateway    {'running, pid %s' % info['pid'] if running else 'not running'}"
                + (f", broker {info['mqtt']['broker']} {'connected' if info['mqtt']['connected'] else 'DISCONNECTED'}"
                   if running else ""))
+    for name, reason in sorted((info.get("degraded") or {}).items()):
+        click.echo(f"degraded   {name}: {reason}")
+    ingest = info.get("ingest") or {}
+    if running and ingest:
+        age = ingest.get("last_handled_age_s")
+        click.echo(f"ingest     {'no message handled yet' if age is None else f'last message handled {age:.0f} s ago'}"
+                   f", {ingest.get('waiting', 0)} waiting")
     click.echo(f"devices    {info.get('devices', '?')}")
     click.echo(f"accepted   {info.get('accepted_total', 0)}  " +
                "  ".join(f"{k}={v}" for k, v in sorted(info.get("accepted", {}).items())))

@@ -362,16 +362,17 @@ def swap_nibbles(text: str) -> str:
     return "".join(text[i + 1] + text[i] for i in range(0, len(text), 2))
 
 
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
 def _g1_hex(text: object, name: str, size: int) -> bytes:
     if not isinstance(text, str):
         raise CodecError(f"G1 {name} is not a string")
-    try:
-        raw = bytes.fromhex(swap_nibbles(text))
-    except ValueError:
-        raise CodecError(f"G1 {name} is not hex") from None
-    if len(raw) != size:
-        raise CodecError(f"G1 {name} is {len(raw)} bytes, expected {size}")
-    return raw
+    if len(text) != 2 * size:
+        raise CodecError(f"G1 {name} is {len(text)} hex digits, expected {2 * size}")
+    if not all(c in _HEX_DIGITS for c in text):  # bytes.fromhex would skip spaces
+        raise CodecError(f"G1 {name} is not hex")
+    return bytes.fromhex(swap_nibbles(text))
 
 
 @dataclass(frozen=True)
@@ -410,16 +411,69 @@ class G1Message:
         return out
 
 
-_decoder = json.JSONDecoder()
+def _finite(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise CodecError(f"G1 number {text[:20]} is not finite")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise CodecError(f"G1 payload holds {name}, which JSON does not allow")
+
+
+# Python's JSON reader takes NaN, Infinity and 1e999 (as inf); the signed text may hold neither.
+_decoder = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
+G1_NUMBERS = ("snr", "vbat", "gasResistance", "temperature", "pressure", "humidity", "light", "temperature2",
+              "SNR", "VBAT", "gas_resistance")
+G1_MAX_ABS = 1e12  # far beyond any sensor; keeps every value printable and comparable
+UINT32_MAX = 0xFFFFFFFF
+
+
+def _g1_number(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CodecError(f"G1 {name} is {type(value).__name__}, expected a number")
+    if abs(value) > G1_MAX_ABS:
+        raise CodecError(f"G1 {name} is out of range")
+
+
+def _g1_timestamp(value: object) -> int:
+    """A G1 timestamp is a decimal string (the firmware's) or an integer, in u32 seconds."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CodecError("G1 message has no integer timestamp")
+    if not 0 <= value <= UINT32_MAX:
+        raise CodecError(f"G1 timestamp {value} is outside 0..2^32-1")
+    return value
+
+
+def _g1_check_fields(message: dict) -> None:
+    """Refuse values no G1 firmware prints, so nothing downstream meets a surprise type."""
+    for name in G1_NUMBERS:
+        if name in message:
+            _g1_number(message[name], name)
+    for name in ("latitude", "longitude"):
+        if name in message and message[name] != "null":
+            _g1_number(message[name], name)
+    for name in ("gyroscope", "accelerometer"):
+        if name in message:
+            values = message[name]
+            if not isinstance(values, list) or len(values) != 3:
+                raise CodecError(f"G1 {name} is not a list of 3 numbers")
+            for v in values:
+                _g1_number(v, name)
+    if not isinstance(message.get("random", ""), str):
+        raise CodecError("G1 random is not a string")
 
 
 def decode_g1(payload: bytes) -> G1Message:
     """Parse a G1 envelope keeping the message object's exact text for verification."""
     try:
         text = payload.decode("utf-8")
-        envelope = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CodecError(f"G1 payload is not JSON: {e}") from None
+        envelope = _decoder.decode(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CodecError(f"G1 payload is not JSON: {str(e)[:120]}") from None
     if not isinstance(envelope, dict) or not isinstance(envelope.get("message"), dict):
         raise CodecError("G1 payload has no message object")
     sig = envelope.get("signature")
@@ -431,19 +485,17 @@ def decode_g1(payload: bytes) -> G1Message:
         index += 1
     try:
         message, end = _decoder.raw_decode(text, index)
-    except ValueError:
+    except (ValueError, RecursionError):
         message, end = None, index
     if message != envelope["message"]:
         raise CodecError("G1 message object could not be located in the payload text")
     raw = text[index:end].encode("utf-8")
-    try:
-        timestamp = int(message.get("timestamp"))
-    except (TypeError, ValueError):
-        raise CodecError("G1 message has no numeric timestamp") from None
+    timestamp = _g1_timestamp(message.get("timestamp"))
+    _g1_check_fields(message)
     pub = message.get("eccPubkey", message.get("ecc_pubkey"))
     public_key = b"\x04" + _g1_hex(pub, "eccPubkey", 64) if pub is not None else None
     signature = _g1_hex(sig.get("r"), "r", 32) + _g1_hex(sig.get("s"), "s", 32)
-    return G1Message(raw, message, signature, public_key, timestamp, str(message.get("random", "")))
+    return G1Message(raw, message, signature, public_key, timestamp, message.get("random", ""))
 
 
 def cjson_number(value: float | int) -> str:

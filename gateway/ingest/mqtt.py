@@ -83,6 +83,7 @@ class MqttLink:
         self.on_message = on_message
         self.connected = False
         self.connects = 0
+        self.handler_errors = 0  # messages whose handler raised (a bug): acknowledged and dropped
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: socket.socket | None = None
         self._paused = False
@@ -231,8 +232,16 @@ class MqttLink:
         self._lost.set()
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        self.on_message(Inbound(message.topic, message.payload, message.mid, message.qos, bool(message.dup),
-                                time.time()))
+        # paho re-parses a packet whose handler raised, forever: no exception may leave here.
+        try:
+            self.on_message(Inbound(message.topic, message.payload, message.mid, message.qos,
+                                    bool(message.dup), time.time()))
+        except Exception:  # noqa: BLE001 - the handler's own boundary failed; drop this one message
+            self.handler_errors += 1
+            if self.handler_errors <= 10 or self.handler_errors % 1000 == 0:
+                log.exception("message %d on %r could not be handled (%d so far); acknowledged and dropped",
+                              message.mid, message._topic[:100], self.handler_errors)
+            self.ack(message.mid, message.qos)
 
 
 async def _wait_any(stop: asyncio.Event, other: asyncio.Event | None, timeout: float | None) -> None:

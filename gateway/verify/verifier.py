@@ -35,6 +35,7 @@ REASONS = (
     "corrupt",  # a frame damaged on the line (framing, length, CRC)
     "bad_mac",  # an intact frame not made with the device's key (wrong key, forgery)
     "rate_limited",  # a device sending faster than its configured rate
+    "internal",  # the gateway failed on this message (a bug): logged with its traceback, acknowledged
 )
 
 
@@ -134,7 +135,7 @@ class Verifier:
             message = _decode(pebble.decode_g1, imei, payload)
             device, digest = self._admit(imei, message.timestamp, message.text)
             if message.public_key is not None and imei not in self._keys:
-                key = Key(message.public_key)
+                key = _parse_key(message.public_key, imei, "eccPubkey")
                 if key.address != device.address:
                     raise Rejection("bad_signature", f"eccPubkey belongs to {key.address}, not {device.address}",
                                     device=imei)
@@ -223,7 +224,11 @@ class Verifier:
 
     def _learn_key(self, device: Device, digest: bytes, signature: bytes) -> Key:
         if device.public_key:
-            key = Key(bytes.fromhex(device.public_key))
+            try:
+                raw = bytes.fromhex(device.public_key)
+            except ValueError:
+                raw = b""
+            key = _parse_key(raw, device.imei, "the registered public key")
         else:
             for _, candidate in recover(digest, signature):
                 if candidate.address == device.address:
@@ -241,3 +246,11 @@ def _decode(decoder: Callable, imei: str, payload: bytes):
         return decoder(payload)
     except CodecError as e:
         raise Rejection("malformed", e.detail, device=imei) from None
+
+
+def _parse_key(raw: bytes, imei: str, what: str) -> Key:
+    """A public key that is not a point on secp256k1 is the sender's fault, not ours."""
+    try:
+        return Key(raw)
+    except ValueError:
+        raise Rejection("malformed", f"{what} is not a point on secp256k1", device=imei) from None

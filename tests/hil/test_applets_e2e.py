@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.hil.test_gateway_e2e import sim
+from tests.support.gateway import sim
 from tests.support.gateway import GatewayProcess, cli, cli_json
 from tests.support.wat import assemble
 

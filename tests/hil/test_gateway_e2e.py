@@ -5,22 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import time
 
 import paho.mqtt.client as mqtt
-import pytest
 
 from gateway.codec import pebble
-from tests.support.gateway import GatewayProcess, cli, cli_json, w3gate_exe
-
-
-def sim(broker, fleet_dir, *args: str, timeout: float = 60) -> dict:
-    """Run `w3gate sim pebble ... --json` to completion and return its summary."""
-    result = subprocess.run([*w3gate_exe(), "sim", "pebble", "--broker", broker.url, "--fleet-dir", str(fleet_dir),
-                             "--json", "--quiet", *args], capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+from tests.support.gateway import GatewayProcess, cli, cli_json, publish, sim, w3gate_exe
 
 
 class Observer:
@@ -46,23 +36,6 @@ class Observer:
     def stop(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-
-
-@pytest.fixture
-def fleet(tmp_path, mosquitto):
-    """Six emulated Pebbles of every firmware profile, registered with the gateway's data dir."""
-    fleet_dir = tmp_path / "fleet"
-    sim(mosquitto, fleet_dir, "--count", "6", "--profile", "mixed", "--duration", "0.2")
-    return fleet_dir
-
-
-@pytest.fixture
-def gateway(tmp_path, mosquitto, fleet):
-    gw = GatewayProcess(tmp_path, mosquitto.port)
-    cli("device", "import", str(fleet / "devices.json"), data_dir=gw.data_dir)
-    gw.start()
-    yield gw
-    gw.stop()
 
 
 def test_verified_readings_from_every_firmware_profile_are_buffered_and_listed(gateway, mosquitto, fleet):
@@ -107,23 +80,13 @@ def test_every_injected_fault_is_refused_with_its_reason_and_the_clean_data_gets
     assert "rejected bad_signature from" in log and "Traceback" not in log
 
 
-def _publish(broker, messages: list[tuple[str, bytes]]) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="crafted")
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    for topic, payload in messages:
-        client.publish(topic, payload, qos=1).wait_for_publish(5)
-    client.disconnect()
-    client.loop_stop()
-
-
 def test_crafted_bad_input_is_refused_by_name_and_never_crashes_the_gateway(gateway, mosquitto, fleet):
     devices = json.loads((fleet / "devices.json").read_text())
     riverrock = next(d for d in devices if d["profile"].startswith("riverrock"))
     imei = riverrock["imei"]
     state = pebble.encode_binpackage(pebble.BinPackage(2, b"\x08\x01", int(time.time()), b"\x00" * 64))
     confirm_wrong_owner = pebble.encode_confirm(pebble.ConfirmPackage(b"\x11" * 20, int(time.time()), b"\x01" * 64, 8183))
-    _publish(mosquitto, [
+    publish(mosquitto, [
         (f"device/{imei}/data", state),
         (f"device/{imei}/data", b""),
         (f"device/{imei}/data", bytes(range(256)) * 8),
@@ -237,7 +200,7 @@ def test_replay_protection_survives_a_restart(gateway, mosquitto, fleet):
     observer.stop()
     assert gateway.stop() == 0
     gateway.start()
-    _publish(mosquitto, captured)  # an attacker replays what it sniffed, after the restart
+    publish(mosquitto, captured)  # an attacker replays what it sniffed, after the restart
     status = gateway.wait_for(lambda s: s.get("rejected", {}).get("replay", 0) == len(captured),
                               what="every replay refused")
     assert status["accepted"]["data"] == 6

@@ -13,7 +13,7 @@ from web3 import Web3
 
 from gateway.chain import devchain
 from gateway.chain.keystore import keystore_path
-from tests.hil.test_gateway_e2e import sim
+from tests.support.gateway import sim
 from tests.support.gateway import GatewayProcess, cli, cli_json, w3gate_exe
 
 

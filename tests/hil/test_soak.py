@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.hil.test_gateway_e2e import Observer, sim
+from tests.hil.test_gateway_e2e import Observer
+from tests.support.gateway import sim
 from tests.support.gateway import GatewayProcess, cli, cli_json, w3gate_exe
 
 pytestmark = pytest.mark.slow

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+
 from gateway.broker import stop_group
 
 
@@ -99,3 +101,22 @@ class GatewayProcess:
 
     def log_text(self) -> str:
         return self.log.read_text()
+
+
+def sim(broker, fleet_dir, *args: str, timeout: float = 60) -> dict:
+    """Run `w3gate sim pebble ... --json` to completion and return its summary."""
+    result = subprocess.run([*w3gate_exe(), "sim", "pebble", "--broker", broker.url, "--fleet-dir", str(fleet_dir),
+                             "--json", "--quiet", *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def publish(broker, messages: list[tuple[str, bytes]], *, retain: bool = False) -> None:
+    """Publish with QoS 1 as an ordinary client on the LAN would, and wait until the broker has each."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="crafted")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    for topic, payload in messages:
+        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
