@@ -4,6 +4,7 @@
 #   ./dev.sh test    install everything, then run the test suite
 #   ./dev.sh soak    the slow soak tests (not part of `test`)
 #   ./dev.sh bench   the benchmarks in bench/ (prints figures)
+#   ./dev.sh fuzz    the long fuzzing run (atheris, 1,000,000 inputs per target; grows tests/fuzz/corpus)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -53,6 +54,7 @@ case "$cmd" in
   test)  setup; exec "$VENV/bin/python" -m pytest "$@" ;;
   soak)  setup; exec "$VENV/bin/python" -m pytest -m slow "$@" ;;
   bench) setup; exec "$VENV/bin/python" -m bench "$@" ;;
+  fuzz)  setup; "$VENV/bin/pip" install -q "atheris>=2.3"; exec "$VENV/bin/python" -m tests.fuzz "$@" ;;
   setup) setup ;;
-  *) sed -n '2,7p' "$0"; exit 2 ;;
+  *) sed -n '2,8p' "$0"; exit 2 ;;
 esac

@@ -95,6 +95,7 @@ class Node:
         self.started = time.time()
         self.health = Health()  # what is degraded now, shown in status
         self.last_handled: float | None = None  # when a message last ended (accepted or refused)
+        self.handled = 0  # messages that ended (acknowledged), since start
         self._buffer_stats: dict = {}
         self._paused = False
         self._event_tasks: set[asyncio.Task] = set()
@@ -321,6 +322,7 @@ class Node:
     def _handled(self, msg: Inbound) -> None:
         """The one place a message's life ends: acknowledged, and the ingest clock moves."""
         self.last_handled = time.time()
+        self.handled += 1
         self.link.ack(msg.mid, msg.qos)
         if self._paused:
             self._maybe_resume()
@@ -484,7 +486,7 @@ class Node:
         return {
             "time": now,
             "degraded": self._degraded(now),
-            "ingest": {"last_handled": self.last_handled,
+            "ingest": {"handled": self.handled, "last_handled": self.last_handled,
                        "last_handled_age_s": round(now - self.last_handled, 1) if self.last_handled else None,
                        "waiting": self.checker.backlog + self.committer.backlog,
                        "handler_errors": self.link.handler_errors},

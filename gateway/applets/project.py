@@ -166,17 +166,20 @@ class ProjectStore:
 def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
     """The project a TOML file declares, and its modules by sha256 (checked, not yet stored)."""
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ProjectError(f"{path}: {e}") from None
+    except UnicodeDecodeError:
+        raise ProjectError(f"{path} is not UTF-8 text") from None
     name = data.get("name")
     if not isinstance(name, str) or not NAME.match(name):
         raise ProjectError(f"{path}: 'name' must be 1-64 letters, digits, '_', '.' or '-'")
     applets: dict[str, str] = {}
     modules: dict[str, bytes] = {}
-    for entry in data.get("applets") or []:
+    for entry in _tables(path, data, "applets"):
         applet, wasm_path = entry.get("name"), entry.get("wasm")
-        if not isinstance(applet, str) or not NAME.match(applet) or not isinstance(wasm_path, str):
+        if not isinstance(applet, str) or not NAME.match(applet) or not isinstance(wasm_path, str) \
+                or not wasm_path or "\0" in wasm_path:
             raise ProjectError(f"{path}: each [[applets]] needs a 'name' and a 'wasm' path")
         if applet in applets:
             raise ProjectError(f"{path}: applet {applet!r} is declared twice")
@@ -197,7 +200,7 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
     if not applets:
         raise ProjectError(f"{path}: a project needs at least one [[applets]] entry")
     strategies = []
-    for entry in data.get("strategies") or [{"event": DEFAULT_EVENT, "applet": next(iter(applets))}]:
+    for entry in _tables(path, data, "strategies") or [{"event": DEFAULT_EVENT, "applet": next(iter(applets))}]:
         strategy = Strategy(str(entry.get("event", DEFAULT_EVENT)), str(entry.get("applet", "")),
                             str(entry.get("handler", "start")))
         if strategy.applet not in applets:
@@ -206,16 +209,18 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
         if exports.get(strategy.handler) != "func":
             raise ProjectError(f"{path}: applet {strategy.applet!r} exports no handler {strategy.handler!r}")
         strategies.append(strategy)
-    env = data.get("env") or {}
-    if not isinstance(env, dict):
+    env = _table(path, data, "env")
+    if not all(isinstance(v, (str, int, float, bool)) for v in env.values()):
         raise ProjectError(f"{path}: [env] must be a table of strings")
-    schema = (data.get("database") or {}).get("schema") or []
+    schema = _table(path, data, "database").get("schema") or []
     if not isinstance(schema, list) or not all(isinstance(s, str) for s in schema):
         raise ProjectError(f"{path}: [database] schema must be a list of SQL statements")
-    pebble = bool((data.get("events") or {}).get("pebble", False))
-    legacy = bool((data.get("events") or {}).get("legacy", False))
+    events = _table(path, data, "events")
+    pebble, legacy = events.get("pebble", False), events.get("legacy", False)
+    if not isinstance(pebble, bool) or not isinstance(legacy, bool):
+        raise ProjectError(f"{path}: [events] pebble and legacy are true or false")
     cron = []
-    for entry in data.get("cron") or []:
+    for entry in _tables(path, data, "cron"):
         expression, event = entry.get("expression"), entry.get("event")
         if not isinstance(expression, str) or not croniter.is_valid(expression):
             raise ProjectError(f"{path}: [[cron]] expression {expression!r} is not a cron expression "
@@ -223,13 +228,27 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
         if not isinstance(event, str) or not event:
             raise ProjectError(f"{path}: [[cron]] needs the 'event' type it delivers")
         cron.append(CronJob(expression, event))
-    monitors = [_monitor(path, entry) for entry in data.get("monitors") or []]
+    monitors = [_monitor(path, entry) for entry in _tables(path, data, "monitors")]
     operators = data.get("operators") or []
     if not isinstance(operators, list) or not all(isinstance(o, str) and re.match(r"^[A-Za-z0-9_-]{1,32}$", o)
                                                   for o in operators):
         raise ProjectError(f"{path}: 'operators' is a list of operator key names (w3gate key new --operator NAME)")
     return Project(name, applets, strategies, {str(k): str(v) for k, v in env.items()}, schema, pebble,
                    legacy, cron, monitors, operators), modules
+
+
+def _table(path: Path, data: dict, key: str) -> dict:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise ProjectError(f"{path}: [{key}] must be a table")
+    return value
+
+
+def _tables(path: Path, data: dict, key: str) -> list[dict]:
+    value = data.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
+        raise ProjectError(f"{path}: {key} must be [[{key}]] tables")
+    return value
 
 
 ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")

@@ -137,7 +137,8 @@ class SensorData:
 
     @property
     def gps_fix(self) -> bool:
-        return self.latitude is not None and self.latitude != NO_FIX and self.longitude != NO_FIX
+        return (self.latitude is not None and self.longitude is not None
+                and self.latitude != NO_FIX and self.longitude != NO_FIX)
 
     def reading(self) -> dict:
         """The record in units (V, degrees, degC, hPa, %RH, lux, ohm); absent channels omitted."""
