@@ -75,6 +75,11 @@ class LegacyBridge:
             except Rejection as rejection:
                 self.rejected(rejection, link)
                 continue
+            except Exception as e:  # noqa: BLE001 - a bug costs this frame, never the link
+                rejection = Rejection("internal", f"{type(e).__name__}: {e}")
+                rejection.__cause__ = e  # the node logs its traceback once
+                self.rejected(rejection, link)
+                continue
             self._accept(link, checked, received)
 
     def link_lost(self, link: str) -> None:

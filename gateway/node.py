@@ -457,7 +457,10 @@ class Node:
 
     def _legacy_rejected(self, rejection: Rejection, link: str) -> None:
         self.counters.rejected[rejection.reason] += 1
-        self.reject_log(rejection.reason, rejection.device, link, rejection.detail)
+        if rejection.reason == "internal" and rejection.__cause__ is not None:
+            self.reject_log.internal(rejection.__cause__, rejection.device, link)
+        else:
+            self.reject_log(rejection.reason, rejection.device, link, rejection.detail)
 
     # -- registration (pebble.md 7.1) ------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 
 from gateway.errors import CodecError
 from gateway.codec import pebble_pb2 as pb
+from gateway.codec import strict_json
 
 NO_FIX = 2_000_000_000  # latitude/longitude sentinel: no GPS fix
 MAX_DATA_BYTES = 500  # BinPackage.data limit in the firmware
@@ -412,19 +413,8 @@ class G1Message:
         return out
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise CodecError(f"G1 number {text[:20]} is not finite")
-    return value
-
-
-def _no_constant(name: str) -> None:
-    raise CodecError(f"G1 payload holds {name}, which JSON does not allow")
-
-
 # Python's JSON reader takes NaN, Infinity and 1e999 (as inf); the signed text may hold neither.
-_decoder = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
+_decoder = strict_json.DECODER
 G1_NUMBERS = ("snr", "vbat", "gasResistance", "temperature", "pressure", "humidity", "light", "temperature2",
               "SNR", "VBAT", "gas_resistance")
 G1_MAX_ABS = 1e12  # far beyond any sensor; keeps every value printable and comparable
@@ -472,9 +462,9 @@ def decode_g1(payload: bytes) -> G1Message:
     """Parse a G1 envelope keeping the message object's exact text for verification."""
     try:
         text = payload.decode("utf-8")
-        envelope = _decoder.decode(text)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CodecError(f"G1 payload is not JSON: {str(e)[:120]}") from None
+    except UnicodeDecodeError:
+        raise CodecError("G1 payload is not UTF-8 text") from None
+    envelope = strict_json.loads(text, "G1 payload")
     if not isinstance(envelope, dict) or not isinstance(envelope.get("message"), dict):
         raise CodecError("G1 payload has no message object")
     sig = envelope.get("signature")

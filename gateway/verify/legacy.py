@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import binascii
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -23,6 +22,8 @@ from typing import Callable
 from tinydb import Query
 
 from device_fw import frame as wire
+from gateway.codec import strict_json
+from gateway.errors import CodecError
 from gateway.storage import WatchedTable
 from gateway.verify.registry import RegistryError
 from gateway.verify.verifier import Rejection
@@ -264,9 +265,11 @@ class LegacyVerifier:
             raise Rejection("rate_limited", f"over {self.rate:g} frames/s", device=did)
         if kind == "data":
             try:
-                json.loads(payload)
-            except ValueError:
-                raise Rejection("malformed", "reading is not JSON", device=did) from None
+                reading = strict_json.loads(payload, "reading")
+            except CodecError as e:
+                raise Rejection("malformed", e.detail, device=did) from None
+            if not isinstance(reading, dict):
+                raise Rejection("malformed", "a reading is a JSON object", device=did)
         if window.accept(seq):
             log.warning("legacy device %s: seq wrapped past 2**32 - 1; re-pair it before it sends "
                         "another 2**31 frames (docs/legacy-devices.md, Sequence numbers)", did)
