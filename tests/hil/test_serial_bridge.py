@@ -108,6 +108,33 @@ def test_garbage_replays_forgeries_and_a_torn_frame_are_counted_and_the_stream_g
     assert [r["values"]["temperature"] for r in legacy_records(gw)] == [1.0, 3.0, 5.0]
 
 
+def test_a_flood_of_one_sniffed_frame_costs_the_real_sensor_nothing(bench):
+    gw, sensor, cable = bench  # the gateway allows 1,000 frames/s, bursts of 1,000
+    port = cable.device()
+    sniffed = wire.encode(wire.READING, bytes.fromhex(sensor.device_id), 1, b'{"temperature":1.0}', sensor.key_bytes)
+    port.write(sniffed * 1500)  # the original, then 1,499 replays of it, faster than the rate allows
+    gw.wait_for(lambda s: s["rejected"].get("replay") == 1499, what="every replay refused")
+    for seq in range(2, 12):
+        send(port, sensor, seq, {"temperature": float(seq)})
+    status = gw.wait_for(lambda s: s["accepted"].get("legacy_data") == 11, what="the real sensor's next frames")
+    assert "rate_limited" not in status["rejected"]
+
+
+def test_hostile_readings_are_refused_by_name_and_seqs_wrap_past_2_to_the_32(bench):
+    gw, sensor, cable = bench
+    port = cable.device()
+    for seq, text in ((1, b'{"temperature":NaN}'), (2, b'{"temperature":1e999}'), (3, b"[1,2]"), (4, b"\xff\xfe")):
+        port.write(wire.encode(wire.READING, bytes.fromhex(sensor.device_id), seq, text, sensor.key_bytes))
+    gw.wait_for(lambda s: s["rejected"].get("malformed") == 4, what="four readings refused as malformed")
+    for seq in (0xFFFFFFFE, 0xFFFFFFFF, 0, 1):  # a sensor crossing 2^32 - 1 keeps going
+        send(port, sensor, seq, {"temperature": 20.0})
+    gw.wait_for(lambda s: s["accepted"].get("legacy_data") == 4, what="four readings across the wrap")
+    send(port, sensor, 0xFFFFFFFF, {"temperature": 20.0})  # a frame from before the wrap, played back
+    send(port, sensor, 2, {"temperature": 21.0})
+    status = gw.wait_for(lambda s: s["accepted"].get("legacy_data") == 5, what="the next reading")
+    assert status["rejected"].get("replay") == 1 and "Traceback" not in gw.log_text()
+
+
 def test_a_hello_gets_the_registry_settings_as_an_authenticated_config_frame(bench):
     gw, sensor, cable = bench
     port = cable.device()
