@@ -16,6 +16,18 @@ Why it is shaped like this (see platform-notes §8):
   once segments have gone, and keeps seqs from ever being reused.
 - The store is bounded; when full it refuses new records or drops anchored ones, as configured,
   counts every one and says so in the log once per episode.
+- Damage from outside (an emptied, cut-off or edited file; see ``integrity``) never stops the
+  store and is never silent. At open the active segment and meta.json are checked in full and
+  every other segment cheaply (a stat and two small reads, so opening stays O(segments), not
+  O(records)); a full segment is checked in full whenever it is read, and by ``check_all``
+  (``w3gate buffer check``). A damaged file is kept aside as ``<name>.damaged-<time>``, logged,
+  listed in ``damage`` and ``stats()["damage"]``; its whole records are kept; seqs it can no
+  longer account for become ``holes`` in meta.json.
+- Seqs are never handed out twice, even when a file is lost: the high-water mark is kept in
+  meta.json (the cursors, and the active segment's reserved range, written once per segment
+  after its file exists and before its first acknowledgement), in the segment file names (an
+  empty segment is kept when everything has expired) and in the records themselves. After a
+  damaged or lost active segment, seqs go on above its whole reserved range.
 
 One thread owns a writable store, and one store per directory may write (``writer.lock``, an
 flock the kernel releases when the process dies). Other processes may open the same directory
@@ -26,6 +38,7 @@ from __future__ import annotations
 
 import enum
 import fcntl
+import json
 import logging
 import operator
 import os
@@ -38,22 +51,26 @@ from functools import reduce
 from pathlib import Path
 
 from tinydb import Query, TinyDB
+from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
-from gateway.storage import (TMP_SUFFIX, AtomicJSONStorage, StoreError, atomic_write,
-                                    dump_json, fsync_dir, read_json)
+from gateway import storage
+from gateway.buffer.integrity import (EMPTY_SEGMENT, TABLE, Damage, check_segment, is_seq, load_segment,
+                                      keep_aside, quick_check, salvage_ints)
+from gateway.storage import TMP_SUFFIX, AtomicJSONStorage, StoreError, atomic_write, dump_json, fsync_dir
 
-__all__ = ["AppendResult", "FullPolicy", "RecordState", "RecordStore", "StoreConfig", "StoreError"]
+__all__ = ["AppendResult", "Damage", "FullPolicy", "RecordState", "RecordStore", "StoreConfig", "StoreError"]
 
 log = logging.getLogger("w3gate.buffer")
 
 SEGMENTS = "segments"
 META = "meta.json"
 LOCK = "writer.lock"
-TABLE = "records"
 _SEGMENT_RE = re.compile(r"seg-(\d{12})\.json")
 _COUNTERS = ("refused_total", "dropped_total", "expired_total")
 _CURSORS = ("processed_upto", "anchored_upto", "removed_upto")
+_RESERVED = ("reserved_from", "reserved_upto")  # the active segment's range, written before its first ack
+_INTS = _CURSORS + _COUNTERS + _RESERVED
 
 
 class FullPolicy(str, enum.Enum):
@@ -104,7 +121,15 @@ class RecordStore:
                              f"not {config.full_policy!r}", reason="bad_config") from None
         self._seg_dir = self.path / SEGMENTS
         self._meta_path = self.path / META
-        self._meta: dict[str, int] = {k: 0 for k in _CURSORS + _COUNTERS}
+        self._meta: dict[str, int] = {k: 0 for k in _INTS}
+        self._holes: dict[int, int] = {}     # seqs without a record (lost to damage), by segment
+        self._holes_dirty = False            # holes changed during open: meta.json is written then
+        self._floor = 0                      # seqs still readable in a damaged meta.json
+        self._meta_problem: tuple[str, Path | None] = ("", None)
+        self._damaged_active = False
+        self._damage: list[Damage] = []
+        self._recovered: dict[int, dict[int, dict]] = {}  # a reader's salvaged segments, by first seq
+        self._opening = True
         self._meta_size = 0
         self._firsts: list[int] = []         # first seq of each segment, oldest first
         self._sizes: dict[int, int] = {}     # bytes on disk, by first seq
@@ -121,6 +146,13 @@ class RecordStore:
         except BaseException:
             self.close()
             raise
+        self._opening = False
+
+    @property
+    def damage(self) -> list[Damage]:
+        """Every damaged or missing file found since the store opened (at open, or on the first
+        full read of a segment), with what was recovered and where the original went."""
+        return list(self._damage)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -132,33 +164,72 @@ class RecordStore:
                 raise StoreError(f"cannot create {self._seg_dir}: {e}", reason="io") from None
             self._lock()
             self._remove_leftovers()
-        meta = read_json(self._meta_path) or {}
-        for key in self._meta:
-            value = meta.get(key, 0)
-            if not isinstance(value, int) or value < 0:
-                raise StoreError(f"{self._meta_path}: {key} is {value!r}, not a seq/count", reason="corrupt")
-            self._meta[key] = value
-        self._meta_size = _size(self._meta_path)
-        removed = self._meta["removed_upto"]
+        # meta.json before the file list: what a writer names in meta.json exists by then
+        try:
+            meta_raw: bytes | None = self._meta_path.read_bytes()
+        except FileNotFoundError:
+            meta_raw = None
+        except OSError as e:
+            raise StoreError(f"cannot read {self._meta_path}: {e.strerror or e}", reason="io") from None
         try:
             names = os.listdir(self._seg_dir)
         except FileNotFoundError:  # read-only view of a store not created yet
             names = []
+        except OSError as e:
+            raise StoreError(f"cannot list {self._seg_dir}: {e.strerror or e}", reason="io") from None
         firsts = sorted(int(m.group(1)) for m in map(_SEGMENT_RE.fullmatch, names) if m)
+        trusted = self._load_meta(meta_raw, bool(firsts))
+        removed = self._meta["removed_upto"] if trusted else 0
         # Segments wholly below removed_upto belong to an expiry/drop that was interrupted after
         # its meta write: finish it (the writer) or ignore them (a reader).
         stale = [f for f, nxt in zip(firsts, firsts[1:]) if nxt - 1 <= removed]
         firsts = firsts[len(stale):]
+        floor = max(self._floor, *(self._meta[k] for k in _CURSORS))  # seqs known to have been issued
         last_seq = removed
-        if firsts:
+        reserved_from, reserved_upto = self._meta["reserved_from"], self._meta["reserved_upto"]
+        active_lost = None  # (first, last) of a reserved active segment whose file is gone
+        if trusted and reserved_from > max(removed, firsts[-1] if firsts else 0):
+            active_lost = (reserved_from, max(reserved_upto, reserved_from))
+        if firsts and active_lost is None:
             first = firsts[-1]
             path = self._seg_dir / segment_name(first)
             db = TinyDB(path, storage=AtomicJSONStorage, readonly=self.readonly,
                         append_only=not self.readonly)
-            ids = sorted(int(k) for k in ((db.storage.read() or {}).get(TABLE) or {}))
-            if ids and ids != list(range(first, first + len(ids))):
-                raise StoreError(f"{path}: seqs are not {first}..{first + len(ids) - 1}", reason="corrupt")
-            if ids and ids[-1] <= removed or not ids and first <= removed:
+            try:
+                data = db.storage.read()
+                problem = None if data is not None else ("empty (0 bytes)" if _size(path) == 0
+                                                         else "holds only whitespace")
+            except StoreError as e:
+                if e.reason != "corrupt":
+                    raise
+                data, problem = None, e.detail.removeprefix(f"{path} ").removeprefix("is ")
+            ids: list[int] = []
+            if problem is None:
+                problem = check_segment(data, first, None)
+            if problem is None:
+                ids = sorted(int(k) for k in data[TABLE])
+                if ids and ids != list(range(first, first + len(ids))):
+                    problem = f"seqs are not {first}..{first + len(ids) - 1}"
+                elif floor > max(ids[-1] if ids else first - 1, removed):
+                    problem = (f"holds records up to {ids[-1] if ids else first - 1}, but seq {floor} "
+                               f"was issued (it is older than the rest of the store)")
+            if problem is not None:
+                db.close()
+                # how far the active segment may have reached: its reserved range, else as far as
+                # any segment may be long (the config may have changed since it started)
+                cap = (reserved_upto - first + 1 if trusted and reserved_from == first < reserved_upto
+                       else max(self.config.segment_records, self._max_span(firsts)))
+                kept, highest = self._salvage(first, first + cap - 1)
+                last_seq = max(first + cap - 1, highest, floor, removed)
+                self._holes[first] = last_seq - first + 1 - len(kept)
+                self._holes_dirty = True
+                top = max(kept, default=first - 1)
+                if not self.readonly:  # first the new segment: a crash from here on leaves this one
+                    self._write_empty(last_seq + 1)  # an older damaged segment, recovered at next open
+                self._set_aside(first, problem, kept, f"records {top + 1}..{last_seq} may be lost (the active "
+                                f"segment's range); seqs go on from {last_seq + 1}")
+                self._damaged_active = True
+            elif ids and ids[-1] <= removed or not ids and first <= removed:
                 stale.append(first)
                 firsts.pop()
                 db.close()
@@ -166,14 +237,120 @@ class RecordStore:
                 last_seq = max(last_seq, first + len(ids) - 1)
                 if not self.readonly:
                     self._db, self._active, self._active_count = db, db.table(TABLE, cache_size=0), len(ids)
+        if active_lost is not None:
+            lost_from, lost_upto = active_lost
+            last_seq = max(lost_upto, floor, removed)
+            if firsts:
+                self._holes[firsts[-1]] = self._holes.get(firsts[-1], 0) + last_seq - lost_from + 1
+                self._holes_dirty = True
+            self._note_damage(Damage(str(self._seg_dir / segment_name(lost_from)),
+                                     f"missing (meta.json says the active segment starts at {lost_from})", 0,
+                                     f"records {lost_from}..{last_seq} may be lost; seqs go on from "
+                                     f"{last_seq + 1}", None))
+            self._damaged_active = True
         if stale and not self.readonly:
             for first in stale:
                 (self._seg_dir / segment_name(first)).unlink(missing_ok=True)
             fsync_dir(self._seg_dir)
             log.info("finished removing %d segment(s) whose removal was interrupted", len(stale))
         self._firsts = firsts
+        self._next_seq = max(last_seq, floor) + 1
+        for k, first in enumerate(firsts[:-1]):  # full segments: a cheap look now, a full check on read
+            path = self._seg_dir / segment_name(first)
+            if (why := quick_check(path, first)) is not None:
+                self._table(k, why=why)  # reads, checks and (if damaged) recovers it
         self._sizes = {f: _size(self._seg_dir / segment_name(f)) for f in firsts}
-        self._next_seq = last_seq + 1
+        if not trusted:
+            self._rebuild_meta()
+        if not self.readonly:
+            self._settle()
+
+    def _load_meta(self, raw: bytes | None, have_segments: bool) -> bool:
+        """Read meta.json into ``_meta``; False when it is missing (while segments exist) or damaged.
+        Values still readable in a damaged copy raise the seq floor (they were issued) and keep
+        the counters; the cursors are rebuilt from the segments (see ``_rebuild_meta``)."""
+        path = self._meta_path
+        if raw is None:
+            if have_segments:
+                self._meta_problem = ("missing while segments exist", None)
+                return False
+            return True
+        problem, data = None, None
+        if not raw.strip():
+            problem = "empty (0 bytes)" if not raw else "holds only whitespace"
+        else:
+            try:
+                data = json.loads(raw)
+            except ValueError as e:
+                problem = f"not valid JSON ({e})"
+        if problem is None:
+            problem = self._meta_value_problem(data)
+        if problem is None:
+            for key in _INTS:
+                self._meta[key] = data.get(key, 0)
+            self._holes = {int(k): v for k, v in (data.get("holes") or {}).items()}
+            self._meta_size = len(raw)
+            return True
+        salvaged = ({k: v for k, v in data.items() if k in _INTS and is_seq(v)} if isinstance(data, dict)
+                    else salvage_ints(raw, _INTS))
+        self._floor = max([salvaged.get(k, 0) for k in _CURSORS] + [0])
+        for key in _COUNTERS:
+            self._meta[key] = salvaged.get(key, 0)
+        self._meta["reserved_from"] = salvaged.get("reserved_from", 0)
+        self._meta["reserved_upto"] = salvaged.get("reserved_upto", 0)
+        self._meta_problem = (problem, path)
+        return False
+
+    @staticmethod
+    def _meta_value_problem(data: object) -> str | None:
+        if not isinstance(data, dict):
+            return "not a JSON object"
+        for key in _INTS:
+            if key in data and not is_seq(data[key]):
+                return f"{key} is {data[key]!r}, not a seq or count"
+        holes = data.get("holes", {})
+        if not isinstance(holes, dict) or not all(k.isdigit() and is_seq(v) for k, v in holes.items()):
+            return f"holes is {holes!r}, not a map of segment to count"
+        if data.get("anchored_upto", 0) > data.get("processed_upto", 0):
+            return "anchored_upto is past processed_upto (anchoring always marks processed too)"
+        return None
+
+    def _rebuild_meta(self) -> None:
+        """After meta.json was lost or damaged: rebuild it from the segments, move the damaged copy
+        aside and write the new one (the writer).
+
+        Processing state cannot be trusted any more, so every record still held counts as
+        *accepted* again (processed_upto and anchored_upto end just below the oldest one held):
+        nothing that may never have reached the applets is marked processed. Projects keep their
+        own cursors with their state and skip what they already handled; a new project sees
+        every held record; the anchorer's journal keeps it from sealing a record twice. The
+        refused/dropped/expired counters keep whatever was still readable, else restart at 0."""
+        problem, path = self._meta_problem
+        below = self._firsts[0] - 1 if self._firsts else self._next_seq - 1
+        for key in _CURSORS:
+            self._meta[key] = below
+        moved = None
+        if path is not None and not self.readonly:
+            moved = str(keep_aside(path))  # then replaced by _save_meta
+        self._note_damage(Damage(str(self._meta_path), problem, 0,
+                                 "processing state unknown: every held record counts as accepted again "
+                                 f"(from seq {below + 1}); seqs go on from {self._next_seq}", moved))
+        if not self.readonly:
+            self._save_meta()
+
+    def _settle(self) -> None:
+        """The writer's last step at open: after a damaged or lost active segment, new records go to
+        a new segment above every seq ever issued; the file names then carry that high-water
+        mark too, and meta.json reserves the active segment's range (see ``_reserve``)."""
+        if self._damaged_active or (not self._firsts and self._next_seq > 1):
+            self._start_empty_segment(self._next_seq)
+        elif self._firsts:
+            self._reserve()
+        if self._holes_dirty:
+            self._save_meta()
+
+    def _max_span(self, firsts: list[int]) -> int:
+        return max((b - a for a, b in zip(firsts, firsts[1:])), default=0)
 
     def _lock(self) -> None:
         """One writer per directory: a second one would hand out the same seqs and lose records.
@@ -253,6 +430,9 @@ class RecordStore:
             self._active_count += take
             self._next_seq += take
             self._sizes[self._firsts[-1]] = self._db.storage.size or 0
+            if (self._meta["reserved_from"] != self._firsts[-1]
+                    or self._meta["reserved_upto"] < self._next_seq - 1):
+                self._reserve()  # a new segment (once per segment_records): before the ack
             seqs.extend(range(first, first + take))
             done += take
         return seqs
@@ -294,21 +474,31 @@ class RecordStore:
                 RecordState.PROCESSED: self._meta["processed_upto"],
                 RecordState.ANCHORED: self._meta["anchored_upto"]}[RecordState(min_state)]
         gone: list[int] = []
+        count = 0
         for k, first in enumerate(self._firsts):
-            if self._end_of(k) > upto:
+            if self._end_of(k) > upto or first >= self._next_seq:  # or the empty active segment
                 break
             newest = self._segment_newest_rx(k)  # read only once the state allows expiry
             if newest is not None and newest >= cutoff:
                 break
             gone.append(first)
+            count += self._held(k)
         if not gone:
             return 0
         end = self._end_of(len(gone) - 1)
-        count = end - self._firsts[0] + 1
         self._save_meta(removed_upto=end, expired_total=self._meta["expired_total"] + count)
         self._delete_segments(gone)
+        if not self._firsts:  # keep a (new, empty) segment: the file names then still say where seqs are
+            self._start_empty_segment(self._next_seq)
         self._maybe_end_episode()
         return count
+
+    def check_all(self) -> list[Damage]:
+        """Read and check every segment in full (open checks full segments only cheaply), recovering
+        what is damaged as a read would; returns all damage found since the store opened."""
+        for k in range(len(self._firsts)):
+            self._table(k)
+        return self.damage
 
     def close(self) -> None:
         if self._db is not None:
@@ -384,13 +574,20 @@ class RecordStore:
             "last_seq": self._next_seq - 1,
             **{k: self._meta[k] for k in ("processed_upto", "anchored_upto") + _COUNTERS},
             "bytes": sum(self._sizes.values()) + self._meta_size,
+            "damage": [d.as_dict() for d in self._damage],
         }
 
     # -- internals ---------------------------------------------------------------------------
 
     @property
     def _count(self) -> int:
-        return self._next_seq - self._firsts[0] if self._firsts else 0
+        if not self._firsts:
+            return 0
+        return self._next_seq - self._firsts[0] - sum(self._holes.get(f, 0) for f in self._firsts)
+
+    def _held(self, k: int) -> int:
+        """Records segment ``k`` holds: its seq range less the seqs lost to damage."""
+        return self._end_of(k) - self._firsts[k] + 1 - self._holes.get(self._firsts[k], 0)
 
     def _end_of(self, k: int) -> int:
         """Last seq of segment ``k``: segments are contiguous, so it is the next one's first - 1."""
@@ -399,14 +596,116 @@ class RecordStore:
     def _active_path(self) -> Path:
         return self._seg_dir / segment_name(self._firsts[-1])
 
-    def _table(self, k: int, first: int | None = None) -> Table:
-        """Segment ``k``'s TinyDB table: the open one for the writer's active segment, else a
-        read-only view of the file (a segment deleted meanwhile reads as empty)."""
+    def _table(self, k: int, first: int | None = None, why: str | None = None) -> Table:
+        """Segment ``k``'s TinyDB table: the open one for the writer's active segment, else the
+        file read once and checked in full (a segment deleted meanwhile reads as empty). A damaged
+        segment is recovered here (see ``_salvage``), so a read never fails on one."""
         first = self._firsts[k] if first is None else first
         if self._active is not None and first == self._firsts[-1]:
             return self._active
-        db = TinyDB(self._seg_dir / segment_name(first), storage=AtomicJSONStorage, readonly=True)
-        return db.table(TABLE, cache_size=0)
+        if first in self._recovered:
+            return _fixed_table({str(s): d for s, d in self._recovered[first].items()})
+        newest = k == len(self._firsts) - 1  # a reader's view of the active one: it may have grown since
+        end = self._firsts[k + 1] - 1 if not newest else self._next_seq - 1
+        path = self._seg_dir / segment_name(first)
+        try:
+            data = storage.read_json(path)
+        except StoreError as e:
+            if e.reason != "corrupt":
+                raise
+            data, problem = None, e.detail.removeprefix(f"{path} ").removeprefix("is ")
+        else:
+            problem = None
+            if data is None:
+                size = _size(path) if path.exists() else None
+                if size is None:  # removed by the writer since this view opened
+                    return _fixed_table({})
+                problem = "empty (0 bytes)" if size == 0 else "holds only whitespace"
+            elif (problem := check_segment(data, first, None if newest else end)) is None and not newest:
+                expected = end - first + 1 - self._holes.get(first, 0)
+                if len(data[TABLE]) != expected and not self._meta_problem[0]:  # holes are known
+                    problem = f"holds {len(data[TABLE])} records of the {expected} its range {first}..{end} should"
+        if problem is None:
+            return _fixed_table(data[TABLE])
+        problem = why or problem  # the open-time look says it more plainly ("truncated")
+        kept, _ = self._salvage(first, end)
+        missing = end - first + 1 - self._holes.get(first, 0) - len(kept)
+        self._holes[first] = end - first + 1 - len(kept)
+        lost = f"{missing} records of seqs {first}..{end} not recovered" if missing > 0 else ""
+        self._set_aside(first, problem, kept, lost)
+        if not self.readonly:
+            if self._opening:
+                self._holes_dirty = True
+            else:
+                self._save_meta()
+        return _fixed_table({str(s): d for s, d in kept.items()})
+
+    def _salvage(self, first: int, end: int | None) -> tuple[dict[int, dict], int]:
+        """The records still whole in a damaged segment (by seq) and the highest seq seen in it."""
+        path = self._seg_dir / segment_name(first)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raw = b""
+        except OSError as e:
+            raise StoreError(f"cannot read {path}: {e}", reason="io") from None
+        kept, _, highest = load_segment(raw, first, end)
+        return kept, highest
+
+    def _set_aside(self, first: int, problem: str, kept: dict[int, dict], lost: str) -> None:
+        """The writer moves the damaged file aside and writes what was recovered in its place (an
+        empty segment if nothing was); a reader keeps the recovered records in memory."""
+        path = self._seg_dir / segment_name(first)
+        moved = None
+        if self.readonly:
+            self._recovered[first] = kept
+        else:
+            if path.exists():
+                moved = str(keep_aside(path))
+            raw = (dump_json({TABLE: {str(s): kept[s] for s in sorted(kept)}}) if kept else EMPTY_SEGMENT)
+            try:
+                atomic_write(path, raw)
+            except OSError as e:
+                raise StoreError(f"cannot write {path}: {e}", reason="io") from e
+            self._sizes[first] = len(raw)
+        self._note_damage(Damage(str(path), problem, len(kept), lost, moved))
+
+    def _note_damage(self, damage: Damage) -> None:
+        self._damage.append(damage)
+        if self.readonly:
+            log.warning("record buffer damaged (read-only view, nothing changed): %s", damage.line())
+        else:
+            log.error("record buffer damaged: %s", damage.line())
+
+    def _write_empty(self, first: int) -> Path:
+        path = self._seg_dir / segment_name(first)
+        try:
+            atomic_write(path, EMPTY_SEGMENT)
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e}", reason="io") from e
+        return path
+
+    def _start_empty_segment(self, first: int) -> None:
+        """Make an empty active segment at ``first`` (its file exists before meta.json names it)."""
+        if self._db is not None:
+            self._db.close()
+        path = self._write_empty(first)
+        self._db = TinyDB(path, storage=AtomicJSONStorage, append_only=True)
+        self._active = self._db.table(TABLE, cache_size=0)
+        self._active_count = 0
+        self._firsts.append(first)
+        self._sizes[first] = len(EMPTY_SEGMENT)
+        self._next_seq = first
+        self._reserve()
+
+    def _reserve(self) -> None:
+        """Record the active segment's range in meta.json once its file exists and before any of its
+        records is acknowledged: if the file is later lost or emptied, seqs go on above the range
+        instead of being handed out twice. One small write per segment, not per append."""
+        first = self._firsts[-1]
+        upto = max(first + self.config.segment_records - 1, self._next_seq - 1)
+        if self._meta["reserved_from"] != first or self._meta["reserved_upto"] < self._next_seq - 1:
+            self._save_meta(reserved_from=first, reserved_upto=upto)
 
     def _with_state(self, doc: Document) -> dict:
         out = dict(doc)
@@ -429,7 +728,7 @@ class RecordStore:
             if freed >= need or self._end_of(k) > self._meta["anchored_upto"]:
                 break
             gone.append(first)
-            freed += self._end_of(k) - first + 1
+            freed += self._held(k)
         return gone, freed
 
     def _delete_segments(self, gone: list[int]) -> None:
@@ -444,18 +743,21 @@ class RecordStore:
             (self._seg_dir / segment_name(first)).unlink(missing_ok=True)
             self._sizes.pop(first, None)
             self._newest_rx.pop(first, None)
+            self._holes.pop(first, None)  # meta.json keeps the stale entry until its next write: harmless
         del self._firsts[:len(gone)]
         fsync_dir(self._seg_dir)
 
     def _save_meta(self, **changes: int) -> None:
         meta = {**self._meta, **changes}
-        raw = dump_json(meta)
+        holes = {str(f): n for f, n in sorted(self._holes.items()) if n}
+        raw = dump_json({**meta, "holes": holes} if holes else meta)
         try:
             atomic_write(self._meta_path, raw)
         except OSError as e:
             raise StoreError(f"cannot write {self._meta_path}: {e}", reason="io") from e
         self._meta = meta
         self._meta_size = len(raw)
+        self._holes_dirty = False
 
     def _note_full(self, refused: int, dropped: int) -> None:
         """Count the episode; log the first refusal and the first drop of each episode."""
@@ -483,6 +785,23 @@ class RecordStore:
             raise StoreError(f"{self.path} is open read-only", reason="readonly")
         if self._closed:
             raise StoreError(f"{self.path} is closed", reason="closed")
+
+
+class _Fixed(Storage):
+    """Records already read (and checked) from a segment file, served to a TinyDB table."""
+
+    def __init__(self, data: dict) -> None:
+        self.data = data
+
+    def read(self) -> dict:
+        return self.data
+
+    def write(self, data: dict) -> None:
+        raise StoreError("a full segment is never written through its reader", reason="readonly")
+
+
+def _fixed_table(records: dict) -> Table:
+    return TinyDB(storage=_Fixed, data={TABLE: records}).table(TABLE, cache_size=0)
 
 
 def _newest_rx(table: Table) -> float | None:

@@ -13,7 +13,7 @@ import click
 COMMAND_MODULES = {
     "run": "run", "demo": "demo", "config": "config", "device": "device", "pebble": "pebble",
     "records": "records", "status": "status", "sim": "sim", "project": "project", "applet": "project",
-    "publisher": "project", "key": "key", "proof": "proof",
+    "publisher": "project", "key": "key", "proof": "proof", "buffer": "buffer",
 }
 
 

@@ -38,32 +38,58 @@ def summary(kind: str, values: dict) -> str:
 
 @click.command()
 @click.option("--device", "imei", help="Only this IMEI (or legacy sensor id).")
-@click.option("--limit", type=int, default=20, show_default=True, help="How many records (0 = all).")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="How many records (0 = all).")
 @json_option
 @config_option
 @data_dir_option
 def records(imei, limit, as_json, config_path, data_dir) -> None:
     """List buffered records, newest first, with their state and decoded values."""
     config = get_config(config_path, data_dir)
-    if not config.records_path.exists():
+    if not config.records_path.is_dir():
         raise click.ClickException(f"no records in {config.data_dir} yet")
-    registry = Registry(config.registry_path)
     try:
-        store = RecordStore(config.records_path, readonly=True)
+        rows, damage = _read(config, imei, limit)
     except W3gateError as e:
         raise click.ClickException(str(e)) from None
-    rows = []
-    for doc in store.iter_records(device=imei, limit=limit or None):
-        device = registry.get(doc["device"])
-        rows.append({**doc, "values": decode_record(doc, device.profile if device else None)})
-    store.close()
+    except OSError as e:
+        raise click.ClickException(f"cannot read {config.records_path}: {e.strerror or e}") from None
+    for d in damage:  # on stderr: the listing stays clean for scripts
+        click.echo(f"warning: damaged buffer file {d.line()} (see `w3gate buffer check`)", err=True)
     if as_json:
         return emit_json(rows)
     if not rows:
         click.echo("no records" + (f" for device {imei}" if imei else ""))
     for r in rows:
-        click.echo(f"{r['seq']:>8} {r['state']:<9} {iso(r['rx'])} {r['device']} {r['kind']:<7} "
-                   f"{r.get('trust', ''):<16} {summary(r['kind'], r['values'])}")
+        click.echo(_line(r))
+
+
+def _line(r: dict) -> str:
+    try:
+        what = summary(r.get("kind", "?"), r["values"])
+    except (KeyError, TypeError, ValueError) as e:  # values of a record edited by hand
+        what = f"cannot show: {type(e).__name__}: {e}"
+    return (f"{r['seq']:>8} {r['state']:<9} {iso(r['rx'])} {r.get('device', '?')} {r.get('kind', '?'):<7} "
+            f"{r.get('trust', ''):<16} {what}")
+
+
+def _read(config, imei: str | None, limit: int) -> tuple[list[dict], list]:
+    """The rows to show and the damage the read-only view met (it recovers in memory, changes nothing)."""
+    registry = Registry(config.registry_path)
+    store = RecordStore(config.records_path, readonly=True)
+    try:
+        rows = []
+        for doc in store.iter_records(device=imei, limit=limit or None):
+            device = registry.get(doc["device"])
+            profile = device.profile if device else None
+            try:
+                values = decode_record(doc, profile)
+            except (KeyError, TypeError, ValueError) as e:  # a record edited by hand
+                values = {"error": f"cannot decode: {type(e).__name__}: {e}"}
+            rows.append({**doc, "values": values})
+        return rows, store.damage
+    finally:
+        store.close()
 
 
 COMMANDS = [records]
