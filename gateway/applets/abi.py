@@ -25,7 +25,7 @@ from typing import Callable, Protocol
 
 import wasm3
 
-from gateway.applets.module import ModuleError, ModuleInfo, inspect
+from gateway.applets.module import GROW_REFUSALS, ModuleError, ModuleInfo, inspect, runnable
 
 # result codes of v1 (pkg/types/wasm/enums.go)
 OK = 0
@@ -55,6 +55,17 @@ class GuestAbort(Exception):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class MemoryLimit(Exception):
+    """The guest trapped or aborted after its memory could not grow: a ``memory.grow`` of the
+    same call was refused at the cap, so a failed allocation is the likely cause."""
+
+    def __init__(self, cap_pages: int, cause: Exception) -> None:
+        what = str(cause) if isinstance(cause, GuestAbort) else f"trap: {cause}"
+        super().__init__(f"memory.grow past the cap of {cap_pages} pages ({cap_pages / 16:g} MiB) was "
+                         f"refused, then the applet failed: {what}")
+        self.cause = cause
 
 
 class Host(Protocol):
@@ -156,10 +167,16 @@ def check_module(info: ModuleInfo, *, max_memory_pages: int | None = None) -> No
 class AppletInstance:
     """One applet module instantiated in its own wasm3 runtime, the ABI linked to ``host``."""
 
-    def __init__(self, wasm: bytes, host: Host, *, stack_bytes: int = 256 * 1024,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, wasm: bytes, host: Host, *, max_pages: int | None = None,
+                 stack_bytes: int = 256 * 1024, clock: Callable[[], float] = time.time) -> None:
+        """``max_pages`` caps linear memory during execution: the module's declared maximum is
+        lowered to it, so a ``memory.grow`` past it returns -1 in the guest (``ModuleError`` if
+        the module cannot be capped, e.g. it needs more pages at start)."""
         self.info = inspect(wasm)
-        check_module(self.info)
+        check_module(self.info, max_memory_pages=max_pages)
+        wasm, watched = runnable(wasm, max_pages)
+        # the most pages this instance can ever have (wasm3 reads a missing maximum as 65536)
+        self.memory_cap = min(p for p in (self.info.memory_max_pages, max_pages, 65536) if p is not None)
         self.host = host
         self.clock = clock
         self.events = 0
@@ -174,6 +191,7 @@ class AppletInstance:
             self._module.link_function(imp.module, imp.name, HOST_FUNCTIONS[(imp.module, imp.name)], fn)
         self._alloc = self._find("alloc")
         self._handlers: dict[str, object] = {}
+        self._refusals = (lambda: self._module.get_global(GROW_REFUSALS)) if watched else (lambda: 0)
 
     # -- the embedder's side ---------------------------------------------------------------------
 
@@ -185,7 +203,8 @@ class AppletInstance:
         """Run ``handler(rid)`` on ``payload``: (the handler's i32, what it set on its rid).
 
         Raises ``KeyError`` for a handler the module does not export, ``GuestAbort`` when the
-        guest aborts or exits, ``RuntimeError`` for a trap (wasm3's message)."""
+        guest aborts or exits, ``RuntimeError`` for a trap (wasm3's message), ``MemoryLimit``
+        for either of those after a ``memory.grow`` of this call was refused."""
         fn = self._handlers.get(handler)
         if fn is None:
             if self.info.exports.get(handler) != "func":
@@ -194,8 +213,13 @@ class AppletInstance:
         rid = rid if rid is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
         resource = self._resources[rid] = _Resource(payload, meta)
         self.events += 1
+        refusals = self._refusals()
         try:
             code = fn(rid)
+        except (RuntimeError, GuestAbort) as e:
+            if self._refusals() > refusals:
+                raise MemoryLimit(self.memory_cap, e) from e
+            raise
         finally:
             del self._resources[rid]
         return _i32(code), resource.returned

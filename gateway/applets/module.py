@@ -2,10 +2,17 @@
 
 wasm3 resolves imports lazily: a module importing a function the host lacks loads fine and traps
 on first use. So deploy reads the import section and refuses unknown imports by name, and reads
-the memory section to refuse modules that could grow beyond the configured cap.
+the memory section to refuse modules that need more memory at start than the configured cap.
+
+pywasm3 exposes no memory limit, but wasm3 enforces a module's declared memory maximum at
+``memory.grow`` (the grow returns -1, as WebAssembly specifies). So ``cap_memory`` rewrites that
+maximum to the host's cap before the module is loaded: the cap holds during execution. And
+``watch_memory_grow`` counts the refused grows, so the host can name the memory limit when an
+event fails because an allocation could not be met.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -84,6 +91,53 @@ class _Reader:
         return low, (self.u32() if flags & 1 else None)
 
 
+def _leb_u32(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, value = value & 0x7F, value >> 7
+        out.append(b | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def cap_memory(data: bytes, max_pages: int) -> bytes:
+    """The module with its memory's maximum lowered to ``max_pages`` (set, if it declares none).
+
+    wasm3 then refuses any ``memory.grow`` past the cap, so no guest can exceed it mid-event.
+    Refused with the reason: an imported memory (the host could not cap it), shared or 64-bit
+    memories, more than one memory, a module needing more than ``max_pages`` at start, and an
+    effective maximum of 0 pages (wasm3 reads 0 as "no maximum")."""
+    if max_pages < 1:
+        raise ModuleError(f"a memory cap of {max_pages} pages cannot be enforced (wasm3 reads 0 as no maximum)")
+    if any(i.kind == "memory" for i in inspect(data).imports):
+        raise ModuleError("imports its memory: only a memory the module defines can be capped")
+    r = _Reader(data, 8)
+    while r.pos < len(data):
+        start = r.pos
+        section, size = r.byte(), r.u32()
+        end = r.pos + size
+        s = _Reader(data, r.pos, end)
+        if section == 5:
+            count = s.u32()
+            if count > 1:
+                raise ModuleError(f"declares {count} memories; WebAssembly 1.0 allows one")
+            if count == 0:
+                return data
+            flags = data[s.pos]
+            if flags not in (0, 1):
+                raise ModuleError(f"memory flags {flags:#x} (shared or 64-bit memory) are not supported")
+            low, high = s.limits()
+            if low > max_pages:
+                raise ModuleError(f"needs {low} memory pages at start, the limit is {max_pages}")
+            high = max_pages if high is None else min(high, max_pages)
+            if high == 0:
+                raise ModuleError("declares a memory maximum of 0 pages, which wasm3 reads as no maximum")
+            body = _leb_u32(1) + b"\x01" + _leb_u32(low) + _leb_u32(high) + data[s.pos:end]  # 1: has a max
+            return data[:start] + b"\x05" + _leb_u32(len(body)) + body + data[end:]
+        r.pos = end
+    return data  # no memory of its own: nothing can grow
+
+
 def inspect(data: bytes) -> ModuleInfo:
     """Parse the type, import, memory and export sections (the rest is wasm3's business)."""
     if data[:4] != b"\0asm" or data[4:8] != b"\x01\0\0\0":
@@ -135,3 +189,151 @@ def inspect(data: bytes) -> ModuleInfo:
                 exports[name] = kinds.get(kind, "?")
         r.pos = end
     return ModuleInfo(hashlib.sha256(data).hexdigest(), len(data), imports, exports, mem_min, mem_max)
+
+
+GROW_REFUSALS = "w3gate_grow_refusals"  # the exported i32 global ``watch_memory_grow`` adds
+
+# opcodes by immediates, as far as wasm3 runs them (MVP, sign extension, saturating conversions,
+# bulk memory, multi-value, typed select, reference instructions, tail calls)
+_NO_IMMEDIATE = {0x00, 0x01, 0x05, 0x0B, 0x0F, 0x1A, 0x1B, 0xD1, *range(0x45, 0xC5)}
+_ONE_LEB = {0x02, 0x03, 0x04, 0x0C, 0x0D, 0x10, 0x12, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26,
+            0x3F, 0x41, 0x42, 0xD0, 0xD2}
+_TWO_LEBS = {0x11, 0x13, *range(0x28, 0x3F)}
+
+
+class _Undecodable(Exception):
+    pass
+
+
+def _skip_leb(data: bytes, pos: int, end: int) -> int:
+    while pos < end and data[pos] & 0x80:
+        pos += 1
+    if pos >= end:
+        raise _Undecodable("truncated immediate")
+    return pos + 1
+
+
+def _rewrite_body(data: bytes, pos: int, end: int, call: bytes) -> bytes:
+    """One function body (locals and code) with every ``memory.grow`` replaced by ``call``."""
+    r = _Reader(data, pos, end)
+    for _ in range(r.u32()):  # local declarations: (count, type)
+        r.u32()
+        r.byte()
+    out, last, pos = bytearray(), pos, r.pos
+    while pos < end:
+        op = data[pos]
+        pos += 1
+        if op == 0x40:  # memory.grow <memory index>
+            out += data[last:pos - 1] + call
+            pos = last = _skip_leb(data, pos, end)
+        elif op in _NO_IMMEDIATE:
+            pass
+        elif op in _ONE_LEB:
+            pos = _skip_leb(data, pos, end)
+        elif op in _TWO_LEBS:
+            pos = _skip_leb(data, _skip_leb(data, pos, end), end)
+        elif op in (0x0E, 0x1C):  # br_table: labels and a default; select: value types
+            r.pos = pos
+            n = r.u32()
+            pos = r.pos
+            for _ in range(n + 1 if op == 0x0E else n):
+                pos = _skip_leb(data, pos, end)
+        elif op in (0x43, 0x44):  # f32.const, f64.const
+            pos += 4 if op == 0x43 else 8
+        elif op == 0xFC:
+            r.pos = pos
+            sub = r.u32()
+            pos = r.pos
+            if sub in (8, 10, 12, 14):  # memory.init, memory.copy, table.init, table.copy
+                pos = _skip_leb(data, _skip_leb(data, pos, end), end)
+            elif sub in (9, 11, 13, 15, 16, 17):  # data.drop, memory.fill, elem.drop, table.*
+                pos = _skip_leb(data, pos, end)
+            elif sub > 7:  # 0-7: saturating conversions, no immediate
+                raise _Undecodable(f"instruction 0xfc {sub}")
+        else:
+            raise _Undecodable(f"opcode {op:#x}")
+    if pos != end:
+        raise _Undecodable("a function body ends mid-instruction")
+    return bytes(out + data[last:end])
+
+
+def _vec(items: list[bytes]) -> bytes:
+    return _leb_u32(len(items)) + b"".join(items)
+
+
+def _entries(body: bytes) -> tuple[int, bytes]:
+    """A vector section's count and the bytes of its entries."""
+    r = _Reader(body)
+    count = r.u32()
+    return count, body[r.pos:]
+
+
+def watch_memory_grow(data: bytes) -> bytes | None:
+    """The module with every ``memory.grow`` routed through an added function that counts refused
+    grows in an exported i32 global, ``GROW_REFUSALS``: so the host can tell an event that failed
+    after its memory hit the cap from any other failure. Nothing is renumbered (the function and
+    the global are appended), and a grow behaves as before. None when the code uses an
+    instruction this reader does not know (wasm3 may still run it, without the count)."""
+    sections: list[tuple[int, bytes]] = []
+    r = _Reader(data, 8)
+    while r.pos < len(data):
+        section, size = r.byte(), r.u32()
+        sections.append((section, data[r.pos:r.pos + size]))
+        r.pos += size
+    ids = [s for s, _ in sections]
+    if 10 not in ids or 3 not in ids or 1 not in ids:
+        return None  # no code: nothing grows
+    info = inspect(data)
+    if GROW_REFUSALS in info.exports:
+        return None
+    body = {s: b for s, b in sections if s != 0}
+    imported_funcs = sum(i.kind == "func" for i in info.imports)
+    imported_globals = sum(i.kind == "global" for i in info.imports)
+    n_types, types = _entries(body[1])
+    n_funcs, funcs = _entries(body[3])
+    n_globals, globals_ = _entries(body.get(6, b"\0"))
+    n_exports, exports = _entries(body.get(7, b"\0"))
+    wrapper = _leb_u32(imported_funcs + n_funcs)
+    counter = _leb_u32(imported_globals + n_globals)
+    code = body[10]
+    cr = _Reader(code)
+    bodies = []
+    try:
+        for _ in range(cr.u32()):
+            size = cr.u32()
+            bodies.append(_rewrite_body(code, cr.pos, cr.pos + size, b"\x10" + wrapper))
+            cr.pos += size
+    except (_Undecodable, ModuleError, IndexError):
+        return None
+    # (param i32) (result i32) (local i32): grow; if it returned -1, count it; return its result
+    grow = (b"\x01\x01\x7f" + b"\x20\x00\x40\x00\x22\x01\x41\x7f\x46\x04\x40"
+            + b"\x23" + counter + b"\x41\x01\x6a\x24" + counter + b"\x0b\x20\x01\x0b")
+    new = {
+        1: _leb_u32(n_types + 1) + types + b"\x60\x01\x7f\x01\x7f",
+        3: _leb_u32(n_funcs + 1) + funcs + _leb_u32(n_types),
+        6: _leb_u32(n_globals + 1) + globals_ + b"\x7f\x01\x41\x00\x0b",  # (mut i32) (i32.const 0)
+        7: (_leb_u32(n_exports + 1) + exports + _leb_u32(len(GROW_REFUSALS)) + GROW_REFUSALS.encode()
+            + b"\x03" + counter),
+        10: _vec([_leb_u32(len(b)) + b for b in bodies + [grow]]),
+    }
+    order = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 10, 11]  # the binary format's order (custom: anywhere)
+    for added in (6, 7):  # a module without globals or exports gets the section, in its place
+        if added not in ids:
+            at = next(i for i, s in enumerate(ids) if s and order.index(s) > order.index(added))
+            sections.insert(at, (added, b""))
+            ids.insert(at, added)
+    out = bytearray(data[:8])
+    for section, payload in sections:
+        payload = new.get(section, payload)
+        out += bytes([section]) + _leb_u32(len(payload)) + payload
+    return bytes(out)
+
+
+@functools.lru_cache(maxsize=32)
+def runnable(data: bytes, max_pages: int | None) -> tuple[bytes, bool]:
+    """The module as the host loads it: memory capped at ``max_pages`` (when given) and its
+    ``memory.grow`` refusals counted (the bool: whether they are). Cached: instances of the same
+    module are rebuilt often (recycling, traps)."""
+    capped = data if max_pages is None else cap_memory(data, max_pages)
+    watched = watch_memory_grow(capped)
+    return (capped, False) if watched is None else (watched, True)

@@ -1,11 +1,11 @@
 """The gateway's side of applet workers: one supervised worker process per project.
 
 Events go to the worker in batches (one pipe round trip for many events). When a worker dies in
-the middle of a batch (an event overran its time limit, hit the memory cap, or crashed wasm3),
-nothing of that batch was committed; its events are run again one by one in a fresh worker, so
-the culprit is named in its own result and every other event still runs. Chain calls an applet
-made are remembered per event and call number, so running an event again never sends a
-transaction twice.
+the middle of a batch (an event overran its time limit, or crashed wasm3; the memory cap does not
+kill it), nothing of that batch was committed; its events are run again one by one in a fresh
+worker, so the culprit is named in its own result and every other event still runs. Chain calls
+an applet made are remembered per event and call number, so running an event again never sends
+a transaction twice.
 """
 from __future__ import annotations
 

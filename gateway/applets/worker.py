@@ -4,9 +4,13 @@ the gateway.
 Why a process: a running wasm3 call holds the GIL and has no memory cap, so a spinning applet
 would freeze the node and a growing one could take all memory. Here each event runs under a
 real-time interval timer whose signal has no Python handler: the kernel ends the process when the
-event overruns its limit, whatever wasm3 is doing. ``RLIMIT_AS`` caps the address space, and an
-instance whose memory passes the page limit, or that served ``recycle_events`` events (the
-AssemblyScript SDK leaks), is rebuilt before the next event.
+event overruns its limit, whatever wasm3 is doing. Memory is capped while the guest runs: each
+module is loaded with its memory maximum lowered to ``--max-pages`` (``module.cap_memory``), so a
+``memory.grow`` past it returns -1 inside the guest. A guest that copes with the -1 gets its own
+result; one that then traps or aborts in the same event gets code -1 and an error starting
+``memory limit:`` (``abi.MemoryLimit``), as an overrun gets ``time limit:``. ``RLIMIT_AS`` stays
+as a backstop for the host's own allocations. An instance that served ``recycle_events`` events
+(the AssemblyScript SDK leaks) is rebuilt before the next event.
 
 Protocol on stdin/stdout: frames of a u32be length and a JSON object.
     parent → worker  {"op": "project", "state": path, "schema": [...], "env": {...}}
@@ -34,7 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.applets.abi import AppletInstance, EventMeta, GuestAbort, HostError
+from gateway.applets.abi import AppletInstance, EventMeta, GuestAbort, HostError, MemoryLimit
+from gateway.applets.module import ModuleError
 from gateway.applets.state import ProjectState
 
 
@@ -162,11 +167,11 @@ class Worker:
 
     def _instance(self, sha: str) -> AppletInstance:
         inst = self._instances.get(sha)
-        if inst is not None and (inst.events >= self.recycle_events or inst.memory_pages > self.max_pages):
-            inst = None  # leaks and growth end here; state lives in the project, not the instance
+        if inst is not None and inst.events >= self.recycle_events:
+            inst = None  # leaks end here; state lives in the project, not the instance
         if inst is None:
             wasm = (self.modules_dir / f"{sha}.wasm").read_bytes()
-            inst = self._instances[sha] = AppletInstance(wasm, self._host_proxy())
+            inst = self._instances[sha] = AppletInstance(wasm, self._host_proxy(), max_pages=self.max_pages)
         return inst
 
     def _host_proxy(self):
@@ -202,19 +207,19 @@ class Worker:
                 code, returned = inst.call(event["handler"], base64.b64decode(event["payload"]), meta)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            if inst.memory_pages > self.max_pages:
-                error = (f"memory limit: the instance grew to {inst.memory_pages} pages "
-                         f"(limit {self.max_pages}); it is rebuilt for the next event")
         except KeyError:
             error = f"the applet exports no handler {event['handler']!r}"
             code = 1  # UnexportedHandler
+        except MemoryLimit as e:  # a trap or abort after memory.grow was refused at the cap
+            error = f"memory limit: {e}"
+            self._instances.pop(event["module"], None)
         except GuestAbort as e:
             error = str(e)
             self._instances.pop(event["module"], None)
         except (RuntimeError, MemoryError) as e:  # a wasm3 trap, or allocation refused by RLIMIT_AS
             error = f"trap: {e}"
             self._instances.pop(event["module"], None)  # its memory and stack may be inconsistent
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, ModuleError) as e:
             error = f"the applet could not be loaded: {e}"
         self.state.end_event(keep=error is None)
         if host.logs or error is not None:

@@ -1,13 +1,16 @@
 """The W3bstream v1 host ABI on wasm3, one host function at a time (module in-process)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import subprocess
 
 import pytest
 
 from gateway.applets.abi import (ENV_KEY_NOT_FOUND, FAILED, RESOURCE_NOT_FOUND, TRANS_DATA_TO_VM_FAILED,
-                                 AppletInstance, EventMeta, HostError, check_module)
-from gateway.applets.module import ModuleError, inspect
+                                 AppletInstance, EventMeta, HostError, MemoryLimit, check_module)
+from gateway.applets.module import ModuleError, cap_memory, inspect
 from tests.support.wat import assemble
 
 
@@ -147,3 +150,69 @@ def test_the_wasi_functions_tinygo_applets_import(tmp_path):
     assert applet.call("bad_fd", b"")[0] == 8  # EBADF: there are no files
     with pytest.raises(GuestAbort, match=r"proc_exit\(3\)"):
         applet.call("exit", b"")
+
+
+# --- the memory cap holds while the guest runs --------------------------------------------------
+
+def _wat(source: str, tmp_path) -> bytes:
+    """A module from WAT text, assembled by wabt's wat2wasm."""
+    name = hashlib.sha256(source.encode()).hexdigest()[:12]
+    (tmp_path / f"{name}.wat").write_text(source)
+    subprocess.run([shutil.which("wat2wasm") or "wat2wasm", str(tmp_path / f"{name}.wat"), "-o",
+                    str(tmp_path / f"{name}.wasm")], check=True)
+    return (tmp_path / f"{name}.wasm").read_bytes()
+
+
+def _grower(tmp_path, memory: str = "1") -> bytes:
+    """A module whose memory is declared ``(memory <memory>)`` and handlers that grow it."""
+    return _wat(f"""(module
+      (memory (export "memory") {memory})
+      ;; grow a page at a time until refused: the page count reached
+      (func (export "grow_all") (param $rid i32) (result i32)
+        (loop $l (br_if $l (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
+        (memory.size))
+      ;; one grow of 1000 pages: its result, -1 when refused
+      (func (export "grow_huge") (param $rid i32) (result i32) (memory.grow (i32.const 1000)))
+      ;; an allocator that traps when memory cannot grow, as AssemblyScript's does
+      (func (export "alloc_or_trap") (param $rid i32) (result i32)
+        (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))
+        (memory.size))
+      (func (export "div_zero") (param $rid i32) (result i32) (i32.div_u (i32.const 1) (i32.const 0))))""",
+                tmp_path)
+
+
+@pytest.mark.parametrize("declared, max_pages, reached", [
+    ("1", 8, 8),  # no maximum declared: the cap becomes it
+    ("1 64", 8, 8),  # a larger maximum is lowered to the cap
+    ("1 65536", 300, 300),  # a cap past 127 pages (two LEB128 bytes)
+    ("1 4", 8, 4),  # a smaller maximum is the module's own, and kept
+])
+def test_memory_never_grows_past_the_cap_or_the_declared_maximum(tmp_path, declared, max_pages, reached):
+    applet = AppletInstance(_grower(tmp_path, declared), DictHost(), max_pages=max_pages)
+    assert applet.call("grow_all", b"") == (reached, None)  # memory.grow returned -1 at the limit
+    assert applet.call("grow_huge", b"") == (-1, None)  # the guest sees the refusal and carries on
+    assert applet.memory_pages == reached == applet.memory_cap
+
+
+def test_a_trap_after_a_refused_grow_is_a_memory_limit_failure(tmp_path):
+    applet = AppletInstance(_grower(tmp_path), DictHost(), max_pages=128)
+    assert applet.call("alloc_or_trap", b"") == (101, None)  # room for 100 more pages: no failure
+    with pytest.raises(MemoryLimit, match=r"memory.grow past the cap of 128 pages \(8 MiB\) was refused, "
+                                          r"then the applet failed: trap: \[trap\] unreachable executed"):
+        applet.call("alloc_or_trap", b"")
+
+
+def test_a_trap_unrelated_to_memory_is_a_plain_trap_even_after_a_refused_grow(tmp_path):
+    applet = AppletInstance(_grower(tmp_path), DictHost(), max_pages=8)
+    assert applet.call("grow_huge", b"") == (-1, None)  # refused in an earlier event, which coped
+    with pytest.raises(RuntimeError, match="divide by zero") as trapped:
+        applet.call("div_zero", b"")
+    assert not isinstance(trapped.value, MemoryLimit)
+
+
+def test_a_module_that_cannot_fit_under_the_cap_is_refused(tmp_path):
+    with pytest.raises(ModuleError, match="needs 16 memory pages at start, the limit is 8"):
+        AppletInstance(_grower(tmp_path, "16"), DictHost(), max_pages=8)
+    imported = _wat('(module (import "env" "memory" (memory 1)) (export "memory" (memory 0)))', tmp_path)
+    with pytest.raises(ModuleError, match="imports its memory"):
+        cap_memory(imported, 8)

@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 from gateway.applets.abi import ENV_KEY_NOT_FOUND, NO_DB_CONTEXT, RESOURCE_NOT_FOUND, AppletInstance, EventMeta, HostError
+from gateway.applets.module import inspect
 from gateway.applets.pool import AppletEvent, Limits, ProjectWorker
 from gateway.applets.state import ProjectState
 
@@ -157,8 +158,8 @@ def test_hostile_handlers_are_contained_while_the_others_keep_running(built_appl
     wasm = (built_applets / "hostile.wasm").read_bytes()
     sha = hashlib.sha256(wasm).hexdigest()
     (tmp_path / f"{sha}.wasm").write_bytes(wasm)
-    handlers = ["well_behaved", "spin", "well_behaved", "memory_bomb", "well_behaved", "deep_recursion",
-                "trap", "div_zero", "well_behaved"]
+    handlers = ["well_behaved", "spin", "well_behaved", "memory_bomb", "well_behaved", "alloc_bomb", "well_behaved",
+                "deep_recursion", "trap", "div_zero", "well_behaved"]
 
     async def go():
         worker = ProjectWorker("hostile", modules_dir=tmp_path, state_path=tmp_path / "state.sqlite",
@@ -169,9 +170,20 @@ def test_hostile_handlers_are_contained_while_the_others_keep_running(built_appl
         finally:
             await worker.close()
     results = asyncio.run(go())
-    by = dict(zip(range(len(handlers)), results))
-    assert [by[i].code for i in (0, 2, 4, 8)] == [0, 0, 0, 0]
-    assert "time limit" in by[1].error
-    assert by[3].error and ("memory limit" in by[3].error or "time limit" in by[3].error)
-    assert "stack overflow" in by[5].error
-    assert "unreachable" in by[6].error and "divide by zero" in by[7].error
+    outcome = {h + str(i): (r.code, r.error) for i, (h, r) in enumerate(zip(handlers, results))}
+    for name in ("well_behaved0", "well_behaved2", "well_behaved4", "well_behaved6", "well_behaved10"):
+        assert outcome[name] == (0, None), name  # nothing before them harmed them
+    code, error = outcome["spin1"]
+    assert code == -1 and "time limit: the event ran longer than 0.5 s and was stopped" in error
+    # memory_bomb grows 16 pages at a time from its 1 page: memory.grow returned -1 at the
+    # 256-page cap (241 + 16 > 256), the guest saw it and returned the pages it added
+    start_pages = inspect(wasm).memory_min_pages
+    added, error = outcome["memory_bomb3"]
+    assert error is None and 256 - 16 < start_pages + added <= 256
+    # alloc_bomb leaves the failure to AssemblyScript's allocator, which traps when it cannot grow
+    code, error = outcome["alloc_bomb5"]
+    assert code == -1 and error.startswith("memory limit: memory.grow past the cap of 256 pages (16 MiB) "
+                                           "was refused, then the applet failed: trap:")
+    assert outcome["deep_recursion7"] == (-1, "trap: [trap] stack overflow")
+    assert outcome["trap8"] == (-1, "trap: [trap] unreachable executed")
+    assert outcome["div_zero9"] == (-1, "trap: [trap] integer divide by zero")

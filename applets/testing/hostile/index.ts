@@ -45,6 +45,18 @@ export function memory_bomb(rid: i32): i32 {
   return added;
 }
 
+// Allocates 1 MiB buffers through the AssemblyScript runtime and keeps them, so
+// the allocator must grow memory until memory.grow fails; the runtime then traps
+// (unreachable) on its own. Never returns normally.
+export function alloc_bomb(rid: i32): i32 {
+  const kept = new Array<ArrayBuffer>();
+  while (true) {
+    kept.push(new ArrayBuffer(1 << 20));
+    sink += kept.length + rid;
+  }
+  return kept.length; // unreachable
+}
+
 // Recursion without a base case: ends in a stack-overflow trap.
 function dive(n: i32): i32 {
   sink += n;
