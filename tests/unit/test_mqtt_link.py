@@ -70,3 +70,47 @@ def test_reading_paused_mid_burst_resumes_with_what_was_already_buffered(mosquit
     messages = _messages()
     got = asyncio.run(_receive(mosquitto.port, messages, pause_at=1000))
     assert [(m.topic, m.payload) for m in got] == messages
+
+
+def test_a_handler_that_raises_costs_that_message_only_and_it_is_never_handled_again(mosquitto):
+    # paho, left alone, parses a packet whose handler raised again on the next read, forever
+    async def go() -> tuple[list[bytes], int]:
+        calls: list[bytes] = []
+        config = MqttConfig(host="127.0.0.1", port=mosquitto.port, client_id="test-raising", username="",
+                            password="", keepalive=30, reconnect_min_s=0.1, reconnect_max_s=1.0)
+
+        def on_message(msg: Inbound) -> None:
+            calls.append(msg.payload)
+            if msg.payload == b"poison":
+                raise OverflowError("cannot convert float infinity to integer")
+            link.ack(msg.mid, msg.qos)
+
+        link = MqttLink(config, ["device/+/data"], on_message)
+        stop = asyncio.Event()
+        task = asyncio.create_task(link.run(stop))
+        assert await link.wait_connected(10)
+        await asyncio.sleep(0.2)
+        messages = [("device/1/data", b"before"), ("device/1/data", b"poison"), ("device/1/data", b"after")]
+        await asyncio.get_running_loop().run_in_executor(None, _publish, mosquitto.port, messages)
+        for _ in range(100):
+            if b"after" in calls:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # time for a loop, if there were one
+        stop.set()
+        link.close()
+        await task
+        errors = link.handler_errors
+        # the same session again: the poison was acknowledged, so the broker has nothing to resend
+        link = MqttLink(config, ["device/+/data"], lambda msg: calls.append(b"again: " + msg.payload))
+        stop = asyncio.Event()
+        task = asyncio.create_task(link.run(stop))
+        assert await link.wait_connected(10)
+        await asyncio.sleep(0.5)
+        stop.set()
+        link.close()
+        await task
+        return calls, errors
+
+    calls, errors = asyncio.run(go())
+    assert calls == [b"before", b"poison", b"after"] and errors == 1
