@@ -129,6 +129,7 @@ class RecordStore:
         self._damaged_active = False
         self._damage: list[Damage] = []
         self._recovered: dict[int, dict[int, dict]] = {}  # a reader's salvaged segments, by first seq
+        self._checked: set[int] = set()      # full segments already checked in full (they never change)
         self._opening = True
         self._meta_size = 0
         self._firsts: list[int] = []         # first seq of each segment, oldest first
@@ -621,11 +622,15 @@ class RecordStore:
                 if size is None:  # removed by the writer since this view opened
                     return _fixed_table({})
                 problem = "empty (0 bytes)" if size == 0 else "holds only whitespace"
+            elif first in self._checked and isinstance(data.get(TABLE), dict):
+                return _fixed_table(data[TABLE])
             elif (problem := check_segment(data, first, None if newest else end)) is None and not newest:
                 expected = end - first + 1 - self._holes.get(first, 0)
                 if len(data[TABLE]) != expected and not self._meta_problem[0]:  # holes are known
                     problem = f"holds {len(data[TABLE])} records of the {expected} its range {first}..{end} should"
         if problem is None:
+            if not newest:
+                self._checked.add(first)
             return _fixed_table(data[TABLE])
         problem = why or problem  # the open-time look says it more plainly ("truncated")
         kept, _ = self._salvage(first, end)
