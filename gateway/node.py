@@ -125,6 +125,9 @@ class Node:
             tasks["ble"] = self.ble.run
         running = {name: asyncio.create_task(supervise(name, lambda run=run: run(stop), stop, self.health))
                    for name, run in tasks.items()}
+        if self.store.damage:
+            log.warning("record buffer: %d damaged file(s) set aside and recovered; see `w3gate buffer check`",
+                        len(self.store.damage))
         log.info("w3gate running: %d devices registered, %d records buffered, broker %s:%d",
                  len(self.registry), self._buffer_stats.get("records", 0),
                  self.config.mqtt.host, self.config.mqtt.port)
@@ -519,6 +522,11 @@ class Node:
         """``{component: reason}`` for everything not working now; status never claims health
         while messages wait and none has been handled for a while."""
         out = {name: p["reason"] for name, p in self.health.snapshot().items()}
+        damage = self._buffer_stats.get("damage")
+        if damage:
+            first = damage[0]
+            out["buffer"] = (f"{len(damage)} damaged file(s) set aside, see `w3gate buffer check`: "
+                             f"{first['file']}: {first['reason']}")
         if not self.link.connected:
             out["mqtt"] = f"not connected to {self.config.mqtt.host}:{self.config.mqtt.port}"
         waiting = self.checker.backlog + self.committer.backlog

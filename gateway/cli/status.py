@@ -28,6 +28,9 @@ def _alive(pid: int | None) -> bool:
 def status(as_json, config_path, data_dir) -> None:
     """Show accepted and rejected counts (by reason), buffer size and latency."""
     config = get_config(config_path, data_dir)
+    if not config.data_dir.is_dir():
+        raise click.ClickException(f"no gateway data in {config.data_dir} (`w3gate run` makes it; "
+                                   f"is --data-dir or W3GATE_DATA_DIR right?)")
     info = read_status(config.status_path) or {}
     alive = _alive(info.get("pid"))
     age = time.time() - info.get("time", 0)
@@ -60,6 +63,9 @@ def status(as_json, config_path, data_dir) -> None:
     click.echo(f"buffer     {buf.get('records', 0)} records in {buf.get('segments', 0)} segments, "
                f"{buf.get('bytes', 0) / 1e6:.1f} MB; refused {buf.get('refused_total', 0)}, "
                f"dropped {buf.get('dropped_total', 0)}, expired {buf.get('expired_total', 0)}")
+    for d in buf.get("damage") or []:
+        click.echo(f"damaged    {d['file']}: {d['reason']}; {d['recovered']} records recovered"
+                   + (f", the file kept as {d['moved_to']}" if d.get("moved_to") else ""))
     for label, key in (("verified", "latency_receive_to_verified"), ("durable", "latency_receive_to_durable")):
         lat = info.get(key) or {}
         if lat:

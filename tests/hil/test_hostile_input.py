@@ -86,3 +86,26 @@ def test_a_corrupt_device_registry_is_reported_while_ingest_goes_on_and_recovers
     cli("device", "remove", imei, data_dir=gateway.data_dir)
     gateway.wait_for(lambda s: s.get("devices") == 5, what="the removal taking effect")  # housekeeping still runs
     assert "Traceback" not in gateway.log_text()
+
+
+def test_a_segment_emptied_by_a_power_cut_is_set_aside_and_seqs_are_never_reused(gateway, mosquitto, fleet):
+    first = sim(mosquitto, fleet, "--messages", "2", "--time-scale", "600", "--qos", "1")["published"]["data"]
+    gateway.wait_for(lambda s: s.get("accepted", {}).get("data", 0) == first, what="the first readings")
+    issued = max(r["seq"] for r in cli_json("records", "--limit", "0", data_dir=gateway.data_dir))
+    assert gateway.stop() == 0
+    (active,) = sorted((gateway.data_dir / "records" / "segments").glob("seg-*.json"))[-1:]
+    active.write_bytes(b"")  # what a power cut can leave of a file on an SD card
+
+    gateway.start()
+    status = gateway.wait_for(lambda s: "buffer" in s.get("degraded", {}), what="the damage reported")
+    assert active.name in status["degraded"]["buffer"]
+    shown = cli("status", data_dir=gateway.data_dir).stdout
+    assert "damaged" in shown and active.name in shown
+    assert list(active.parent.glob(active.name + ".damaged-*"))  # set aside, never deleted
+
+    second = sim(mosquitto, fleet, "--messages", "2", "--time-scale", "600", "--qos", "1")["published"]["data"]
+    gateway.wait_for(lambda s: s.get("accepted", {}).get("data", 0) == first + second, what="readings after it")
+    records = cli("records", "--limit", "0", "--json", data_dir=gateway.data_dir)
+    new = [r for r in json.loads(records.stdout) if r["seq"] > issued]
+    assert len(new) == second  # every new reading has a seq never issued before
+    assert "Traceback" not in gateway.log_text() + records.stderr
