@@ -323,6 +323,48 @@ def run_project(data: bytes) -> object:
     return parse_project_file(path)
 
 
+# -- the record buffer's files, as a power cut or a failing SD card leaves them ----------------------
+
+def _record(seq: int, rx: str) -> str:
+    return (f'"{seq}":{{"seq":{seq},"rx":{rx},"device":"{IMEI}","kind":"data","wire":"protobuf",'
+            f'"ts":{NOW},"digest":"{seq:064x}","payload":"CAA="}}')
+
+
+@st.composite
+def segment_file(draw) -> bytes:
+    """Segment text: a valid TinyDB segment of records 1..n, then damaged the ways disks damage."""
+    n = draw(st.integers(0, 6))
+    rx = st.one_of(st.just(str(NOW)), JSON_NUMBER_TEXT)
+    text = '{"records":{' + ",".join(_record(seq, draw(rx)) for seq in range(1, n + 1)) + "}}"
+    raw = text.encode()
+    cut = draw(st.integers(0, len(raw)))
+    return draw(st.one_of(
+        st.just(raw), st.just(raw[:cut]), st.just(raw[:cut] + b"\x00" * draw(st.integers(1, 64))),
+        st.just(raw[:cut] + draw(st.binary(max_size=16)) + raw[cut:]),
+        st.just(raw.replace(b'"seq":1,', b'"seq":7,', 1)), st.just(raw.replace(b'"records"', b'"_default"'))))
+
+
+def run_segment(data: bytes) -> object:
+    """Open the store over a damaged active segment and read everything back."""
+    from gateway.buffer.store import RecordStore
+
+    root = Path(tempfile.mkdtemp(dir=_workdir))
+    try:
+        (root / "segments").mkdir()
+        (root / "segments" / "seg-000000000001.json").write_bytes(data)
+        store = RecordStore(root)
+        try:
+            held = list(store.iter_records())
+            store.append([{"rx": NOW, "device": IMEI, "kind": "data", "digest": "00", "payload": ""}])
+            seqs = [doc["seq"] for doc in store.iter_records()]
+            assert len(seqs) == len(set(seqs)) == len(held) + 1, "a seq was handed out twice"
+            return store.damage
+        finally:
+            store.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # -- the node's message handler, end to end ---------------------------------------------------------
 
 NODE_TOPICS = [f"device/{IMEI}/data", f"device/nrf-{G1_IMEI}/data", f"device/{IMEI}/confirm",
@@ -410,6 +452,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("legacy_frames", run_legacy, legacy_stream()),
     Target("config_file", run_config, config_toml()),
     Target("project_file", run_project, project_toml()),
+    Target("buffer_segment", run_segment, segment_file()),
     Target("node_handler", run_node, node_input),
 )}
 
