@@ -1,16 +1,20 @@
 """Configuration: embedded defaults, then a TOML file, then ``W3GATE_*`` environment variables.
 
 Environment names are ``W3GATE_<SECTION>_<KEY>`` (``W3GATE_MQTT_PORT=1884``) or ``W3GATE_<KEY>``
-for top-level keys (``W3GATE_DATA_DIR``); values are converted to the default's type.
+for top-level keys (``W3GATE_DATA_DIR``). Every value is checked against ``SETTINGS`` (type and
+range) as it is loaded, so a bad value stops the start with one line naming the key and where it
+came from, instead of killing a task later (docs/configuration.md).
 """
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 from gateway.errors import ConfigError
 
@@ -87,6 +91,134 @@ burst = 100                         # ... with bursts this large; the excess is 
 [log]
 level = "info"
 """
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+FULL_POLICIES = ("refuse", "drop-anchored")
+NETWORK_PRESETS = ("iotex-mainnet", "iotex-testnet")  # gateway/chain/sender.py NETWORKS
+MAX_U16 = 65535
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What one key accepts: its type, an inclusive range, a set of values, or a further rule."""
+
+    kind: type  # bool, int, float, str or list (of strings)
+    lo: float | None = None
+    hi: float | None = None
+    above: float | None = None  # exclusive lower bound (durations: > 0)
+    choices: tuple[str, ...] = ()
+    nonempty: bool = False
+    casefold: bool = False  # "INFO" is "info"
+    rule: Callable[[Any], bool] | None = None
+    rule_text: str = ""
+
+    def describe(self) -> str:
+        """The rule in words, for the error line."""
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.rule_text:
+            return self.rule_text
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                list: "a list of strings"}[self.kind]
+        if self.above is not None:
+            kind += f" above {_num(self.above)}"
+        if self.lo is not None and self.hi is not None:
+            kind += f" from {_num(self.lo)} to {_num(self.hi)}"
+        elif self.lo is not None:
+            kind += f" of at least {_num(self.lo)}"
+        if self.nonempty:
+            kind = "a non-empty " + kind.removeprefix("a ")
+        return kind
+
+    def valid(self, value: Any) -> bool:
+        if self.lo is not None and value < self.lo or self.hi is not None and value > self.hi:
+            return False
+        if self.above is not None and value <= self.above:
+            return False
+        if self.choices and value not in self.choices:
+            return False
+        if self.nonempty and not (value.strip() if isinstance(value, str) else value):
+            return False
+        return self.rule is None or self.rule(value)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _positive() -> Setting:
+    """A duration or a rate: a finite number above 0."""
+    return Setting(float, above=0)
+
+
+def _count(lo: int = 1, hi: int | None = None) -> Setting:
+    return Setting(int, lo=lo, hi=hi)
+
+
+def _network(value: str) -> bool:
+    return value in NETWORK_PRESETS or value.startswith(("http://", "https://")) and len(value) > 8
+
+
+def _address_or_empty(value: str) -> bool:
+    return value == "" or re.fullmatch(r"0x[0-9a-fA-F]{40}", value) is not None
+
+
+# Every key of DEFAULTS_TOML, "section.key" (a test checks they match).
+SETTINGS: dict[str, Setting] = {
+    "data_dir": Setting(str, nonempty=True),
+    "mqtt.host": Setting(str, nonempty=True),
+    "mqtt.port": _count(1, MAX_U16),
+    "mqtt.client_id": Setting(str, nonempty=True),
+    "mqtt.username": Setting(str),
+    "mqtt.password": Setting(str),
+    "mqtt.keepalive": _count(1, MAX_U16),  # seconds; MQTT carries it in 16 bits
+    "mqtt.reconnect_min_s": _positive(),
+    "mqtt.reconnect_max_s": _positive(),
+    "verify.max_payload": _count(1, 256 * 1024 * 1024),
+    "verify.max_age_s": _positive(),
+    "verify.max_future_s": Setting(float, lo=0),
+    "verify.nonce_memory": _count(),
+    "buffer.segment_records": _count(),
+    "buffer.max_records": _count(),
+    "buffer.full_policy": Setting(str, choices=FULL_POLICIES),
+    "buffer.retention_s": _positive(),
+    "buffer.max_batch": _count(),
+    "buffer.commit_interval_s": Setting(float, lo=0),
+    "applets.time_limit_s": _positive(),
+    "applets.max_memory_pages": _count(1, 65536),  # wasm32's limit
+    "applets.recycle_events": _count(),
+    "applets.worker_memory_mb": _count(),
+    "applets.batch": _count(),
+    "api.enabled": Setting(bool),
+    "api.listen": Setting(str, nonempty=True),
+    "api.port": _count(0, MAX_U16),  # 0: a free port
+    "api.max_event_bytes": _count(),
+    "chain.enabled": Setting(bool),
+    "chain.network": Setting(str, rule=_network, rule_text=(
+        f"{' or '.join(NETWORK_PRESETS)} or an http(s) JSON-RPC URL")),
+    "chain.registry": Setting(str, rule=_address_or_empty, rule_text="\"\" or a 0x address (40 hex digits)"),
+    "chain.key_passphrase_file": Setting(str),
+    "chain.confirmations": _count(1),
+    "chain.resubmit_after_s": _positive(),
+    "chain.batch_records": _count(),
+    "chain.batch_age_s": _positive(),
+    "chain.poll_s": _positive(),
+    "serial.ports": Setting(list),
+    "serial.baudrate": _count(1, 100_000_000),
+    "serial.rescan_s": _positive(),
+    "ble.enabled": Setting(bool),
+    "ble.transport": Setting(str),
+    "ble.max_connections": _count(),
+    "ble.scan_s": _positive(),
+    "ble.reconnect_max_s": _positive(),
+    "legacy.rate": _positive(),  # frames/s: a positive number
+    "legacy.burst": _count(),
+    "log.level": Setting(str, choices=LOG_LEVELS, casefold=True),
+}
+
+ENV_TRUE = ("true", "1", "yes")
+ENV_FALSE = ("false", "0", "no")
 
 
 @dataclass(frozen=True)
@@ -217,65 +349,133 @@ _SECTIONS = {"mqtt": MqttConfig, "verify": VerifyConfig, "buffer": BufferConfig,
              "legacy": LegacyConfig, "log": LogConfig}
 
 
-def _coerce(value: object, default: object, name: str) -> object:
+class _Bad(ValueError):
+    """A value of the wrong type or out of range (the caller adds the key and the source)."""
+
+
+def _convert(value: Any, setting: Setting, from_env: bool) -> Any:
+    """``value`` as the setting's type: TOML values must have it already; environment strings
+    are parsed (booleans true/false/1/0/yes/no, integers without a fraction, lists by commas)."""
+    kind = setting.kind
+    if from_env:
+        text = value.strip()
+        if kind is bool:
+            if text.lower() in ENV_TRUE:
+                return True
+            if text.lower() in ENV_FALSE:
+                return False
+            raise _Bad
+        if kind is int:
+            if not re.fullmatch(r"[+-]?[0-9]+", text):
+                raise _Bad
+            return int(text)
+        if kind is float:
+            try:
+                number = float(text)
+            except ValueError:
+                raise _Bad from None
+            if not math.isfinite(number):
+                raise _Bad
+            return number
+        if kind is list:
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if "\x00" in value:
+            raise _Bad
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise _Bad
+        return value
+    if kind is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _Bad
+        return value
+    if kind is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise _Bad
+        return float(value)
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise _Bad
+        return [item.strip() for item in value if item.strip()]
+    if not isinstance(value, str) or "\x00" in value:  # no file name or host holds a NUL
+        raise _Bad
+    return value
+
+
+def check_value(key: str, value: Any, source: str, *, from_env: bool = False) -> Any:
+    """``value`` for ``key`` converted and checked against SETTINGS, or a ConfigError naming the
+    key and ``source`` (the file, the environment variable) in one line."""
+    setting = SETTINGS[key]
     try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                return value.strip().lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if isinstance(default, list):  # of strings; from the environment, comma-separated
-            items = value.split(",") if isinstance(value, str) and name.startswith("W3GATE_") else value
-            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-                raise TypeError
-            return [i.strip() for i in items if i.strip()]
-        if isinstance(default, int) and not isinstance(value, bool):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        kind = {bool: "true or false", int: "an integer", float: "a number", list: "a list of strings"}.get(type(default), "a string")
-        raise ConfigError(f"{name} must be {kind}, got {value!r}") from None
+        checked = _convert(value, setting, from_env)
+        if setting.casefold:
+            checked = checked.strip().lower()
+        if not setting.valid(checked):
+            raise _Bad
+    except _Bad:
+        raise ConfigError(f"{source}: {key} must be {setting.describe()}, got {value!r}") from None
+    return checked
+
+
+def _read_file(path: str | os.PathLike) -> dict:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot read it ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
 
 
 def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None,
                 data_dir: str | os.PathLike | None = None) -> Config:
-    """Merge defaults, the TOML file at ``path`` and the environment into a Config."""
+    """Merge defaults, the TOML file at ``path`` and the environment into a Config; ConfigError
+    (one line: the key, where it came from, what it must be) on any value that is not usable."""
     env = os.environ if env is None else env
     merged = tomllib.loads(DEFAULTS_TOML)
     defaults = copy.deepcopy(merged)
+    sources = {key: "defaults" for key in SETTINGS}
     if path is not None:
-        try:
-            user = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path}: {e}") from None
-        for key, value in user.items():
+        where = f"config file {path}"
+        for key, value in _read_file(path).items():
             if key not in defaults:
-                raise ConfigError(f"config file {path}: unknown key {key!r}")
+                raise ConfigError(f"{where}: unknown key {key!r}")
             if isinstance(defaults[key], dict):
                 if not isinstance(value, dict):
-                    raise ConfigError(f"config file {path}: [{key}] must be a table")
+                    raise ConfigError(f"{where}: [{key}] must be a table")
                 for sub, subvalue in value.items():
                     if sub not in defaults[key]:
-                        raise ConfigError(f"config file {path}: unknown key {key}.{sub}")
-                    merged[key][sub] = _coerce(subvalue, defaults[key][sub], f"{key}.{sub}")
+                        raise ConfigError(f"{where}: unknown key {key}.{sub}")
+                    merged[key][sub] = check_value(f"{key}.{sub}", subvalue, where)
+                    sources[f"{key}.{sub}"] = where
             else:
-                merged[key] = _coerce(value, defaults[key], key)
+                merged[key] = check_value(key, value, where)
+                sources[key] = where
     for key, default in defaults.items():
-        if isinstance(default, dict):
-            for sub, subdefault in default.items():
-                name = f"W3GATE_{key}_{sub}".upper()
-                if name in env:
-                    merged[key][sub] = _coerce(env[name], subdefault, name)
-        elif f"W3GATE_{key}".upper() in env:
-            merged[key] = _coerce(env[f"W3GATE_{key}".upper()], default, f"W3GATE_{key}".upper())
+        subs = default.items() if isinstance(default, dict) else [(None, default)]
+        for sub, _ in subs:
+            name = f"W3GATE_{key}_{sub}".upper() if sub else f"W3GATE_{key}".upper()
+            if name not in env:
+                continue
+            dotted = f"{key}.{sub}" if sub else key
+            value = check_value(dotted, env[name], f"environment variable {name}", from_env=True)
+            sources[dotted] = f"environment variable {name}"
+            if sub:
+                merged[key][sub] = value
+            else:
+                merged[key] = value
     if data_dir is not None:
-        merged["data_dir"] = str(data_dir)
-    if merged["buffer"]["full_policy"] not in ("refuse", "drop-anchored"):
-        raise ConfigError(f"buffer.full_policy must be 'refuse' or 'drop-anchored', "
-                          f"got {merged['buffer']['full_policy']!r}")
+        merged["data_dir"] = check_value("data_dir", str(data_dir), "--data-dir")
+    mqtt = merged["mqtt"]
+    if mqtt["reconnect_min_s"] > mqtt["reconnect_max_s"]:
+        raise ConfigError(f"{sources['mqtt.reconnect_min_s']}: mqtt.reconnect_min_s ({mqtt['reconnect_min_s']:g}) "
+                          f"must not exceed mqtt.reconnect_max_s ({mqtt['reconnect_max_s']:g})")
     sections = {name: cls(**{f.name: merged[name][f.name] for f in fields(cls)})
                 for name, cls in _SECTIONS.items()}
     return Config(data_dir=Path(merged["data_dir"]).expanduser(), **sections)
