@@ -144,9 +144,10 @@ def _deploy_demo_project(console, gw_data: Path) -> Path | None:
 @click.command()
 @click.option("--devices", type=click.IntRange(1, 10000), default=12, show_default=True,
               help="Emulated Pebbles (firmware profiles mixed).")
-@click.option("--time-scale", type=float, default=60.0, show_default=True,
+@click.option("--time-scale", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="Duty cycle speed-up: a 300 s upload period becomes 5 s.")
-@click.option("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+              help="Stop after this many seconds (default: until Ctrl-C).")
 @click.option("--faults/--no-faults", default=True, show_default=True,
               help="Let some devices misbehave, to show the gateway refusing them.")
 @click.option("--chain/--no-chain", default=None,

@@ -87,7 +87,10 @@ def import_(source, operator, passphrase_file, force, as_json, config_path, data
     path = _path(config_path, data_dir, operator)
     if path.exists() and not force:
         raise click.ClickException(f"{path} already holds a node key (--force replaces it)")
-    text = Path(source).read_text().strip()
+    try:
+        text = Path(source).read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{source} is neither a hex private key nor a V3 keystore (not text)") from None
     try:
         if text.startswith("{"):
             passphrase = _passphrase(passphrase_file, confirm=False)
@@ -95,7 +98,11 @@ def import_(source, operator, passphrase_file, force, as_json, config_path, data
                 json.loads(text)
             except ValueError as e:
                 raise KeystoreError(f"{source} is not JSON: {e}", reason="corrupt") from None
-            private = load_key(source, passphrase).key
+            try:
+                private = load_key(source, passphrase).key
+            except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSON, but not a V3 keystore
+                raise KeystoreError(f"{source} is not a V3 keystore ({type(e).__name__}: {e})",
+                                    reason="corrupt") from None
         else:
             private = text.splitlines()[0].strip() if text else ""
             passphrase = _passphrase(passphrase_file, confirm=True)

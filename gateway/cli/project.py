@@ -162,7 +162,10 @@ def publisher_add(project_name, key, name, as_json, config_path, data_dir) -> No
 @data_dir_option
 def publisher_list(project_name, as_json, config_path, data_dir) -> None:
     """The publishers of PROJECT_NAME (never their tokens)."""
-    entries = Publishers(_store(config_path, data_dir)).list(project_name)
+    store = _store(config_path, data_dir)
+    if store.load(project_name) is None:
+        raise click.ClickException(f"no project named {project_name!r} (w3gate project list)")
+    entries = Publishers(store).list(project_name)
     if as_json:
         return emit_json(entries)
     for p in entries:
