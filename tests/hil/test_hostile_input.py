@@ -7,10 +7,13 @@ under its data directory makes it say ``degraded`` until the file is fixed, neve
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
+import pytest
+
 from gateway.codec import pebble
-from tests.support.gateway import cli, cli_json, publish, sim
+from tests.support.gateway import cli, cli_json, publish, sim, w3gate_exe
 
 
 def _g1_with_bad_key(now: int) -> bytes:
@@ -109,3 +112,14 @@ def test_a_segment_emptied_by_a_power_cut_is_set_aside_and_seqs_are_never_reused
     new = [r for r in json.loads(records.stdout) if r["seq"] > issued]
     assert len(new) == second  # every new reading has a seq never issued before
     assert "Traceback" not in gateway.log_text() + records.stderr
+
+
+@pytest.mark.parametrize("setting,value", [("port", "-1"), ("keepalive", "-3"), ("port", "28831.7")])
+def test_a_bad_setting_stops_w3gate_run_at_once_with_one_line_naming_it(tmp_path, setting, value):
+    config = tmp_path / "w3gate.toml"
+    config.write_text(f"[mqtt]\n{setting} = {value}\n")
+    result = subprocess.run([*w3gate_exe(), "run", "--config", str(config), "--data-dir", str(tmp_path / "data")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and f"mqtt.{setting}" in result.stderr and str(config) in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
