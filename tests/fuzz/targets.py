@@ -212,7 +212,16 @@ LEGACY_ID = bytes.fromhex("0011223344556677")
 LEGACY_KEY = bytes(range(32))
 
 
+_legacy: list = []
+
+
 def _legacy_bridge():
+    """One bridge for all inputs (what it learns, such as seqs, carries over as on a real link)."""
+    if _legacy:
+        bridge, outcomes = _legacy
+        outcomes.clear()
+        bridge.link_lost("serial:fuzz")  # a fresh stream: no half frame left from the last input
+        return bridge, outcomes
     from gateway.legacy_bridge import LegacyBridge
     from gateway.verify.attest import Attester
     from gateway.verify.legacy import LegacyDevice, LegacyRegistry, LegacyVerifier
@@ -225,6 +234,7 @@ def _legacy_bridge():
                           lambda doc, done: outcomes.append("accepted"),
                           lambda rejection, link: outcomes.append(rejection.reason),
                           seq_path=_workdir / "legacy_seq.json")
+    _legacy[:] = [bridge, outcomes]
     return bridge, outcomes
 
 
