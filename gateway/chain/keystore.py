@@ -148,6 +148,8 @@ def load_key(path: str | os.PathLike, passphrase: str) -> LocalAccount:
         key = Account.decrypt(blob, passphrase)
     except ValueError as e:
         raise KeystoreError(f"cannot unlock {path}: {e}", reason="bad_passphrase") from None
+    except (KeyError, TypeError, AttributeError) as e:  # JSON, but not a V3 keystore
+        raise KeystoreError(f"{path} is not a V3 keystore ({type(e).__name__}: {e})", reason="corrupt") from None
     account = Account.from_key(key)
     stored = blob.get("address")
     if isinstance(stored, str) and stored.lower().removeprefix("0x") != account.address.lower()[2:]:

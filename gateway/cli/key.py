@@ -98,11 +98,7 @@ def import_(source, operator, passphrase_file, force, as_json, config_path, data
                 json.loads(text)
             except ValueError as e:
                 raise KeystoreError(f"{source} is not JSON: {e}", reason="corrupt") from None
-            try:
-                private = load_key(source, passphrase).key
-            except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSON, but not a V3 keystore
-                raise KeystoreError(f"{source} is not a V3 keystore ({type(e).__name__}: {e})",
-                                    reason="corrupt") from None
+            private = load_key(source, passphrase).key
         else:
             private = text.splitlines()[0].strip() if text else ""
             passphrase = _passphrase(passphrase_file, confirm=True)
