@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from gateway.errors import ConfigError
+from gateway.layout import DataDir
 
 DEFAULTS_TOML = """\
 # w3gate configuration. Every key is optional; these are the defaults.
@@ -323,25 +324,30 @@ class Config:
     log: LogConfig
 
     @property
+    def layout(self) -> DataDir:
+        """Where each file of the data directory is (gateway/layout.py)."""
+        return DataDir(self.data_dir)
+
+    # Going: gateway/node.py's until it takes its paths from ``layout``; nothing else uses them.
+    @property
     def registry_path(self) -> Path:
-        return self.data_dir / "devices.json"
+        return self.layout.devices
 
     @property
     def records_path(self) -> Path:
-        return self.data_dir / "records"
+        return self.layout.records
 
     @property
     def legacy_registry_path(self) -> Path:
-        return self.data_dir / "legacy_devices.json"
+        return self.layout.legacy_devices
 
     @property
     def serial_holds_path(self) -> Path:
-        """Ports another program (pairing) holds; the gateway leaves them alone."""
-        return self.data_dir / "serial-holds"
+        return self.layout.serial_holds
 
     @property
     def status_path(self) -> Path:
-        return self.data_dir / "status.json"
+        return self.layout.status
 
 
 _SECTIONS = {"mqtt": MqttConfig, "verify": VerifyConfig, "buffer": BufferConfig, "applets": AppletsConfig,

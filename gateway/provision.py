@@ -90,14 +90,14 @@ def pair_serial(config: Config, port: str, *, name: str, settings: dict, link: s
 
     ``replace``: a device already paired under ``name`` is first told (with its own key) to stop
     its firmware and return to the REPL, and is unpaired when the board takes its new identity."""
-    registry = LegacyRegistry(config.legacy_registry_path)
+    registry = LegacyRegistry(config.layout.legacy_devices)
     settings = check_config(settings)
     old = registry.find(name) if name else None
     if old is not None and not replace:
         raise PairingError(f"a sensor named {name!r} is already paired (--replace pairs the board again)",
                            reason="exists")
     started = time.monotonic()
-    with hold_port(config.serial_holds_path, port, settle_s=config.serial.rescan_s + 0.3) as refresh:
+    with hold_port(config.layout.serial_holds, port, settle_s=config.serial.rescan_s + 0.3) as refresh:
         if old is not None:
             _return_to_repl(port, old)
         board = Mpremote(port)
@@ -184,7 +184,7 @@ async def pair_ble(config: Config, name: str, *, settings: dict, replace: bool =
 
     from device_fw import gatt
 
-    registry = LegacyRegistry(config.legacy_registry_path)
+    registry = LegacyRegistry(config.layout.legacy_devices)
     settings = check_config(settings)
     old = registry.find(name)
     if old is not None and not replace:

@@ -122,7 +122,7 @@ class DeviceDispatcher:
             self._cursors.pop(name, None)
             self._wakes.pop(name, None)
         for name in wanted - self._feeds.keys():
-            path = self.runtime.store.project_dir(name) / "state.sqlite"
+            path = self.runtime.store.files(name).state
             # a new project starts at the records still buffered and not yet processed by all
             cursor = read_cursor(path, CURSOR) or (await self.committer.call(self.store.stats))["processed_upto"]
             self._cursors[name] = cursor

@@ -47,6 +47,7 @@ from croniter import croniter
 from gateway.applets.abi import check_module
 from gateway.applets.module import ModuleError, inspect
 from gateway.errors import W3gateError
+from gateway.layout import DataDir, ProjectFiles, as_layout
 from gateway.storage import atomic_write
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -111,16 +112,17 @@ class Project:
 class ProjectStore:
     """Deployed projects and their modules under the data directory."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.modules_dir = data_dir / "modules"
-        self.projects_dir = data_dir / "projects"
+    def __init__(self, layout: DataDir | Path) -> None:
+        self.layout = as_layout(layout)  # a Path: gateway/node.py's call, going
+        self.modules_dir = self.layout.modules
+        self.projects_dir = self.layout.projects
 
-    def project_dir(self, name: str) -> Path:
-        return self.projects_dir / name
+    def files(self, name: str) -> ProjectFiles:
+        """Where project ``name`` keeps its definition, state and logs."""
+        return self.layout.project(name)
 
     def load(self, name: str) -> Project | None:
-        path = self.project_dir(name) / "project.json"
+        path = self.files(name).definition
         try:
             return Project.from_json(json.loads(path.read_text()))
         except FileNotFoundError:
@@ -136,30 +138,30 @@ class ProjectStore:
         """Changes whenever a project is deployed or removed (for live reload)."""
         if not self.projects_dir.is_dir():
             return ()
-        return tuple(sorted((p.parent.name, p.stat().st_mtime_ns)
-                            for p in self.projects_dir.glob("*/project.json")))
+        found = (self.files(p.name).definition for p in self.projects_dir.iterdir())
+        return tuple(sorted((p.parent.name, p.stat().st_mtime_ns) for p in found if p.exists()))
 
     def deploy(self, project_file: Path) -> Project:
         """Check and install a project from its TOML file (replacing one of the same name)."""
         project, modules = parse_project_file(project_file)
         self.modules_dir.mkdir(parents=True, exist_ok=True)
         for sha, wasm in modules.items():
-            target = self.modules_dir / f"{sha}.wasm"
+            target = self.layout.module(sha)
             if not target.exists():
                 atomic_write(target, wasm)
-        directory = self.project_dir(project.name)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / "project.json", json.dumps(project.to_json(), indent=2).encode())
+        files = self.files(project.name)
+        files.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(files.definition, json.dumps(project.to_json(), indent=2).encode())
         return project
 
     def remove(self, name: str, *, keep_state: bool = False) -> bool:
-        directory = self.project_dir(name)
-        if not (directory / "project.json").exists():
+        files = self.files(name)
+        if not files.definition.exists():
             return False
         if keep_state:
-            (directory / "project.json").unlink()
+            files.definition.unlink()
         else:
-            shutil.rmtree(directory)
+            shutil.rmtree(files.dir)
         return True
 
 

@@ -34,7 +34,7 @@ class Publishers:
         self._cache: dict[str, tuple[int, dict]] = {}
 
     def _path(self, project: str):
-        return self.store.project_dir(project) / "publishers.json"
+        return self.store.files(project).publishers
 
     def _read(self, project: str) -> dict:
         path = self._path(project)

@@ -110,11 +110,11 @@ class AppletRuntime:
             old = self.projects.get(name)
             worker = self.workers.get(name)
             if worker is None:
-                directory = self.store.project_dir(name)
+                files = self.store.files(name)
                 self.workers[name] = ProjectWorker(
-                    name, modules_dir=self.store.modules_dir, state_path=directory / "state.sqlite",
+                    name, modules_dir=self.store.modules_dir, state_path=files.state,
                     schema=project.schema, env=project.env, limits=self.limits, host_call=self.host_call,
-                    stderr_path=directory / "worker.stderr", log_path=directory / "applet.log")
+                    stderr_path=files.worker_stderr, log_path=files.applet_log)
                 log.info("project %s deployed: applets %s", name, ", ".join(project.applets))
             elif old != project:
                 await worker.configure(schema=project.schema, env=project.env)
@@ -187,7 +187,7 @@ class AppletRuntime:
                 if self.publish is not None:
                     self.publish(topic, payload)
             if result.metrics:
-                self._append(self.store.project_dir(name) / "metrics.log",
+                self._append(self.store.files(name).metrics,
                              [{"t": now, "event": job.meta.event_id, "applet": applet, "metrics": m}
                               for m in result.metrics])
         for response in responses:

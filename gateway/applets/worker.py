@@ -41,6 +41,7 @@ from pathlib import Path
 from gateway.applets.abi import AppletInstance, EventMeta, GuestAbort, HostError, MemoryLimit
 from gateway.applets.module import ModuleError
 from gateway.applets.state import ProjectState
+from gateway.layout import module_file
 
 
 def read_frame(stream) -> dict | None:
@@ -170,7 +171,7 @@ class Worker:
         if inst is not None and inst.events >= self.recycle_events:
             inst = None  # leaks end here; state lives in the project, not the instance
         if inst is None:
-            wasm = (self.modules_dir / f"{sha}.wasm").read_bytes()
+            wasm = module_file(self.modules_dir, sha).read_bytes()
             inst = self._instances[sha] = AppletInstance(wasm, self._host_proxy(), max_pages=self.max_pages)
         return inst
 

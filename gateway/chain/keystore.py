@@ -22,9 +22,9 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from gateway.errors import W3gateError
+from gateway.layout import DataDir, as_layout
 from gateway.storage import atomic_write
 
-KEYSTORE_FILE = "node-key.json"
 MIN_PASSPHRASE = 8
 
 
@@ -69,18 +69,20 @@ class NodeIdentity:
                 "authentication": [method["id"]], "assertionMethod": [method["id"]]}
 
 
-def keystore_path(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir) / KEYSTORE_FILE
+def keystore_path(data_dir: DataDir | str | os.PathLike) -> Path:
+    """Going: gateway/node.py's; everything else takes ``layout.node_key``."""
+    return as_layout(data_dir).node_key
 
 
 OPERATOR_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
-def operator_keystore_path(data_dir: str | os.PathLike, name: str) -> Path:
-    """An operator key: applets send transactions with it when their project names it."""
+def operator_keystore_path(layout: DataDir, name: str) -> Path:
+    """An operator key: applets send transactions with it when their project names it. The name
+    is checked here because it becomes a file name."""
     if not OPERATOR_NAME.match(name):
         raise KeystoreError(f"an operator name is 1-32 letters, digits, '_' or '-': {name!r}", reason="bad_name")
-    return Path(data_dir) / "operators" / f"{name}.json"
+    return layout.operator_key(name)
 
 
 def _check_passphrase(passphrase: str) -> None:

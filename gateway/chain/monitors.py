@@ -60,13 +60,13 @@ class Firing:
 
 
 class ChainMonitors:
-    def __init__(self, w3, project_dir: Callable[[str], Path], *, max_range: int = 1000) -> None:
+    def __init__(self, w3, state_file: Callable[[str], Path], *, max_range: int = 1000) -> None:
         self.w3 = w3
-        self.project_dir = project_dir
+        self.state_file = state_file  # project name -> the file its monitors' progress is kept in
         self.max_range = max_range
 
     def _states(self, project: str) -> dict:
-        return read_json(self.project_dir(project) / "monitors.json") or {}
+        return read_json(self.state_file(project)) or {}
 
     def poll(self, monitors: list[Monitor]) -> list[Firing]:
         """What each monitor has to deliver now (chain calls; raises OSError-like errors when down)."""
@@ -94,7 +94,7 @@ class ChainMonitors:
 
     def commit(self, firing: Firing) -> None:
         """The firing's events were handled: save the monitor's progress."""
-        path = self.project_dir(firing.monitor.project) / "monitors.json"
+        path = self.state_file(firing.monitor.project)
         states = read_json(path) or {}
         states[firing.monitor.id] = firing.state
         atomic_write(path, json.dumps(states, indent=1).encode())

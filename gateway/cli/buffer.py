@@ -33,7 +33,7 @@ def buffer() -> None:
 def check(repair, as_json, config_path, data_dir) -> None:
     """Report every damaged or missing buffer file; exit 1 if any is found and not repaired."""
     config = get_config(config_path, data_dir)
-    path = config.records_path
+    path = config.layout.records
     if not path.is_dir():
         raise click.ClickException(f"no record buffer at {path}")
     if repair:
@@ -83,7 +83,7 @@ def check(repair, as_json, config_path, data_dir) -> None:
 
 def _running_pid(config) -> int | None:
     """The pid of a live ``w3gate run`` on this data directory, from its status.json."""
-    info = read_status(config.status_path) or {}
+    info = read_status(config.layout.status) or {}
     pid = info.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return None

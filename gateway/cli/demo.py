@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from gateway.broker import start_broker, stop_group
+from gateway.layout import DataDir
 from gateway.status import read_status
 
 FAULTS = "bad_signature=0.03,replay=0.02,skew=0.01,garbage=0.01,oversized=0.01,nonce_reuse=0.01,unknown_device=0.01"
@@ -33,7 +34,7 @@ def _start_chain(console, work: Path, gw_data: Path, procs: list):
     import secrets
 
     from gateway.chain import devchain
-    from gateway.chain.keystore import keystore_path, save_key
+    from gateway.chain.keystore import save_key
 
     chain = devchain.start_anvil(work / "chain")
     procs.append(chain.proc)
@@ -41,7 +42,7 @@ def _start_chain(console, work: Path, gw_data: Path, procs: list):
     passphrase = work / "node-key.pass"
     passphrase.write_text(secrets.token_hex(16) + "\n")
     passphrase.chmod(0o600)
-    save_key(keystore_path(gw_data), devchain.DEV_KEYS[1], passphrase.read_text().strip(), overwrite=True,
+    save_key(DataDir(gw_data).node_key, devchain.DEV_KEYS[1], passphrase.read_text().strip(), overwrite=True,
              kdf="pbkdf2", iterations=1000)  # a throwaway dev key: no need for scrypt's seconds
     console.print(f"local chain (anvil) on {chain.url}, proof registry {registry}; "
                   f"records are anchored in batches, and proven below")
@@ -54,12 +55,13 @@ def _start_chain(console, work: Path, gw_data: Path, procs: list):
 def _prove(gw_data: Path, seq: int, rpc_url: str, registry: str) -> str:
     """Prove record ``seq`` against the chain alone, as `w3gate proof verify` does."""
     from gateway.buffer.store import RecordStore
-    from gateway.proofs.anchor import PROOFS_DIR, ProofIndex
+    from gateway.proofs.anchor import ProofIndex
     from gateway.proofs.verify import verify_proof
 
-    store = RecordStore(gw_data / "records", readonly=True)
+    layout = DataDir(gw_data)
+    store = RecordStore(layout.records, readonly=True)
     try:
-        proof = ProofIndex(gw_data / PROOFS_DIR, store).proof_for(seq)
+        proof = ProofIndex(layout.proofs, store).proof_for(seq)
     finally:
         store.close()
     verdict = verify_proof(proof, rpc_url, registry)
@@ -71,12 +73,12 @@ def _node_key(work: Path, gw_data: Path) -> dict:
     """The gateway's key, which attests legacy sensors' records (a throwaway one for the demo)."""
     import secrets
 
-    from gateway.chain.keystore import keystore_path, save_key
+    from gateway.chain.keystore import save_key
 
     passphrase = work / "node-key.pass"
     passphrase.write_text(secrets.token_hex(16) + "\n")
     passphrase.chmod(0o600)
-    save_key(keystore_path(gw_data), secrets.token_bytes(32), passphrase.read_text().strip(), overwrite=True,
+    save_key(DataDir(gw_data).node_key, secrets.token_bytes(32), passphrase.read_text().strip(), overwrite=True,
              kdf="pbkdf2", iterations=1000)
     return {"W3GATE_CHAIN_KEY_PASSPHRASE_FILE": str(passphrase)}
 
@@ -130,7 +132,7 @@ def _deploy_demo_project(console, gw_data: Path) -> Path | None:
     if not DEMO_PROJECT.exists():
         console.print("[dim]applets/demo.toml not found: running without applets[/]")
         return None
-    store = ProjectStore(gw_data)
+    store = ProjectStore(DataDir(gw_data))
     try:
         project = store.deploy(DEMO_PROJECT)
     except ProjectError as e:
@@ -138,7 +140,7 @@ def _deploy_demo_project(console, gw_data: Path) -> Path | None:
         return None
     console.print(f"project [bold]{project.name}[/] deployed: applets {', '.join(project.applets)} "
                   "run on every verified reading")
-    return store.project_dir(project.name) / "applet.log"
+    return store.files(project.name).applet_log
 
 
 @click.command()
@@ -170,7 +172,8 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
 
     console = Console(highlight=False)
     work = Path(data_dir).resolve()
-    gw_data, fleet_dir = work / "gateway", work / "fleet"
+    gw_data, fleet_dir = work / "gateway", work / "fleet"  # the rig's fleet, beside the gateway's data
+    layout = DataDir(gw_data)
     broker = start_broker(work / "broker")
     console.print(f"[bold]w3gate demo[/]: mosquitto on {broker.url}, data in {work}")
     procs: list[subprocess.Popen] = []
@@ -184,7 +187,7 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
     signal.signal(signal.SIGINT, stop)
     try:
         identities = Keystore(fleet_dir).ensure(devices, profile="mixed")
-        registry = Registry(gw_data / "devices.json")
+        registry = Registry(layout.devices)
         added = registry.add_many([make_device(i.imei, address=i.address, owner=i.owner, profile=i.profile)
                                    for i in identities])
         console.print(f"{len(identities)} emulated Pebbles ({added} newly registered), "
@@ -213,7 +216,7 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
                                    start_new_session=True)
         procs.append(gateway)
         deadline = time.time() + 20
-        while not (read_status(gw_data / "status.json") or {}).get("mqtt", {}).get("connected"):
+        while not (read_status(layout.status) or {}).get("mqtt", {}).get("connected"):
             if time.time() > deadline or gateway.poll() is not None:
                 raise click.ClickException(f"the gateway did not start; see {work / 'gateway.log'}")
             time.sleep(0.1)
@@ -237,13 +240,13 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
         profiles = {i.imei: i.profile for i in identities}
         from gateway.verify.legacy import LegacyRegistry
 
-        paired = LegacyRegistry(gw_data / "legacy_devices.json")
+        paired = LegacyRegistry(layout.legacy_devices)
         last_seq, last_status, last_proven, started = 0, 0.0, 0, time.time()
         proof_hint_shown = False
         while not stopping and (duration is None or time.time() - started < duration):
             time.sleep(0.5)
-            if (gw_data / "records").exists():
-                store = RecordStore(gw_data / "records", readonly=True)  # a fresh view each time
+            if layout.records.exists():
+                store = RecordStore(layout.records, readonly=True)  # a fresh view each time
                 fresh = list(store.iter_records(after_seq=last_seq, newest_first=False))
                 store.close()
                 for doc in fresh:
@@ -271,7 +274,7 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
                         console.print(f"  [yellow]⚑ applet {entry['applet']}[/]: {entry['msg']}")
             if time.time() - last_status > 10:
                 last_status = time.time()
-                s = read_status(gw_data / "status.json") or {}
+                s = read_status(layout.status) or {}
                 rejected = ", ".join(f"{k} {v}" for k, v in sorted(s.get("rejected", {}).items())) or "none"
                 applets = s.get("applets", {})
                 anchored = s.get("buffer", {}).get("anchored_upto", 0)
@@ -295,7 +298,7 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
         for proc in reversed(procs):
             stop_group(proc)
         broker.stop()
-        s = read_status(gw_data / "status.json") or {}
+        s = read_status(layout.status) or {}
         console.print(f"\nstopped. accepted {s.get('accepted_total', 0)}, rejected {s.get('rejected', {})}; "
                       f"records kept in {gw_data} (w3gate records --data-dir {gw_data})")
         if rpc_url:

@@ -15,7 +15,7 @@ from gateway.verify.registry import Registry, make_device
 
 
 def _registry(config_path, data_dir) -> Registry:
-    return Registry(get_config(config_path, data_dir).registry_path)
+    return Registry(get_config(config_path, data_dir).layout.devices)
 
 
 @click.group()
@@ -145,7 +145,7 @@ COMMANDS = [device]
 def _legacy_registry(config_path, data_dir):
     from gateway.verify.legacy import LegacyRegistry
 
-    return LegacyRegistry(get_config(config_path, data_dir).legacy_registry_path)
+    return LegacyRegistry(get_config(config_path, data_dir).layout.legacy_devices)
 
 
 def _settings(period_ms, sensors) -> dict:

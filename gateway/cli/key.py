@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from gateway.chain.keystore import (OPERATOR_NAME, KeystoreError, keystore_path, load_key, new_key,
+from gateway.chain.keystore import (OPERATOR_NAME, KeystoreError, load_key, new_key,
                                     operator_keystore_path, read_identity, read_passphrase_file, save_key)
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
 
@@ -26,12 +26,12 @@ operator_option = click.option(
 
 
 def _path(config_path, data_dir, operator: str | None = None) -> Path:
-    data = get_config(config_path, data_dir).data_dir
+    layout = get_config(config_path, data_dir).layout
     if operator is None:
-        return keystore_path(data)
+        return layout.node_key
     if not OPERATOR_NAME.match(operator):
         raise click.ClickException("an operator name is 1-32 letters, digits, '_' or '-'")
-    return operator_keystore_path(data, operator)
+    return operator_keystore_path(layout, operator)
 
 
 def _passphrase(passphrase_file: str | None, *, confirm: bool) -> str:

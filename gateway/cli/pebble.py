@@ -13,6 +13,7 @@ import click
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
 from gateway.codec import pebble as codec
 from gateway.errors import CodecError, W3gateError
+from gateway.layout import DataDir
 from gateway.verify.registry import Registry, make_device
 from gateway.verify.secp256k1 import is_low_s, recover
 from gateway.verify.verifier import Policy, Rejection, Verifier
@@ -122,7 +123,7 @@ def verify(payload, imei, address, public_key, is_confirm, owner, at_time, as_js
     raw = read_payload(payload)
     with tempfile.TemporaryDirectory() as tmp:
         if address or public_key:
-            registry = Registry(Path(tmp) / "devices.json")
+            registry = Registry(DataDir(Path(tmp)).devices)  # a throwaway data directory
             imei = imei or "000000000000000"
             try:
                 registry.add(make_device(imei, address=address, public_key=public_key, owner=owner,
@@ -130,7 +131,7 @@ def verify(payload, imei, address, public_key, is_confirm, owner, at_time, as_js
             except W3gateError as e:
                 raise click.ClickException(str(e)) from None
         elif imei:
-            registry = Registry(get_config(config_path, data_dir).registry_path)
+            registry = Registry(get_config(config_path, data_dir).layout.devices)
         else:
             raise click.UsageError("give --address, --public-key or --imei (a registered device)")
         clock_value = at_time

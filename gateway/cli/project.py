@@ -16,7 +16,7 @@ from gateway.cli.common import config_option, data_dir_option, emit_json, get_co
 
 
 def _store(config_path, data_dir) -> ProjectStore:
-    return ProjectStore(get_config(config_path, data_dir).data_dir)
+    return ProjectStore(get_config(config_path, data_dir).layout)
 
 
 @click.group()
@@ -87,7 +87,7 @@ def applet() -> None:
 @data_dir_option
 def logs(project_name, limit, follow, level, as_json, config_path, data_dir) -> None:
     """What the applets of PROJECT_NAME logged, and their failures."""
-    path = _store(config_path, data_dir).project_dir(project_name) / "applet.log"
+    path = _store(config_path, data_dir).files(project_name).applet_log
     if not path.parent.exists():
         raise click.ClickException(f"no project named {project_name!r}")
 

@@ -17,7 +17,7 @@ from gateway.buffer.records import iso
 from gateway.buffer.store import RecordStore
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
 from gateway.errors import W3gateError
-from gateway.proofs.anchor import PROOFS_DIR, ProofIndex
+from gateway.proofs.anchor import ProofIndex
 from gateway.proofs.verify import verify_proof
 
 EXIT_INVALID, EXIT_UNKNOWN = 1, 3
@@ -45,12 +45,13 @@ def proof() -> None:
 def show(record_id, as_json, config_path, data_dir) -> None:
     """Print the proof of record RECORD_ID (its seq, as `w3gate records` lists it)."""
     config = get_config(config_path, data_dir)
-    if not config.records_path.exists():
+    layout = config.layout
+    if not layout.records.exists():
         raise click.ClickException(f"no records in {config.data_dir} yet")
     try:
-        store = RecordStore(config.records_path, readonly=True)
+        store = RecordStore(layout.records, readonly=True)
         try:
-            p = ProofIndex(config.data_dir / PROOFS_DIR, store).proof_for(record_id)
+            p = ProofIndex(layout.proofs, store).proof_for(record_id)
         finally:
             store.close()
     except W3gateError as e:

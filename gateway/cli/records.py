@@ -46,14 +46,14 @@ def summary(kind: str, values: dict) -> str:
 def records(imei, limit, as_json, config_path, data_dir) -> None:
     """List buffered records, newest first, with their state and decoded values."""
     config = get_config(config_path, data_dir)
-    if not config.records_path.is_dir():
+    if not config.layout.records.is_dir():
         raise click.ClickException(f"no records in {config.data_dir} yet")
     try:
         rows, damage = _read(config, imei, limit)
     except W3gateError as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
-        raise click.ClickException(f"cannot read {config.records_path}: {e.strerror or e}") from None
+        raise click.ClickException(f"cannot read {config.layout.records}: {e.strerror or e}") from None
     for d in damage:  # on stderr: the listing stays clean for scripts
         click.echo(f"warning: damaged buffer file {d.line()} (see `w3gate buffer check`)", err=True)
     if as_json:
@@ -75,8 +75,8 @@ def _line(r: dict) -> str:
 
 def _read(config, imei: str | None, limit: int) -> tuple[list[dict], list]:
     """The rows to show and the damage the read-only view met (it recovers in memory, changes nothing)."""
-    registry = Registry(config.registry_path)
-    store = RecordStore(config.records_path, readonly=True)
+    registry = Registry(config.layout.devices)
+    store = RecordStore(config.layout.records, readonly=True)
     try:
         rows = []
         for doc in store.iter_records(device=imei, limit=limit or None):

@@ -85,7 +85,7 @@ def pebble(count, profile, owner, fault_spec, broker, fleet_dir, time_scale, per
 
     config = get_config(config_path, data_dir)
     host, port = parse_broker(broker) if broker else (config.mqtt.host, config.mqtt.port)
-    directory = Path(fleet_dir) if fleet_dir else config.data_dir / "fleet"
+    directory = Path(fleet_dir) if fleet_dir else config.layout.fleet
     info = (lambda text: click.echo(text, err=True)) if as_json else click.echo
     try:
         plan = FaultPlan.parse(fault_spec)

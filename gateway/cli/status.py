@@ -31,14 +31,15 @@ def status(as_json, config_path, data_dir) -> None:
     if not config.data_dir.is_dir():
         raise click.ClickException(f"no gateway data in {config.data_dir} (`w3gate run` makes it; "
                                    f"is --data-dir or W3GATE_DATA_DIR right?)")
-    info = read_status(config.status_path) or {}
+    layout = config.layout
+    info = read_status(layout.status) or {}
     alive = _alive(info.get("pid"))
     age = time.time() - info.get("time", 0)
     running = alive and age < 10
     if alive and not running:  # the process is there but has not written its status for a while
         info["degraded"] = {**info.get("degraded", {}), "gateway": f"not responding: status is {age:.0f} s old"}
-    if config.records_path.exists() and not running:
-        store = RecordStore(config.records_path, readonly=True)
+    if layout.records.exists() and not running:
+        store = RecordStore(layout.records, readonly=True)
         info["buffer"] = {**info.get("buffer", {}), **store.stats()}
         store.close()
     info["running"] = running

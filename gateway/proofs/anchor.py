@@ -56,7 +56,6 @@ TAG_PREFIX = "anchor:"
 _HEADER_RE = re.compile(r"b-(\d{12})\.json")
 _ENTRY = 20 + 32  # a leaves file holds, per record: device address, leaf
 PROOF_FORMAT = "w3gate-proof/1"
-PROOFS_DIR = "proofs"  # the batch journal, under the data directory
 META = "anchorer.json"  # chain id, registry and gateway the journal belongs to
 
 

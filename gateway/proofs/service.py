@@ -14,14 +14,16 @@ import asyncio
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 from gateway.applets.runtime import AppletRuntime, Event
 from gateway.buffer.store import RecordStore
 from gateway.chain.monitors import ChainMonitors, Monitor
-from gateway.chain.keystore import keystore_path, load_key, operator_keystore_path, read_passphrase_file
+from gateway.chain.keystore import load_key, operator_keystore_path, read_passphrase_file
 from gateway.chain.sender import SenderConfig, TxSender, connect, resolve_network
-from gateway.proofs.anchor import PROOFS_DIR, AnchorConfig, AnchorError, Anchorer, addresses_from
+from gateway.layout import DataDir, as_layout
+from gateway.proofs.anchor import AnchorConfig, AnchorError, Anchorer, addresses_from
 from gateway.verify.registry import Registry
 
 log = logging.getLogger("w3gate.proofs")
@@ -52,25 +54,26 @@ class StoreView:
 
 
 class AnchorService:
-    def __init__(self, chain_config, data_dir, store: RecordStore, registry: Registry,
+    def __init__(self, chain_config, layout: DataDir | Path, store: RecordStore, registry: Registry,
                  run_on_writer: Callable) -> None:
         c = chain_config
+        layout = as_layout(layout)  # a Path: gateway/node.py's call, going
         if not c.registry:
             raise AnchorError("[chain] registry: the proof registry's contract address is not set",
                               reason="bad_config")
         if not c.key_passphrase_file:
             raise AnchorError("[chain] key_passphrase_file: the node key's passphrase file is not set "
                               "(create the key with `w3gate key new --passphrase-file FILE`)", reason="bad_config")
-        account = load_key(keystore_path(data_dir), read_passphrase_file(c.key_passphrase_file))
+        account = load_key(layout.node_key, read_passphrase_file(c.key_passphrase_file))
         network = resolve_network(c.network)
-        self.sender = TxSender(connect(network), account, data_dir / "txjournal.json",
+        self.sender = TxSender(connect(network), account, layout.txjournal,
                                SenderConfig(confirmations=c.confirmations, resubmit_after_s=c.resubmit_after_s),
                                network=network)
-        self.anchorer = Anchorer(StoreView(store, run_on_writer), self.sender, c.registry, data_dir / PROOFS_DIR,
+        self.anchorer = Anchorer(StoreView(store, run_on_writer), self.sender, c.registry, layout.proofs,
                                  addresses_from(registry),
                                  AnchorConfig(batch_size=c.batch_records, max_age_s=c.batch_age_s))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="w3gate-chain")
-        self._network, self._data_dir, self._chain_config = network, data_dir, c
+        self._network, self._layout, self._chain_config = network, layout, c
         self._operators: dict[str, TxSender] = {}  # operator keys' senders, opened when first used
         self.interval_s = c.poll_s
         self.last_report: dict = {}
@@ -114,9 +117,9 @@ class AnchorService:
         sender = self._operators.get(name)
         if sender is None:
             c = self._chain_config
-            account = load_key(operator_keystore_path(self._data_dir, name), read_passphrase_file(c.key_passphrase_file))
+            account = load_key(operator_keystore_path(self._layout, name), read_passphrase_file(c.key_passphrase_file))
             sender = self._operators[name] = TxSender(
-                connect(self._network), account, self._data_dir / "operators" / f"{name}.txjournal.json",
+                connect(self._network), account, self._layout.operator_txjournal(name),
                 SenderConfig(confirmations=c.confirmations, resubmit_after_s=c.resubmit_after_s), network=self._network)
             log.info("operator %s (%s) opened for applets' transactions", name, account.address)
         return sender
@@ -125,7 +128,7 @@ class AnchorService:
 
     async def run_monitors(self, stop: asyncio.Event, runtime: AppletRuntime) -> None:
         """Deliver what the projects' chain monitors see as their events (at least once)."""
-        monitors = ChainMonitors(self.sender.w3, runtime.store.project_dir)
+        monitors = ChainMonitors(self.sender.w3, lambda name: runtime.store.files(name).monitors)
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             specs = [Monitor(name, m["kind"], m.get("event", "MONITOR_DEFAULT"), m.get("height"), m.get("address"),

@@ -12,7 +12,7 @@ from eth_account import Account
 from web3 import Web3
 
 from gateway.chain import devchain
-from gateway.chain.keystore import keystore_path
+from gateway.layout import DataDir
 from tests.support.gateway import sim
 from tests.support.gateway import GatewayProcess, cli, cli_json, w3gate_exe
 
@@ -44,7 +44,7 @@ def test_readings_are_anchored_and_a_proof_verifies_against_the_chain(tmp_path, 
     gw, registry, identity, _ = chain_gateway(tmp_path, mosquitto, anvil, chain__batch_records=10,
                                               chain__batch_age_s=1.0)
     assert identity["address"] == Account.from_key(anvil.keys[1]).address
-    assert stat.S_IMODE(keystore_path(gw.data_dir).stat().st_mode) == 0o600
+    assert stat.S_IMODE(DataDir(gw.data_dir).node_key.stat().st_mode) == 0o600
     cli("device", "import", str(fleet / "devices.json"), data_dir=gw.data_dir)
     gw.start()
     try:

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.applets.project import ProjectError, ProjectStore
 from gateway.applets.runtime import AppletRuntime, Event
+from gateway.layout import DataDir
 from tests.support.wat import assemble
 
 
@@ -53,7 +54,7 @@ def _handle(runtime: AppletRuntime, events: list[Event]):
 
 
 def test_every_matching_strategy_runs_and_others_fall_back_to_default(tmp_path):
-    store = ProjectStore(tmp_path / "data")
+    store = ProjectStore(DataDir(tmp_path / "data"))
     project = store.deploy(_project_file(tmp_path))
     assert project.pebble and set(project.applets) == {"probe"}
     responses = _handle(AppletRuntime(store), [
@@ -66,12 +67,12 @@ def test_every_matching_strategy_runs_and_others_fall_back_to_default(tmp_path):
     assert data["publisherKey"] == "351358813281791" and data["channel"] == "probe-project"
     assert [(r["handler"], r["returnValue"]) for r in other["results"]] == [("env", "first")]
     assert missing["error"] == "project 'nowhere' is not deployed" and missing["results"] == []
-    log = [json.loads(line) for line in (store.project_dir("probe-project") / "applet.log").read_text().splitlines()]
+    log = [json.loads(line) for line in store.files("probe-project").applet_log.read_text().splitlines()]
     assert {"applet": "probe", "level": "info", "msg": '{"t": 1}'}.items() <= log[0].items()
 
 
 def test_a_redeploy_is_picked_up_without_a_restart_and_state_is_kept(tmp_path):
-    store = ProjectStore(tmp_path / "data")
+    store = ProjectStore(DataDir(tmp_path / "data"))
     store.deploy(_project_file(tmp_path))
     runtime = AppletRuntime(store)
 
@@ -95,20 +96,20 @@ def test_an_applet_with_unknown_imports_is_refused_at_deploy(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('name = "bad"\n[[applets]]\nname = "mqtt"\nwasm = "unknown_import.wasm"\n')
     with pytest.raises(ProjectError, match="env.ws_get_mqtt_msg"):
-        ProjectStore(tmp_path / "data").deploy(path)
-    assert ProjectStore(tmp_path / "data").all() == []
+        ProjectStore(DataDir(tmp_path / "data")).deploy(path)
+    assert ProjectStore(DataDir(tmp_path / "data")).all() == []
 
 
 def test_a_strategy_naming_a_missing_handler_is_refused(tmp_path):
     path = _project_file(tmp_path, extra='[[strategies]]\nevent = "X"\napplet = "probe"\nhandler = "nope"\n')
     with pytest.raises(ProjectError, match="exports no handler 'nope'"):
-        ProjectStore(tmp_path / "data").deploy(path)
+        ProjectStore(DataDir(tmp_path / "data")).deploy(path)
 
 
 def test_cron_jobs_deliver_upstreams_payload_on_schedule(tmp_path):
     from gateway.applets.triggers import CronScheduler
 
-    store = ProjectStore(tmp_path / "data")
+    store = ProjectStore(DataDir(tmp_path / "data"))
     store.deploy(_project_file(tmp_path, extra='[[cron]]\nexpression = "* * * * * */10"\nevent = "TICK"\n'))
     runtime = AppletRuntime(store)
 
@@ -133,7 +134,7 @@ def test_cron_jobs_deliver_upstreams_payload_on_schedule(tmp_path):
 def test_a_bad_cron_expression_is_refused_at_deploy(tmp_path):
     path = _project_file(tmp_path, extra='[[cron]]\nexpression = "every minute"\nevent = "TICK"\n')
     with pytest.raises(ProjectError, match="not a cron expression"):
-        ProjectStore(tmp_path / "data").deploy(path)
+        ProjectStore(DataDir(tmp_path / "data")).deploy(path)
 
 
 @pytest.mark.parametrize("monitor, reason", [
@@ -145,4 +146,4 @@ def test_a_bad_cron_expression_is_refused_at_deploy(tmp_path):
 def test_a_bad_chain_monitor_is_refused_at_deploy(tmp_path, monitor, reason):
     path = _project_file(tmp_path, extra=f"[[monitors]]\n{monitor}")
     with pytest.raises(ProjectError, match=reason):
-        ProjectStore(tmp_path / "data").deploy(path)
+        ProjectStore(DataDir(tmp_path / "data")).deploy(path)

@@ -5,6 +5,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.layout import DataDir
 
 
 def test_defaults_need_no_file():
@@ -25,7 +26,7 @@ def test_file_overrides_defaults_and_environment_overrides_file(tmp_path):
 def test_data_dir_argument_wins(tmp_path):
     config = load_config(env={"W3GATE_DATA_DIR": "/nope"}, data_dir=tmp_path)
     assert config.data_dir == tmp_path
-    assert config.registry_path == tmp_path / "devices.json"
+    assert config.layout == DataDir(tmp_path)
 
 
 @pytest.mark.parametrize("text,message", [

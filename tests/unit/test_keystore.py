@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 from eth_account import Account
 
-from gateway.chain.keystore import (KeystoreError, did_of, keystore_path, load_key, new_key, read_identity,
-                                    save_key)
+from gateway.chain.keystore import KeystoreError, did_of, load_key, new_key, read_identity, save_key
 from gateway.cli.key import key
+from gateway.layout import DataDir
 
 DEV_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 DEV_ADDRESS = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
@@ -89,7 +89,7 @@ def test_cli_new_with_a_passphrase_file_then_show_prints_address_and_did_only(tm
     created = run("new", "--data-dir", str(tmp_path), "--passphrase-file", str(secret), "--json")
     assert created.exit_code == 0, created.output
     info = json.loads(created.output)
-    path = keystore_path(tmp_path)
+    path = DataDir(tmp_path).node_key
     assert mode(path) == 0o600
     account = load_key(path, "correct horse")  # the newline was not part of the passphrase
     assert info == {"address": account.address, "did": "did:io:" + account.address.lower(), "keystore": str(path)}
@@ -108,7 +108,7 @@ def test_cli_new_prompts_twice_and_refuses_a_mismatch(tmp_path):
                    "correct horse\ncorrect horse\n")
     assert "do not match" in mismatch.output
     assert mismatch.exit_code == 0
-    assert load_key(keystore_path(tmp_path), "correct horse")
+    assert load_key(DataDir(tmp_path).node_key, "correct horse")
 
 
 def test_cli_import_a_hex_key_and_a_v3_keystore(tmp_path):
@@ -119,14 +119,14 @@ def test_cli_import_a_hex_key_and_a_v3_keystore(tmp_path):
     one = tmp_path / "one"
     result = run("import", str(hexfile), "--data-dir", str(one), "--passphrase-file", str(secret))
     assert result.exit_code == 0 and DEV_ADDRESS in result.output
-    assert load_key(keystore_path(one), "correct horse").address == DEV_ADDRESS
+    assert load_key(DataDir(one).node_key, "correct horse").address == DEV_ADDRESS
 
     v3 = tmp_path / "v3.json"
     v3.write_text(json.dumps(Account.encrypt(DEV_KEY, "correct horse", kdf="pbkdf2", iterations=2)))
     two = tmp_path / "two"
     result = run("import", str(v3), "--data-dir", str(two), "--passphrase-file", str(secret), "--json")
     assert result.exit_code == 0 and json.loads(result.output)["address"] == DEV_ADDRESS
-    assert mode(keystore_path(two)) == 0o600
+    assert mode(DataDir(two).node_key) == 0o600
 
 
 def test_cli_show_without_a_key_says_how_to_make_one(tmp_path):

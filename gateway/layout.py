@@ -1,0 +1,155 @@
+"""The data directory's layout: every file and directory the gateway keeps there, named once.
+
+Why one place: these names are the on-disk format (a data directory written by an older w3gate must
+keep working), and a name spelled in two modules drifts apart. ``Config.layout`` gives the layout;
+components take it, or only the path they need, from their caller (a lower layer never reads the
+configuration). What lies inside ``records/`` and ``proofs/`` is the record store's and the
+anchorer's own business. Nothing here creates anything: each writer makes its file, with its mode,
+when it first writes (tests/unit/test_layout.py checks that no other module builds these names).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def module_file(modules_dir: Path, sha256: str) -> Path:
+    """A deployed applet module, content-addressed (the worker process knows only the directory)."""
+    return modules_dir / f"{sha256}.wasm"
+
+
+@dataclass(frozen=True)
+class ProjectFiles:
+    """One deployed project's directory, ``projects/<name>/``."""
+
+    dir: Path
+
+    @property
+    def definition(self) -> Path:
+        """project.json: the deployed project (`w3gate project deploy`); its mtime drives live reload."""
+        return self.dir / "project.json"
+
+    @property
+    def state(self) -> Path:
+        """state.sqlite: the applets' KV and SQL state and the project's record cursor (its worker)."""
+        return self.dir / "state.sqlite"
+
+    @property
+    def applet_log(self) -> Path:
+        """applet.log: what the applets log and their failures, JSON lines (the worker, the runtime)."""
+        return self.dir / "applet.log"
+
+    @property
+    def worker_stderr(self) -> Path:
+        """worker.stderr: the worker process's own stderr (a crash's traceback)."""
+        return self.dir / "worker.stderr"
+
+    @property
+    def metrics(self) -> Path:
+        """metrics.log: what the applets submit with stat.ws_submit_metrics (the runtime)."""
+        return self.dir / "metrics.log"
+
+    @property
+    def publishers(self) -> Path:
+        """publishers.json: the event API's publisher tokens, hashed (`w3gate publisher add/remove`)."""
+        return self.dir / "publishers.json"
+
+    @property
+    def monitors(self) -> Path:
+        """monitors.json: how far each chain monitor has delivered (the chain thread)."""
+        return self.dir / "monitors.json"
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """The data directory (``data_dir``, ``W3GATE_DATA_DIR``) and what the gateway keeps in it."""
+
+    root: Path
+
+    @property
+    def devices(self) -> Path:
+        """devices.json: registered Pebbles (`w3gate device add/import/remove`, registration in the node)."""
+        return self.root / "devices.json"
+
+    @property
+    def legacy_devices(self) -> Path:
+        """legacy_devices.json: paired legacy sensors and their keys, 0600 (`w3gate device pair/set/unpair`)."""
+        return self.root / "legacy_devices.json"
+
+    @property
+    def legacy_seq(self) -> Path:
+        """legacy_seq.json: the last frame seq accepted from each legacy sensor (the node's legacy bridge)."""
+        return self.root / "legacy_seq.json"
+
+    @property
+    def serial_holds(self) -> Path:
+        """serial-holds/: one file per serial port another program holds (pairing); the node leaves those alone."""
+        return self.root / "serial-holds"
+
+    @property
+    def status(self) -> Path:
+        """status.json: counters, buffer, degraded components and pid, rewritten as `w3gate run` goes."""
+        return self.root / "status.json"
+
+    @property
+    def records(self) -> Path:
+        """records/: the record buffer (the node's store thread; its inside is gateway/buffer/store.py's)."""
+        return self.root / "records"
+
+    @property
+    def modules(self) -> Path:
+        """modules/: deployed applet modules, ``<sha256>.wasm`` (`w3gate project deploy`)."""
+        return self.root / "modules"
+
+    @property
+    def projects(self) -> Path:
+        """projects/: one directory per deployed project (``project(name)``)."""
+        return self.root / "projects"
+
+    @property
+    def node_key(self) -> Path:
+        """node-key.json: the node key, a V3 keystore, 0600 (`w3gate key new/import`)."""
+        return self.root / "node-key.json"
+
+    @property
+    def operators(self) -> Path:
+        """operators/: operator keys (`w3gate key new --operator NAME`) and their senders' journals."""
+        return self.root / "operators"
+
+    @property
+    def txjournal(self) -> Path:
+        """txjournal.json: the node key's transactions not yet confirmed (the chain thread's sender)."""
+        return self.root / "txjournal.json"
+
+    @property
+    def proofs(self) -> Path:
+        """proofs/: the anchored batches' journal, read by `w3gate proof` (the anchorer's own directory)."""
+        return self.root / "proofs"
+
+    @property
+    def fleet(self) -> Path:
+        """fleet/: the emulated Pebbles' keys and devices.json (`w3gate sim pebble` without --fleet-dir)."""
+        return self.root / "fleet"
+
+    def module(self, sha256: str) -> Path:
+        """modules/<sha256>.wasm: one deployed module."""
+        return module_file(self.modules, sha256)
+
+    def project(self, name: str) -> ProjectFiles:
+        """projects/<name>/: one deployed project's files."""
+        return ProjectFiles(self.projects / name)
+
+    def operator_key(self, name: str) -> Path:
+        """operators/<name>.json: an operator key, a V3 keystore, 0600 (the name is checked by the keystore)."""
+        return self.operators / f"{name}.json"
+
+    def operator_txjournal(self, name: str) -> Path:
+        """operators/<name>.txjournal.json: that operator's transactions not yet confirmed (the chain thread)."""
+        return self.operators / f"{name}.txjournal.json"
+
+
+def as_layout(where: DataDir | str | os.PathLike) -> DataDir:
+    """The layout itself, or that of a data directory given as a path. Going: only for callers that
+    still pass ``config.data_dir`` (gateway/node.py), until they pass ``config.layout``."""
+    return where if isinstance(where, DataDir) else DataDir(Path(where))
