@@ -27,6 +27,7 @@ from pathlib import Path
 from gateway.applets.pool import Limits
 from gateway.applets.project import ProjectStore
 from gateway.applets.runtime import AppletRuntime, Event
+from gateway.layout import DataDir
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "applets" / "build"
@@ -106,7 +107,7 @@ async def latency(runtime: AppletRuntime, project: str, events: int, rate: float
 async def main_async(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-applets-", dir=ROOT))
     try:
-        store = ProjectStore(work / "data")
+        store = ProjectStore(DataDir(work / "data"))
         for name in ("one", "two"):
             store.deploy(project_file(work, name, "log-kv.wasm"))
         store.deploy(project_file(work, "validator", "pebble-validator.wasm"))

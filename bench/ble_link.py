@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.ingest import vm_hwm_kb
 from gateway.broker import start_broker
+from gateway.layout import DataDir
 from gateway.verify.legacy import LegacyRegistry, new_legacy_device
 from hardware.ble_sensor.launch import Radio, Sensor
 from tests.support.gateway import GatewayProcess, cli
@@ -33,7 +34,7 @@ def run(count: int, frames: int, work: Path, broker_port: int) -> dict:
     gw = GatewayProcess(work, broker_port, chain__key_passphrase_file=str(passphrase), ble__enabled=True,
                         ble__transport=radio.transport, ble__scan_s=1.0, legacy__rate=1e9, legacy__burst=1e9)
     cli("key", "new", "--passphrase-file", str(passphrase), data_dir=gw.data_dir)
-    registry = LegacyRegistry(gw.data_dir / "legacy_devices.json")
+    registry = LegacyRegistry(DataDir(gw.data_dir).legacy_devices)
     sensors = []
     for n in range(count):
         device = new_legacy_device(f"w3-bench{n}", transport="ble")

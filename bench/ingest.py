@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from gateway.broker import start_broker, stop_group
+from gateway.layout import DataDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,6 +186,7 @@ def main() -> None:
         fleet_dir = work / "fleet"
         Keystore(fleet_dir).ensure(args.devices, profile="riverrock-1.0.14")
         data_dir = work / "data"
+        status_file = DataDir(data_dir).status
         w3gate = [sys.executable, "-m", "gateway"]
         subprocess.run([*w3gate, "device", "import", str(fleet_dir / "devices.json"), "--data-dir", str(data_dir)],
                        check=True, capture_output=True)
@@ -199,14 +201,13 @@ def main() -> None:
         profile = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
 
         def start_gateway() -> subprocess.Popen:
-            (data_dir / "status.json").unlink(missing_ok=True)
+            status_file.unlink(missing_ok=True)
             proc = subprocess.Popen([sys.executable, *profile, "-m", "gateway", "run", "--data-dir", str(data_dir),
                                      "--trace", str(trace_path)], env=env, stdout=open(work / "gateway.log", "ab"),
                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
             deadline = time.time() + 20
             while time.time() < deadline:
-                path = data_dir / "status.json"
-                if path.exists() and json.loads(path.read_text()).get("mqtt", {}).get("connected"):
+                if status_file.exists() and json.loads(status_file.read_text()).get("mqtt", {}).get("connected"):
                     return proc
                 time.sleep(0.05)
             raise SystemExit(f"gateway did not come up: {(work / 'gateway.log').read_text()}")
@@ -240,7 +241,7 @@ def main() -> None:
         if args.drain_only:
             print(f"  gateway peak RSS {vm_hwm_kb(gateway.pid) / 1024:.1f} MB", flush=True)
             time.sleep(1.2)  # the next status.json
-            status = json.loads((data_dir / "status.json").read_text())
+            status = json.loads(status_file.read_text())
             for key in ("latency_receive_to_verified", "latency_receive_to_durable"):
                 print(f"  gateway-side {key[8:]:<26}: {status[key]}")
             return
@@ -255,7 +256,7 @@ def main() -> None:
         rss = vm_hwm_kb(gateway.pid)
         worker_rss = sum(vm_hwm_kb(int(c)) for c in
                          Path(f"/proc/{gateway.pid}/task/{gateway.pid}/children").read_text().split())
-        status = json.loads((data_dir / "status.json").read_text())
+        status = json.loads(status_file.read_text())
         lost = drain["missing"] + sat["missing"] + lat["missing"]
         print()
         print("ingest benchmark (emulated Pebbles → mosquitto → w3gate run: verify + durable TinyDB), QoS 1")

@@ -25,6 +25,7 @@ import serial
 from bench.ingest import vm_hwm_kb
 from device_fw import frame as wire
 from gateway.broker import start_broker
+from gateway.layout import DataDir
 from gateway.verify.legacy import LegacyRegistry, new_legacy_device
 from tests.support.gateway import GatewayProcess, cli
 
@@ -65,7 +66,7 @@ def run(links: int, frames: int, workdir: Path, broker_port: int) -> dict:
                         serial__ports=[str(by_id / "usb-*")], serial__rescan_s=0.2,
                         legacy__rate=1e9, legacy__burst=1e9)
     cli("key", "new", "--passphrase-file", str(passphrase), data_dir=gw.data_dir)
-    registry = LegacyRegistry(gw.data_dir / "legacy_devices.json")
+    registry = LegacyRegistry(DataDir(gw.data_dir).legacy_devices)
     sensors = [new_legacy_device(f"bench{n}", transport="serial") for n in range(links)]
     for s in sensors:
         registry.add(s)
