@@ -76,9 +76,7 @@ class LegacyBridge:
                 self.rejected(rejection, link)
                 continue
             except Exception as e:  # noqa: BLE001 - a bug costs this frame, never the link
-                rejection = Rejection("internal", f"{type(e).__name__}: {e}")
-                rejection.__cause__ = e  # the node logs its traceback once
-                self.rejected(rejection, link)
+                self.rejected(Rejection.internal(e), link)
                 continue
             self._accept(link, checked, received)
 

@@ -87,3 +87,19 @@ async def step(health: Health, name: str, fn: Callable[[], object]) -> object:
         return None
     health.ok(name)
     return result
+
+
+async def periodic(period_s: float, steps: dict[str, Callable[[], object]], stop: asyncio.Event,
+                   health: Health, *, first_s: float | None = None) -> None:
+    """Run ``steps`` in order every ``period_s`` (the first time after ``first_s``) until ``stop``;
+    each step fails alone (``step``)."""
+    wait = period_s if first_s is None else first_s
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), wait)
+            return
+        except asyncio.TimeoutError:
+            pass
+        for name, fn in steps.items():
+            await step(health, name, fn)
+        wait = period_s

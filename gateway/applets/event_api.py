@@ -15,6 +15,8 @@ its key), so a verifier can resolve the gateway an anchor names.
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -23,11 +25,13 @@ from urllib.parse import parse_qs
 
 from gateway.applets.publishers import Publishers
 from gateway.applets.runtime import AppletRuntime, Event
+from gateway.status import RejectLog
 
 log = logging.getLogger("w3gate.api")
 
 ROUTE = "/srv-applet-mgr/v0/event/{project}"
 TIMESTAMP_SLACK_MS = 1_000_000
+MAX_MQTT_EVENTS_RUNNING = 1000  # events over MQTT waiting for their applets; more are refused
 
 
 @dataclass
@@ -38,8 +42,13 @@ class Reply:
 
 class EventAPI:
     def __init__(self, runtime: AppletRuntime, publishers: Publishers, *, max_bytes: int = 256 * 1024,
-                 did_document: Callable[[], dict | None] | None = None) -> None:
+                 did_document: Callable[[], dict | None] | None = None,
+                 publish: Callable[[str, bytes], None] = lambda topic, payload: None,
+                 reject_log: RejectLog | None = None) -> None:
         self.runtime = runtime
+        self.publish = publish  # QoS 0, for the replies to events published over MQTT
+        self.reject_log = reject_log or RejectLog()
+        self._mqtt_tasks: set[asyncio.Task] = set()
         self.did_document = did_document  # the node's DID document, served at /.well-known/did.json
         self.publishers = publishers
         self.max_bytes = max_bytes
@@ -75,6 +84,35 @@ class EventAPI:
         return Reply(200, response.to_json())
 
     # -- MQTT ---------------------------------------------------------------------------------------
+
+    def on_mqtt(self, topic: str, payload: bytes) -> None:
+        """An event published over MQTT: run it in a task of its own and answer on
+        ``ack/<publisherKey>``; a flood beyond ``MAX_MQTT_EVENTS_RUNNING`` is refused, not queued."""
+        if len(self._mqtt_tasks) >= MAX_MQTT_EVENTS_RUNNING:
+            self.counters["busy"] += 1
+            self.reject_log("event_busy", None, topic.split("/")[0] + "/push/…", "too many MQTT events running")
+            return
+        task = asyncio.get_running_loop().create_task(self._mqtt_event(topic, payload))
+        self._mqtt_tasks.add(task)
+        task.add_done_callback(self._mqtt_tasks.discard)
+
+    async def drain_mqtt(self) -> None:
+        """Wait for the MQTT events still running."""
+        if self._mqtt_tasks:
+            await asyncio.gather(*self._mqtt_tasks, return_exceptions=True)
+
+    async def _mqtt_event(self, topic: str, payload: bytes) -> None:
+        where = topic.split("/")[0] + "/push/…"  # never the token
+        try:
+            ack_topic, reply = await self.submit_mqtt(topic, payload)
+        except Exception as e:  # noqa: BLE001 - a task of its own: nothing else would see it
+            self.counters["internal"] += 1
+            self.reject_log.internal(e, None, where)
+            return
+        if ack_topic is None:  # counted above; logged without the token, rate-limited
+            self.reject_log(f"event_{reply.status}", None, where, str(reply.body.get("error")))
+            return
+        self.publish(ack_topic, json.dumps(reply.body).encode())
 
     async def submit_mqtt(self, topic: str, payload: bytes) -> tuple[str | None, Reply]:
         """Handle ``<project>/push/<token>/<eventType>[/<query>]``: (ack topic or None, reply)."""

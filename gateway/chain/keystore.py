@@ -168,3 +168,12 @@ def read_passphrase_file(path: str | os.PathLike) -> str:
         raise KeystoreError(f"cannot read passphrase file {path}: {e}", reason="io") from None
     lines = text.splitlines()
     return lines[0] if lines else ""
+
+
+def did_document(path: Path, chain_id: int | None) -> dict | None:
+    """The DID document of the node key at ``path`` (served at /.well-known/did.json), or None
+    when there is no readable key: it names only the public identity, never unlocks the key."""
+    try:
+        return read_identity(path).did_document(chain_id)
+    except KeystoreError:
+        return None

@@ -47,6 +47,14 @@ class Rejection(W3gateError):
         self.device = device
         super().__init__(detail, reason=reason)
 
+    @classmethod
+    def internal(cls, error: BaseException, *, device: str | None = None) -> "Rejection":
+        """A failure of ours on one message (a bug): counted as ``internal``, and carrying the
+        error so that whoever logs it can show its traceback."""
+        rejection = cls("internal", f"{type(error).__name__}: {error}", device=device)
+        rejection.__cause__ = error
+        return rejection
+
 
 @dataclass(slots=True)
 class Accepted:

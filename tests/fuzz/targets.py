@@ -429,8 +429,6 @@ _nonce = iter(range(1, 1 << 62))
 def run_node(data: bytes) -> object:
     """Every message ends in exactly one acknowledgement, none as a bug, and a genuine reading
     sent after them is accepted."""
-    import asyncio
-
     from gateway.ingest.mqtt import Inbound
 
     loop, node = _node()
@@ -439,11 +437,10 @@ def run_node(data: bytes) -> object:
 
     async def feed() -> None:
         for mid, (topic, payload) in enumerate(messages, 1):
-            node.on_message(Inbound(topic, payload, mid, 1, False, NOW))
+            node.link.on_message(Inbound(topic, payload, mid, 1, False, NOW))  # what the link calls
         await node.checker.drain()
         await node.committer.drain()
-        if node._event_tasks:
-            await asyncio.gather(*node._event_tasks)
+        await node.event_api.drain_mqtt()
     loop.run_until_complete(feed())
     assert node.handled - handled == len(messages), "a message was not acknowledged exactly once"
     assert node.link.handler_errors == 0 and not node.counters.rejected["internal"], node.counters.rejected

@@ -1,0 +1,56 @@
+"""Host calls an applet's worker cannot answer itself: the chain (``ws_send_tx``,
+``ws_send_tx_with_operator``, ``ws_call_contract``) and W3bstream's in-process system API behind
+``ws_api_call`` (``GET /system/hello``, ``POST /system/send_tx``).
+
+The chain is whatever ``applet_call(fn, args)`` the node wires in (the anchoring service's
+transaction sender), or none: then chain calls fail with the reason and the system API answers 503.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from typing import Awaitable, Callable
+
+from gateway.applets.runtime import AppletRuntime
+
+ChainCall = Callable[[str, dict], Awaitable[object]]  # (fn, args) -> result
+
+
+class HostCalls:
+    def __init__(self, runtime: AppletRuntime, chain: ChainCall | None) -> None:
+        self.runtime = runtime  # its deployed projects say whose operator keys a call may use
+        self.chain = chain
+
+    async def __call__(self, fn: str, args: dict) -> object:
+        project = self.runtime.projects.get(args.get("project", ""))
+        operators = project.operators if project else []
+        if fn == "api_call":
+            return await self.system_api(args.get("request") or {}, operators)
+        if self.chain is None:
+            raise RuntimeError(f"{fn}: no chain is configured ([chain] enabled = false)")
+        return await self.chain(fn, {**args, "operators": operators})
+
+    async def system_api(self, request: dict, operators: list[str]) -> dict:
+        """An HTTP-like request from the applet, answered as upstream's Go ``http.Response`` JSON."""
+        url = str(request.get("Url") or "").removeprefix("w3bstream://w3bstream.com")
+        method = str(request.get("Method") or "GET").upper()
+        if method == "GET" and url == "/system/hello":
+            return _reply(200, {"message": "hello from w3gate"})
+        if method == "POST" and url == "/system/send_tx":
+            if self.chain is None:
+                return _reply(503, {"error": "no chain is configured"})
+            try:
+                body = json.loads(base64.b64decode(request.get("Body") or ""))
+                tx_hash = await self.chain("send_tx", {
+                    "chain_id": None, "operator": body.get("operatorName"), "operators": operators,
+                    "request": {"to": body.get("to"), "value": body.get("value"), "data": body.get("data")}})
+            except Exception as e:  # noqa: BLE001 - the applet gets the reason in the response
+                return _reply(400, {"error": str(e)})
+            return _reply(200, {"transactionID": tx_hash, "state": "pending"})
+        return _reply(404, {"error": f"no system route {method} {url}"})
+
+
+def _reply(code: int, body: dict) -> dict:
+    return {"Status": f"{code}", "StatusCode": code, "Proto": "HTTP/1.1",
+            "Header": {"Content-Type": ["application/json"]},
+            "Body": base64.b64encode(json.dumps(body).encode()).decode()}

@@ -1,0 +1,95 @@
+"""The one way into the buffer for every device family (Pebbles over MQTT, legacy sensors over
+serial and BLE): durable group commit, then the accounting, then a nudge to the applets.
+
+Sources decide what is trusted; the sink owns what happens to the outcome, the same for all of
+them: accepted records counted by kind with their receive → durable latency, rejections counted by
+reason and logged once each (rate-limited; a failure of ours with its traceback), and the clock of
+the last handled message that tells ``w3gate status`` whether ingest is moving.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, TextIO
+
+from gateway.buffer.commit import GroupCommitter
+from gateway.buffer.store import RecordStore
+from gateway.status import Counters, Latencies, RejectLog
+from gateway.verify.verifier import Rejection
+
+Done = Callable[[int | None], None]  # called with the record's seq, or None when it was refused
+
+
+class RecordSink:
+    def __init__(self, committer: GroupCommitter, counters: Counters, *, notify: Callable[[], None],
+                 trace: TextIO | None = None) -> None:
+        self.committer = committer
+        self.counters = counters
+        self.notify = notify  # new records are durable: the applets' dispatcher looks
+        self.trace = trace  # "<digest> <received> <durable>" per record, for benchmarks
+        self.reject_log = RejectLog()
+        self.latency = Latencies()  # receive -> durable
+        self.handled = 0  # messages and frames that ended (stored, refused, acknowledged) since start
+        self.last_handled: float | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Records received but not yet durable."""
+        return self.committer.backlog
+
+    def store(self, doc: dict, kind: str, device: str, where: str, done: Done) -> None:
+        """Make ``doc`` durable, count it as ``kind`` and call ``done(seq)``; a full buffer (policy
+        refuse) is counted as the rejection ``buffer_full`` and ``done(None)``."""
+        def durable(seq: int | None) -> None:
+            try:
+                if seq is None:
+                    self.rejected(Rejection("buffer_full", "the buffer is full (policy refuse)", device=device),
+                                  where)
+                else:
+                    now = time.time()
+                    self.counters.accepted[kind] += 1
+                    self.latency.add(now - doc["rx"])
+                    if self.trace:
+                        self.trace.write(f"{doc['digest']} {doc['rx']:.6f} {now:.6f}\n")
+                    self.notify()
+            except Exception as e:  # noqa: BLE001 - the record is on disk: log, and go on
+                self.reject_log.internal(e, device, where)
+            finally:
+                self.handled += 1
+                self.last_handled = time.time()
+            done(seq)
+        self.committer.submit(doc, durable)
+
+    def release(self, done: Callable[[], None]) -> None:
+        """Run ``done`` once everything submitted before is durable (an acknowledgement in order)."""
+        def released(_seq: int | None) -> None:
+            self.handled += 1
+            self.last_handled = time.time()
+            done()
+        self.committer.submit(None, released)
+
+    def rejected(self, rejection: Rejection, where: str) -> None:
+        """Count and log a refused message or frame (``where``: its topic or link)."""
+        self.counters.rejected[rejection.reason] += 1
+        if rejection.reason == "internal" and rejection.__cause__ is not None:
+            self.reject_log.internal(rejection.__cause__, rejection.device, where)
+        else:
+            self.reject_log(rejection.reason, rejection.device, where, rejection.detail)
+
+    def redelivered(self) -> None:
+        """The broker resent a message we stored but could not acknowledge before a crash."""
+        self.counters.redelivered += 1
+
+    def status(self) -> dict:
+        now = time.time()
+        return {"handled": self.handled, "last_handled": self.last_handled,
+                "last_handled_age_s": round(now - self.last_handled, 1) if self.last_handled else None,
+                "waiting": self.committer.backlog}
+
+    def recent(self, store: RecordStore, since: float) -> list[dict]:
+        """Records received after ``since`` (unix s), oldest first; runs on the store thread."""
+        newest_first = []
+        for doc in store.iter_records(newest_first=True):  # lazily, newest segment first
+            if doc["rx"] < since:
+                break
+            newest_first.append(doc)
+        return newest_first[::-1]
