@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.errors import W3gateError
+from hardware.errors import EmulatorError
 
 
-class BoardError(W3gateError):
+class BoardError(EmulatorError):
     reason = "board"
 
 

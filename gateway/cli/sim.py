@@ -79,6 +79,7 @@ def pebble(count, profile, owner, fault_spec, broker, fleet_dir, time_scale, per
     `w3gate device import <fleet-dir>/devices.json`. Ctrl-C or SIGTERM stops the fleet and
     prints the summary.
     """
+    from hardware.errors import EmulatorError
     from hardware.pebble.faults import FaultPlan
     from hardware.pebble.fleet import Fleet
     from hardware.pebble.keystore import Keystore
@@ -92,7 +93,7 @@ def pebble(count, profile, owner, fault_spec, broker, fleet_dir, time_scale, per
         keystore = Keystore(directory)
         stored = keystore.load()
         identities = keystore.ensure(count or max(len(stored), 1), profile=profile, owner=owner)
-    except W3gateError as e:
+    except (W3gateError, EmulatorError) as e:
         raise click.ClickException(str(e)) from None
     try:
         socket.create_connection((host, port), timeout=3).close()

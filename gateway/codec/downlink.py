@@ -2,16 +2,17 @@
 
 The firmware's MQTT buffers are 256 bytes and a larger message makes the device disconnect,
 so every builder checks the size. Config keys and value types follow Riverrock's parser:
-``upload_period`` is a string, ``data_channel`` a number (pebble.md 7.3).
+``upload_period`` is a string, ``data_channel`` a number (docs/pebble-wire.md, "Configuration
+downlink"). The topics are the wire format shared with the emulator (hardware/pebble/topics.py).
 """
 from __future__ import annotations
 
 import json
 
 from gateway.errors import W3gateError
+from hardware.pebble.topics import CONFIG_TOPIC, FIRMWARE_TOPIC, STATUS_TOPIC  # noqa: F401 - callers use these
 
 MAX_DOWNLINK = 256
-STATUS_TOPIC, CONFIG_TOPIC, FIRMWARE_TOPIC = "backend/{}/status", "backend/{}/config", "backend/{}/firmware"
 
 
 class DownlinkError(W3gateError):

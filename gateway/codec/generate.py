@@ -1,7 +1,12 @@
-"""Regenerate ``pebble_pb2.py`` from ``hardware/pebble/pebble.proto`` (needs grpcio-tools).
+"""Regenerate the two ``pebble_pb2.py`` modules from ``hardware/pebble/pebble.proto`` (needs
+grpcio-tools).
 
-The generated module is committed so the gateway installs without a protobuf compiler; a unit
-test regenerates it and fails when it no longer matches the .proto.
+The .proto is the Pebble wire format the gateway and the emulator share; each side compiles it
+into its own module (``gateway/codec/pebble_pb2.py`` for the gateway's decoder,
+``hardware/pebble/pebble_pb2.py`` for the emulator's encoder), the way the firmware (nanopb) and
+a server compile the same schema separately. So the emulator imports nothing of the gateway's,
+and all the two modules have in common is the schema text. Both are committed so nothing needs a
+protobuf compiler to install; a unit test fails when either no longer matches the .proto.
 """
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-PROTO = Path(__file__).resolve().parents[2] / "hardware" / "pebble" / "pebble.proto"
-TARGET = Path(__file__).with_name("pebble_pb2.py")
+ROOT = Path(__file__).resolve().parents[2]
+PROTO = ROOT / "hardware" / "pebble" / "pebble.proto"
+TARGET = Path(__file__).with_name("pebble_pb2.py")  # the gateway's
+TARGETS = (TARGET, PROTO.with_name("pebble_pb2.py"))  # the gateway's, the emulator's
 
 
 def generate() -> str:
@@ -25,5 +32,7 @@ def generate() -> str:
 
 
 if __name__ == "__main__":
-    TARGET.write_text(generate())
-    print(f"wrote {TARGET}", file=sys.stderr)
+    text = generate()
+    for target in TARGETS:
+        target.write_text(text)
+        print(f"wrote {target}", file=sys.stderr)

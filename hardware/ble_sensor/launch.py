@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.broker import stop_group
+from hardware.process import stop_group
 
 
 class Radio:

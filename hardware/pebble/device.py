@@ -1,9 +1,9 @@
 """One emulated Pebble: the firmware's behaviour without the network.
 
 ``PebbleDevice`` builds the exact bytes a device publishes (DATA, CONFIG, confirm, query) and
-reacts to the backend's downlinks as the firmware does: the registration state machine of
-pebble.md 7.1, Riverrock's config parser (7.3), firmware-update requests (7.4) and the 256-byte
-MQTT buffer. The fleet (fleet.py) moves these bytes over MQTT; tests and benches can use them
+reacts to the backend's downlinks as the firmware does: the registration state machine,
+Riverrock's config parser, firmware-update requests and the 256-byte MQTT buffer
+(docs/pebble-wire.md, "Device lifecycle"). The fleet (fleet.py) moves these bytes over MQTT; tests and benches can use them
 directly.
 """
 from __future__ import annotations
@@ -15,11 +15,13 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from gateway.codec import pebble
-from gateway.codec.pebble import ALL_CHANNELS, BinPackage, ConfirmPackage, PackageType, SensorConfig
-from gateway.errors import W3gateError
-from gateway.verify.secp256k1 import normalize_address, sign
+from hardware.errors import EmulatorError
+from hardware.pebble import encoding, topics
+from hardware.pebble.encoding import CONFIG, DATA
+from hardware.pebble.firmware import ALL_CHANNELS, profile_for_firmware
+from hardware.pebble.firmware import profile as firmware_profile
 from hardware.pebble.keystore import Identity
+from hardware.pebble.signing import normalize_address, sign
 from hardware.pebble.sensors import Sample, SensorModel, g1_fields, sensor_data
 
 MQTT_BUFFER = 256  # CONFIG_MQTT_MESSAGE/PAYLOAD_BUFFER_SIZE: a larger downlink drops the link
@@ -29,7 +31,7 @@ QUERY_INTERVAL_S = 5.0  # registration-mode polling of device/<IMEI>/query
 RECONFIRM_EVERY = 6  # while waiting for status 2, re-send the confirm every 6th status-1 answer
 
 
-class DeviceError(W3gateError):
+class DeviceError(EmulatorError):
     """The device cannot do what was asked (e.g. a CONFIG package from a G1 device)."""
 
     reason = "device"
@@ -102,7 +104,7 @@ class PebbleDevice:
         self.imei = identity.imei
         self._key = identity.key
         self._public_key = self._key.public_key.format(compressed=False)
-        self.profile = pebble.profile(identity.profile)
+        self.profile = firmware_profile(identity.profile)
         self.app, _, self.version = self.profile.firmware.partition(" ")
         self.upload_period = min(max(int(upload_period), PERIOD_MIN), PERIOD_MAX)
         self.data_channel = data_channel
@@ -139,19 +141,19 @@ class PebbleDevice:
         if self.topic_override:
             return self.topic_override
         if self.profile.wire == "json":
-            return f"device/nrf-{self.imei}/data"
-        return f"device/{self.imei}/data"
+            return topics.G1_DATA_TOPIC.format(self.imei)
+        return topics.DATA_TOPIC.format(self.imei)
 
     def downlink_topics(self) -> list[str]:
         """Topics subscribed in the normal duty cycle (status only while registering). G1
         firmware listened on other, legacy topics, so an emulated G1 device takes none."""
         if self.profile.wire != "protobuf":
             return []
-        return [f"backend/{self.imei}/config", f"backend/{self.imei}/firmware"]
+        return [topics.CONFIG_TOPIC.format(self.imei), topics.FIRMWARE_TOPIC.format(self.imei)]
 
     @property
     def status_topic(self) -> str:
-        return f"backend/{self.imei}/status"
+        return topics.STATUS_TOPIC.format(self.imei)
 
     def reboot(self) -> None:
         self.boot_messages = 0
@@ -173,8 +175,8 @@ class PebbleDevice:
         """r||s as this firmware writes it; True when the leading-zero defect garbled it.
 
         Riverrock <= 1.0.13 copies r and s with their mbedtls_mpi_size() lengths, so a half with
-        a leading zero byte is one byte short and the buffer is misaligned (pebble.md 4.2,
-        inferred): the halves are emulated packed together and zero-padded to 64 bytes."""
+        a leading zero byte is one byte short and the buffer is misaligned (docs/pebble-wire.md,
+        "Signatures"; inferred from the code): the halves are emulated packed together and zero-padded to 64 bytes."""
         sig = sign(self._key, digest, low_s=self.profile.low_s)
         if (self.leading_zero_defect and self.profile.low_s and self.profile.wire == "protobuf"
                 and (sig[0] == 0 or sig[32] == 0)):
@@ -191,27 +193,27 @@ class PebbleDevice:
         sample = self.read_sensors(now)
         if self.profile.wire == "json":
             return self._g1_message(sample, ts, nonce)
-        data = pebble.encode_sensor_data(sensor_data(
+        data = encoding.encode_sensor_data(sensor_data(
             sample, channels=self.data_channel, precise_gps=self.precise_gps,
             temperature_encoding=self.profile.temperature, nonce=nonce))
-        return self._package(PackageType.DATA, data, ts, "data", nonce)
+        return self._package(DATA, data, ts, "data", nonce)
 
     def _package(self, type_: int, data: bytes, ts: int, kind: str, nonce: str | None) -> Message:
-        digest = hashlib.sha256(BinPackage(type_, data, ts, b"").preimage).digest()
+        digest = hashlib.sha256(encoding.package_preimage(type_, data, ts)).digest()
         sig, garbled = self._sign(digest)
-        payload = pebble.encode_binpackage(BinPackage(type_, data, ts, sig))
+        payload = encoding.encode_binpackage(type_, data, ts, sig)
         return Message(self.imei, self.data_topic, payload, kind, self.profile.name, ts, digest, nonce,
                        "leading_zero" if garbled else None)
 
     def _g1_message(self, sample: Sample, ts: int, nonce: str) -> Message:
         fields = g1_fields(sample, channels=self.data_channel, timestamp=ts, nonce=nonce)
         if self.boot_messages < 2:
-            fields["eccPubkey"] = pebble.swap_nibbles(self._public_key[1:].hex().upper())
+            fields["eccPubkey"] = encoding.swap_nibbles(self._public_key[1:].hex().upper())
         self.boot_messages += 1
-        text = pebble.encode_g1_message(fields)
+        text = encoding.encode_g1_message(fields)
         digest = hashlib.sha256(text).digest()
         sig, _ = self._sign(digest)
-        return Message(self.imei, self.data_topic, pebble.encode_g1(text, sig), "data", self.profile.name,
+        return Message(self.imei, self.data_topic, encoding.encode_g1(text, sig), "data", self.profile.name,
                        ts, digest, nonce)
 
     def config_message(self, now: float | None = None) -> Message:
@@ -219,9 +221,9 @@ class PebbleDevice:
         if self.profile.wire != "protobuf":
             raise DeviceError(f"{self.profile.name} firmware sends no CONFIG package", reason="unsupported")
         now = time.time() if now is None else now
-        data = pebble.encode_sensor_config(SensorConfig(
-            data_channel=self.data_channel, upload_period=self.upload_period, firmware=self.firmware))
-        return self._package(PackageType.CONFIG, data, int(now), "config", None)
+        data = encoding.encode_sensor_config(data_channel=self.data_channel, upload_period=self.upload_period,
+                                             firmware=self.firmware)
+        return self._package(CONFIG, data, int(now), "config", None)
 
     def confirm_message(self, owner: str, now: float | None = None) -> Message:
         """A ConfirmPackage accepting ``owner``; the channel mask rides along unsigned."""
@@ -230,15 +232,15 @@ class PebbleDevice:
         except ValueError as e:
             raise DeviceError(f"bad owner address {owner!r}: {e}", reason="bad_address") from None
         ts = int(time.time() if now is None else now)
-        digest = hashlib.sha256(raw_owner + ts.to_bytes(4, "big")).digest()
+        digest = hashlib.sha256(encoding.confirm_preimage(raw_owner, ts)).digest()
         sig, garbled = self._sign(digest)
-        payload = pebble.encode_confirm(ConfirmPackage(raw_owner, ts, sig, self.data_channel))
-        return Message(self.imei, f"device/{self.imei}/confirm", payload, "confirm", self.profile.name, ts,
+        payload = encoding.encode_confirm(raw_owner, ts, sig, self.data_channel)
+        return Message(self.imei, topics.CONFIRM_TOPIC.format(self.imei), payload, "confirm", self.profile.name, ts,
                        digest, None, "leading_zero" if garbled else None)
 
     def query_message(self) -> Message:
         """The registration-mode poll: an empty payload on device/<IMEI>/query."""
-        return Message(self.imei, f"device/{self.imei}/query", b"", "query", self.profile.name)
+        return Message(self.imei, topics.QUERY_TOPIC.format(self.imei), b"", "query", self.profile.name)
 
     def press_button(self, now: float | None = None) -> Message:
         """The user accepts the proposal shown on the screen: sign and send the confirm."""
@@ -254,11 +256,10 @@ class PebbleDevice:
     def handle_downlink(self, topic: str, payload: bytes, now: float | None = None) -> DownlinkResult:
         """React to a message on backend/<IMEI>/status|config|firmware as the firmware does."""
         now = time.time() if now is None else now
-        parts = topic.split("/")
-        if len(parts) != 3 or parts[0] != "backend" or parts[1] != self.imei \
-                or parts[2] not in ("status", "config", "firmware"):
+        kind = {topics.STATUS_TOPIC.format(self.imei): "status", topics.CONFIG_TOPIC.format(self.imei): "config",
+                topics.FIRMWARE_TOPIC.format(self.imei): "firmware"}.get(topic)
+        if kind is None:
             return DownlinkResult("unknown", False, f"not a downlink for {self.imei}: {topic}")
-        kind = parts[2]
         if len(payload) > MQTT_BUFFER:
             return DownlinkResult(kind, False, f"{len(payload)} bytes overflow the {MQTT_BUFFER}-byte MQTT "
                                   "buffer: the device disconnects", disconnect=True)
@@ -370,7 +371,7 @@ class PebbleDevice:
             return DownlinkResult("firmware", False, f"already running {self.version} (offered {version})")
         old = self.firmware
         self.version = version.lstrip("vV")
-        upgraded = pebble.profile_for_firmware(self.firmware)
+        upgraded = profile_for_firmware(self.firmware)
         if upgraded is not None and upgraded.wire == self.profile.wire:
             self.profile = upgraded
         self.ota.append({"time": now, "from": old, "to": self.firmware, "uri": uri})

@@ -15,8 +15,9 @@ oversized       2-4 KB of random bytes                                       ove
 nonce_reuse     fresh data reusing an earlier nonce of this device           nonce_reuse
 unknown_device  a fresh message under an IMEI nobody registered              unknown_device
 leading_zero    not drawn per message: enables the Riverrock <= 1.0.13       bad_signature
-                leading-zero defect (pebble.md 4.2) on low-S devices, which
-                then garbles the ~1 in 85 signatures that have a zero byte
+                leading-zero defect on low-S devices (docs/pebble-wire.md,
+                "Signatures"), which then garbles the ~1 in 85 signatures
+                that have a zero byte
 =============== ============================================================ ================
 """
 from __future__ import annotations
@@ -27,8 +28,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-from gateway.codec import pebble
-from gateway.errors import W3gateError
+from hardware.errors import EmulatorError
+from hardware.pebble import encoding
 from hardware.pebble.device import Message, PebbleDevice
 from hardware.pebble.keystore import STRANGER_TAC, make_imei
 
@@ -38,7 +39,7 @@ SKEW_S = 3600
 HISTORY = 16  # clean messages remembered per device, for replay and nonce_reuse
 
 
-class FaultSpecError(W3gateError):
+class FaultSpecError(EmulatorError):
     reason = "bad_faults"
 
 
@@ -155,13 +156,12 @@ def _with_bad_signature(message: Message, rng: random.Random) -> Message:
     """The same message with one signature byte changed."""
     index, flip = rng.randrange(64), rng.randrange(1, 256)
     if message.payload[:1] == b"{":
-        g1 = pebble.decode_g1(message.payload)
-        sig = bytearray(g1.signature)
+        text, signature = encoding.split_g1(message.payload)
+        sig = bytearray(signature)
         sig[index] ^= flip
-        payload = pebble.encode_g1(g1.text, bytes(sig))
+        payload = encoding.encode_g1(text, bytes(sig))
     else:
-        package = pebble.decode_binpackage(message.payload)
-        sig = bytearray(package.signature)
+        sig = bytearray(encoding.signature_of(message.payload))
         sig[index] ^= flip
-        payload = pebble.encode_binpackage(replace(package, signature=bytes(sig)))
+        payload = encoding.with_signature(message.payload, bytes(sig))
     return replace(message, payload=payload, fault="bad_signature")

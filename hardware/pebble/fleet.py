@@ -1,7 +1,7 @@
 """A fleet of emulated Pebbles on a real MQTT broker, running the firmware's duty cycle.
 
-Per device and period (pebble.md 6.1): connect (client id = IMEI, MQTT 3.1.1, keep-alive 20 s,
-clean session) -> registration if the device is in registration mode (subscribe
+Per device and period (docs/pebble-wire.md, "Transport"): connect (client id = IMEI, MQTT 3.1.1,
+keep-alive 20 s, clean session) -> registration if the device is in registration mode (subscribe
 backend/<IMEI>/status, poll device/<IMEI>/query about every 5 s, confirm the proposer, send
 CONFIG) -> subscribe the config/firmware downlinks -> publish one DATA -> disconnect -> sleep
 ``upload_period / time_scale``.
@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 
 import paho.mqtt.client as mqtt
 
-from gateway.errors import W3gateError
+from hardware.errors import EmulatorError
 from hardware.pebble.device import (DEFAULT_PERIOD, QUERY_INTERVAL_S, DownlinkResult, Message,
                                     PebbleDevice)
 from hardware.pebble.faults import FaultInjector, FaultPlan
@@ -39,11 +39,11 @@ ACK_TIMEOUT_S = 10.0
 LINGER_S = 0.05  # stay connected briefly after the DATA publish to take retained downlinks
 
 
-class FleetError(W3gateError):
+class FleetError(EmulatorError):
     reason = "fleet"
 
 
-class LinkLost(W3gateError):
+class LinkLost(EmulatorError):
     reason = "link_lost"
 
 

@@ -1,7 +1,7 @@
 """The emulated fleet's identities: IMEI, secp256k1 private key, firmware profile and owner.
 
-A real Pebble keeps its key in the nRF9160 (pebble.md 4.4) and its IMEI forever; the emulator
-keeps both in ``<fleet dir>/keys.json`` (mode 0600) so a device is the same device on every
+A real Pebble keeps its key in the nRF9160 (docs/pebble-wire.md, "Keys") and its IMEI forever;
+the emulator keeps both in ``<fleet dir>/keys.json`` (mode 0600) so a device is the same device on every
 run, and growing the fleet adds devices without touching the existing ones. Next to it,
 ``devices.json`` lists the public side only ({imei, address, profile, owner}), the file a user
 registers with ``w3gate device import``. Private keys are never printed or logged.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from coincurve import PrivateKey
 
-from gateway.codec.pebble import DEFAULT_PROFILE, PROFILES
-from gateway.errors import W3gateError
-from gateway.verify.secp256k1 import address_of, normalize_address
+from hardware.errors import EmulatorError
+from hardware.pebble.firmware import DEFAULT_PROFILE, PROFILES
+from hardware.pebble.signing import address_of, normalize_address
 
 KEYS_FILE = "keys.json"
 DEVICES_FILE = "devices.json"
@@ -32,7 +32,7 @@ FLEET_TAC = "35467210"
 STRANGER_TAC = "35467219"
 
 
-class KeystoreError(W3gateError):
+class KeystoreError(EmulatorError):
     reason = "keystore"
 
 

@@ -2,9 +2,10 @@
 
 ``SensorModel.read(t)`` gives what the chips report at (simulated) time ``t``: a GPS track, the
 BME680 with its self-heating, the TSL2572, the ICM IMU, the battery and the modem's RSRQ.
-``sensor_data()`` then turns a reading into the integers Riverrock puts in SensorData
-(pebble.md 2.1: x100 scalings, 10 mV battery units, GPS rounding and no-fix sentinel, humidity
-x1.1 clamped, 2.5 degC self-heating removed), and ``g1_fields()`` into the G1 JSON values.
+``sensor_data()`` then turns a reading into the integers Riverrock puts in SensorData (x100
+scalings, 10 mV battery units, GPS rounding and no-fix sentinel, humidity x1.1 clamped, 2.5 degC
+self-heating removed: docs/pebble-wire.md, "SensorData"), and ``g1_fields()`` into the G1 JSON
+values.
 
 Models are seedable (same seed, same readings) and cheap: a bench generates 100k readings in
 about a second.
@@ -15,9 +16,9 @@ import math
 import random
 from dataclasses import dataclass
 
-from gateway.codec.pebble import (CH_ACCEL, CH_GAS, CH_GPS, CH_GYRO, CH_HUMIDITY, CH_LIGHT,
-                                  CH_PRESSURE, CH_SNR, CH_TEMP, CH_TEMP2, CH_VBAT, NO_FIX,
-                                  SensorData, float32)
+from hardware.pebble.encoding import NO_FIX, SensorData, float32
+from hardware.pebble.firmware import (CH_ACCEL, CH_GAS, CH_GPS, CH_GYRO, CH_HUMIDITY, CH_LIGHT, CH_PRESSURE,
+                                      CH_SNR, CH_TEMP, CH_TEMP2, CH_VBAT)
 
 SELF_HEATING_C = 2.5  # subtracted by the firmware (bme680_helper.c)
 HUMIDITY_GAIN = 1.1  # the firmware multiplies the BME680 humidity by 1.1, clamped at 100 %
@@ -200,11 +201,11 @@ def sensor_data(sample: Sample, *, channels: int, precise_gps: bool, temperature
     )
 
 
-G1_NO_FIX = 20000  # the G1/data-spec JSON's "no GPS" value (vector C)
+G1_NO_FIX = 20000  # the "no GPS" value of the 2021 data-spec JSON (test vector C)
 
 
 def g1_fields(sample: Sample, *, channels: int, timestamp: int, nonce: str) -> dict:
-    """The G1 message object's fields, in the firmware's key order (data-spec 2021 names).
+    """The G1 message object's fields, in the firmware's key order (the 2021 data-spec names).
     Floats are float32, as the device's are; vbat in mV; temperature2 is the IMU temperature."""
 
     def on(bit: int) -> bool:

@@ -1,6 +1,7 @@
 """The Pebble emulator behaves as the firmware does: its messages verify through the gateway's
 verifier, are byte-exact nanopb, carry realistic values; identities persist; every injected
-fault is refused for its own reason; downlinks and registration follow pebble.md 7."""
+fault is refused for its own reason; downlinks and registration follow docs/pebble-wire.md
+("Device lifecycle")."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ from gateway.verify.secp256k1 import is_low_s
 from gateway.verify.verifier import Rejection, Verifier
 from hardware.pebble.device import (MQTT_BUFFER, RECONFIRM_EVERY, DeviceError, PebbleDevice,
                                     Registration)
+from hardware.pebble.encoding import encode_sensor_data
 from hardware.pebble.faults import FaultInjector, FaultPlan, FaultSpecError
 from hardware.pebble.fleet import Fleet
 from hardware.pebble.keystore import Keystore, luhn_valid
@@ -143,8 +145,8 @@ def test_data_payload_follows_nanopb_rules(tmp_path):
 def test_temperature_encodings_of_a_freezing_reading(tmp_path):
     cold = Sample(NOW, 15, 4.0, 60.0, 10.0, 50_000, -10.0, 1000.0, 50.0, 0.0, (0, 0, 0), (0, 8192, 0), -8.0)
     for encoding in ("uint32", "sint32"):
-        data = pebble.encode_sensor_data(sensor_data(cold, channels=ALL_CHANNELS, precise_gps=False,
-                                                     temperature_encoding=encoding, nonce="00" * 8))
+        data = encode_sensor_data(sensor_data(cold, channels=ALL_CHANNELS, precise_gps=False,
+                                              temperature_encoding=encoding, nonce="00" * 8))
         raw = {n: v for n, _, v in wire_fields(data)}
         assert raw[10] == (-1250) & 0xFFFFFFFF  # -10 - 2.5 degC, two's complement
         assert (raw[6] == raw[10]) if encoding == "uint32" else (zigzag_decode(raw[6]) == -1250)
