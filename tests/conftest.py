@@ -1,4 +1,6 @@
-"""Shared fixtures: the real Pebble vectors from ../shared/reference."""
+"""Shared fixtures: the real Pebble test vectors (tests/data/pebble_vectors.json, or the file named by
+$W3GATE_VECTORS: signed messages published in IoTeX's pebble-server tests and the pebble-data-spec
+README, described in docs/pebble-wire.md "Test vectors"), a real broker and a real chain."""
 from __future__ import annotations
 
 import json

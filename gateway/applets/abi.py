@@ -1,5 +1,5 @@
 """The W3bstream v1 host ABI on wasm3: what an applet may import, with v1's signatures, result
-codes and ``alloc`` protocol (../shared/reference/w3bstream.md §2–4), so applets built with the
+codes and ``alloc`` protocol (docs/w3bstream-abi.md), so applets built with the
 public SDKs run unchanged.
 
 Beyond v1, without breaking it:

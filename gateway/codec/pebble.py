@@ -3,7 +3,7 @@ with the firmware's nanopb output, plus the JSON-era (G1) envelope.
 
 One module serves the gateway (decode) and the emulator (encode), from the one ``.proto`` in
 ``hardware/pebble``. Values on the wire are the device's integers; ``Reading`` scales them to
-units. Reference: ``../shared/reference/pebble.md`` sections 2-4.
+units. Reference: docs/pebble-wire.md.
 """
 from __future__ import annotations
 
