@@ -114,3 +114,63 @@ def test_a_handler_that_raises_costs_that_message_only_and_it_is_never_handled_a
 
     calls, errors = asyncio.run(go())
     assert calls == [b"before", b"poison", b"after"] and errors == 1
+
+
+# -- the paho internals gateway/ingest/mqtt.py overrides ------------------------------------------
+# _Client replaces paho's private _sock_recv (to serve reads from a 64 KiB buffer) and
+# _handle_on_message (to skip per-topic matching). setup.cfg pins paho-mqtt>=2.1,<3; these fail
+# when a paho release changes what the overrides rely on, before the gateway misbehaves.
+
+def test_paho_still_has_the_overridden_methods_with_their_signatures():
+    import importlib.metadata
+    import inspect
+
+    assert (2, 1) <= tuple(int(x) for x in importlib.metadata.version("paho-mqtt").split(".")[:2]) < (3, 0)
+    assert list(inspect.signature(mqtt.Client._sock_recv).parameters) == ["self", "bufsize"]
+    assert list(inspect.signature(mqtt.Client._handle_on_message).parameters) == ["self", "message"]
+
+
+def test_paho_reads_the_socket_only_through_sock_recv():
+    """The buffer sees every byte only if paho never reads the socket any other way."""
+    import inspect
+
+    assert inspect.getsource(mqtt.Client).count("self._sock.recv(") == 1
+    assert "self._sock.recv(" in inspect.getsource(mqtt.Client._sock_recv)
+    assert "self._sock_recv(" in inspect.getsource(mqtt.Client._packet_read)
+
+
+def test_paho_sock_recv_returns_what_the_socket_has_and_signals_nothing_to_read():
+    import socket
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        client._sock = ours
+        theirs.sendall(b"0123456789")
+        assert mqtt.Client._sock_recv(client, 4) == b"0123"
+        assert mqtt.Client._sock_recv(client, 100) == b"456789"
+        try:
+            mqtt.Client._sock_recv(client, 1)
+        except BlockingIOError:
+            pass  # what the override relies on: "nothing now" is an exception, not b""
+        else:
+            raise AssertionError("paho's _sock_recv returned on an empty non-blocking socket")
+    finally:
+        client._sock = None
+        ours.close()
+        theirs.close()
+
+
+def test_every_received_publish_reaches_on_message_through_handle_on_message():
+    import inspect
+
+    for handler in (mqtt.Client._handle_publish, mqtt.Client._handle_pubrel):
+        assert "self._handle_on_message(message)" in inspect.getsource(handler)
+    # paho's own _handle_on_message calls on_message(client, userdata, message), as the override does
+    seen = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, userdata="userdata")
+    client.on_message = lambda *args: seen.append(args)
+    message = mqtt.MQTTMessage(mid=7, topic=b"device/350916067070535/data")
+    mqtt.Client._handle_on_message(client, message)
+    assert seen == [(client, "userdata", message)]
