@@ -328,27 +328,6 @@ class Config:
         """Where each file of the data directory is (gateway/layout.py)."""
         return DataDir(self.data_dir)
 
-    # Going: gateway/node.py's until it takes its paths from ``layout``; nothing else uses them.
-    @property
-    def registry_path(self) -> Path:
-        return self.layout.devices
-
-    @property
-    def records_path(self) -> Path:
-        return self.layout.records
-
-    @property
-    def legacy_registry_path(self) -> Path:
-        return self.layout.legacy_devices
-
-    @property
-    def serial_holds_path(self) -> Path:
-        return self.layout.serial_holds
-
-    @property
-    def status_path(self) -> Path:
-        return self.layout.status
-
 
 _SECTIONS = {"mqtt": MqttConfig, "verify": VerifyConfig, "buffer": BufferConfig, "applets": AppletsConfig,
              "api": ApiConfig, "chain": ChainConfig, "serial": SerialConfig, "ble": BleConfig,

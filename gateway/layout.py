@@ -9,7 +9,6 @@ when it first writes (tests/unit/test_layout.py checks that no other module buil
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,9 +146,3 @@ class DataDir:
     def operator_txjournal(self, name: str) -> Path:
         """operators/<name>.txjournal.json: that operator's transactions not yet confirmed (the chain thread)."""
         return self.operators / f"{name}.txjournal.json"
-
-
-def as_layout(where: DataDir | str | os.PathLike) -> DataDir:
-    """The layout itself, or that of a data directory given as a path. Going: only for callers that
-    still pass ``config.data_dir`` (gateway/node.py), until they pass ``config.layout``."""
-    return where if isinstance(where, DataDir) else DataDir(Path(where))

@@ -49,18 +49,18 @@ class Node:
         self.health = Health()  # what is degraded now, shown in status
         self._trace = open(trace_path, "a", buffering=1 << 16) if trace_path else None
         b, v, a = config.buffer, config.verify, config.applets
-        self.registry = Registry(config.registry_path)
+        self.registry = Registry(config.layout.devices)
         self.verifier = Verifier(self.registry, Policy(v.max_payload, v.max_age_s, v.max_future_s, v.nonce_memory))
-        self.store = RecordStore(config.records_path, StoreConfig(
+        self.store = RecordStore(config.layout.records, StoreConfig(
             segment_records=b.segment_records, max_records=b.max_records,
             full_policy=FullPolicy(b.full_policy), retention_s=b.retention_s))
         self.committer = GroupCommitter(self.store, max_batch=b.max_batch, min_interval_s=b.commit_interval_s)
-        self.counters = Counters(read_status(config.status_path))
+        self.counters = Counters(read_status(config.layout.status))
         self.sink = RecordSink(self.committer, self.counters, notify=lambda: self.dispatcher.notify(),
                                trace=self._trace)
         self.checker = SignatureChecker()
         self.link = MqttLink(config.mqtt, SUBSCRIPTIONS, lambda msg: None)
-        projects = ProjectStore(config.data_dir)
+        projects = ProjectStore(config.layout)
         self.runtime = AppletRuntime(
             projects, limits=Limits(a.time_limit_s, a.max_memory_pages, a.recycle_events, a.worker_memory_mb),
             publish=lambda topic, payload: self.link.publish(topic, payload, qos=1), max_batch=a.batch)
@@ -68,7 +68,7 @@ class Node:
         if config.chain.enabled:
             from gateway.proofs.service import AnchorService  # web3 is imported only when used
 
-            self.anchoring = AnchorService(config.chain, config.data_dir, self.store, self.registry,
+            self.anchoring = AnchorService(config.chain, config.layout, self.store, self.registry,
                                            self.committer.call_blocking)
         self.runtime.host_call = HostCalls(self.runtime, self.anchoring.applet_call if self.anchoring else None)
         self.event_api = EventAPI(
@@ -188,10 +188,10 @@ class Node:
             log.info("expired %d records past the retention of %.0f s", expired, self.config.buffer.retention_s)
 
     def _did_document(self) -> dict | None:
-        from gateway.chain.keystore import did_document, keystore_path  # eth_account, only when asked
+        from gateway.chain.keystore import did_document  # eth_account, only when asked
 
         chain_id = self.anchoring.sender.known_chain_id if self.anchoring is not None else None
-        return did_document(keystore_path(self.config.data_dir), chain_id)
+        return did_document(self.config.layout.node_key, chain_id)
 
     # -- status ----------------------------------------------------------------------------------
 
@@ -242,6 +242,6 @@ class Node:
 
     def _write_status(self) -> None:
         try:
-            write_status(self.config.status_path, self.status())
+            write_status(self.config.layout.status, self.status())
         except OSError as e:
-            log.warning("could not write %s: %s", self.config.status_path, e)
+            log.warning("could not write %s: %s", self.config.layout.status, e)

@@ -47,7 +47,7 @@ from croniter import croniter
 from gateway.applets.abi import check_module
 from gateway.applets.module import ModuleError, inspect
 from gateway.errors import W3gateError
-from gateway.layout import DataDir, ProjectFiles, as_layout
+from gateway.layout import DataDir, ProjectFiles
 from gateway.storage import atomic_write
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -112,8 +112,8 @@ class Project:
 class ProjectStore:
     """Deployed projects and their modules under the data directory."""
 
-    def __init__(self, layout: DataDir | Path) -> None:
-        self.layout = as_layout(layout)  # a Path: gateway/node.py's call, going
+    def __init__(self, layout: DataDir) -> None:
+        self.layout = layout
         self.modules_dir = self.layout.modules
         self.projects_dir = self.layout.projects
 

@@ -22,7 +22,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from gateway.errors import W3gateError
-from gateway.layout import DataDir, as_layout
+from gateway.layout import DataDir
 from gateway.storage import atomic_write
 
 MIN_PASSPHRASE = 8
@@ -67,11 +67,6 @@ class NodeIdentity:
                              "https://w3id.org/security/suites/secp256k1recovery-2020/v2"],
                 "id": did, "verificationMethod": [method],
                 "authentication": [method["id"]], "assertionMethod": [method["id"]]}
-
-
-def keystore_path(data_dir: DataDir | str | os.PathLike) -> Path:
-    """Going: gateway/node.py's; everything else takes ``layout.node_key``."""
-    return as_layout(data_dir).node_key
 
 
 OPERATOR_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")

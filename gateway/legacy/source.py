@@ -20,7 +20,7 @@ log = logging.getLogger("w3gate.legacy")
 
 class LegacySource:
     def __init__(self, config: Config, sink: RecordSink) -> None:
-        from gateway.chain.keystore import keystore_path, load_key, read_passphrase_file
+        from gateway.chain.keystore import load_key, read_passphrase_file
         from gateway.verify.attest import Attester
         from gateway.verify.legacy import LegacyRegistry, LegacyVerifier
 
@@ -28,12 +28,12 @@ class LegacySource:
             raise W3gateError("legacy devices ([serial] ports, [ble]) need the node key to attest their "
                               "records: create it with `w3gate key new` and set [chain] key_passphrase_file",
                               reason="no_node_key")
-        account = load_key(keystore_path(config.data_dir), read_passphrase_file(config.chain.key_passphrase_file))
+        account = load_key(config.layout.node_key, read_passphrase_file(config.chain.key_passphrase_file))
         self.sink = sink
-        self.registry = LegacyRegistry(config.legacy_registry_path)
+        self.registry = LegacyRegistry(config.layout.legacy_devices)
         verifier = LegacyVerifier(self.registry, rate=config.legacy.rate, burst=config.legacy.burst)
         self.bridge = LegacyBridge(self.registry, verifier, Attester(bytes(account.key)), self._store,
-                                   sink.rejected, seq_path=config.data_dir / "legacy_seq.json")
+                                   sink.rejected, seq_path=config.layout.legacy_seq)
         self.serial = None  # SerialLinks, when [serial] ports are set
         self.ble = None  # BleLinks, when [ble] is enabled
         s = config.serial
@@ -42,7 +42,7 @@ class LegacySource:
 
             self.serial = SerialLinks(s.ports, lambda port, chunk: self.bridge.on_data("serial:" + port, chunk),
                                       baudrate=s.baudrate, rescan_s=s.rescan_s, on_change=self._serial_changed,
-                                      hold_dir=config.serial_holds_path)
+                                      hold_dir=config.layout.serial_holds)
             self.bridge.downlinks["serial"] = _SerialDownlink(self.serial)
         b = config.ble
         if b.enabled:

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable
 
 from gateway.applets.runtime import AppletRuntime, Event
@@ -22,7 +21,7 @@ from gateway.buffer.store import RecordStore
 from gateway.chain.monitors import ChainMonitors, Monitor
 from gateway.chain.keystore import load_key, operator_keystore_path, read_passphrase_file
 from gateway.chain.sender import SenderConfig, TxSender, connect, resolve_network
-from gateway.layout import DataDir, as_layout
+from gateway.layout import DataDir
 from gateway.proofs.anchor import AnchorConfig, AnchorError, Anchorer, addresses_from
 from gateway.verify.registry import Registry
 
@@ -54,10 +53,9 @@ class StoreView:
 
 
 class AnchorService:
-    def __init__(self, chain_config, layout: DataDir | Path, store: RecordStore, registry: Registry,
+    def __init__(self, chain_config, layout: DataDir, store: RecordStore, registry: Registry,
                  run_on_writer: Callable) -> None:
         c = chain_config
-        layout = as_layout(layout)  # a Path: gateway/node.py's call, going
         if not c.registry:
             raise AnchorError("[chain] registry: the proof registry's contract address is not set",
                               reason="bad_config")

@@ -7,7 +7,7 @@ import inspect
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.layout import DataDir, ProjectFiles, as_layout
+from gateway.layout import DataDir, ProjectFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = ROOT / "gateway"
@@ -43,9 +43,6 @@ SUFFIXES = (".wasm", ".txjournal.json")
 # Literals that spell a layout name for something else, or that wait for a module being rewritten.
 ALLOWED = {
     ("gateway/cli/demo.py", "fleet"): "the demo's own work directory, beside the gateway's data directory",
-    # Going: gateway/node.py (being restructured) and what it moves into gateway/legacy/ take layout.legacy_seq.
-    ("gateway/node.py", "legacy_seq.json"): "node.py is switched to the layout separately",
-    ("gateway/legacy/source.py", "legacy_seq.json"): "moved out of node.py, switched with it",
 }
 
 
@@ -78,7 +75,7 @@ def test_every_path_says_what_it_holds():
 
 def test_config_gives_the_layout_of_its_data_dir(tmp_path):
     config = load_config(env={}, data_dir=tmp_path / "d")
-    assert config.layout == DataDir(tmp_path / "d") == as_layout(tmp_path / "d") == as_layout(config.layout)
+    assert config.layout == DataDir(tmp_path / "d")
     assert config.layout.devices == tmp_path / "d" / "devices.json"
 
 
