@@ -2,7 +2,9 @@
 arguments]``. The gateway's modules are instrumented for coverage as they are imported."""
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import sys
 
 import atheris
@@ -11,6 +13,13 @@ import atheris
 def main() -> None:
     name = sys.argv[1]
     with atheris.instrument_imports(include=["gateway", "device_fw"]):
+        # every module a target may reach, imported now: one imported later is not instrumented
+        import gateway
+        import device_fw  # noqa: F401
+        for module in pkgutil.walk_packages(gateway.__path__, "gateway."):
+            if not module.name.startswith(("gateway.__main__", "gateway.cli", "gateway.chain", "gateway.proofs",
+                                           "gateway.ble")):
+                importlib.import_module(module.name)
         from tests.fuzz.targets import TARGETS, check
     target = TARGETS[name]
     argv0 = os.environ.get("W3GATE_FUZZ_ARGV0", sys.argv[0])  # what libFuzzer runs again to merge
