@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.ingest import vm_hwm_kb
 from gateway.broker import start_broker
 from gateway.layout import DataDir
-from gateway.verify.legacy import LegacyRegistry, new_legacy_device
+from gateway.legacy.registry import LegacyRegistry, new_legacy_device
 from hardware.ble_sensor.launch import Radio, Sensor
 from tests.support.gateway import GatewayProcess, cli
 

@@ -26,7 +26,7 @@ from bench.ingest import vm_hwm_kb
 from device_fw import frame as wire
 from gateway.broker import start_broker
 from gateway.layout import DataDir
-from gateway.verify.legacy import LegacyRegistry, new_legacy_device
+from gateway.legacy.registry import LegacyRegistry, new_legacy_device
 from tests.support.gateway import GatewayProcess, cli
 
 

@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from device_fw import frame as legacy_wire
 from gateway.codec import pebble
 from gateway.errors import CodecError
-from gateway.verify.attest import Attester
-from gateway.verify.legacy import LegacyFrame
+from gateway.legacy.attest import Attester
+from gateway.legacy.verifier import LegacyFrame
 from gateway.verify.verifier import Accepted
 
 TRUST_SECURE_ELEMENT = "secure-element"  # signed in the device's secure element (Pebble)

@@ -238,7 +238,7 @@ def demo(devices: int, time_scale: float, duration: float | None, faults: bool, 
         console.print("fleet running; readings appear below as the gateway makes them durable "
                       "(Ctrl-C to stop)\n")
         profiles = {i.imei: i.profile for i in identities}
-        from gateway.verify.legacy import LegacyRegistry
+        from gateway.legacy.registry import LegacyRegistry
 
         paired = LegacyRegistry(layout.legacy_devices)
         last_seq, last_status, last_proven, started = 0, 0.0, 0, time.time()

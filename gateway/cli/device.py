@@ -143,7 +143,7 @@ COMMANDS = [device]
 # -- legacy sensors (serial, BLE) ---------------------------------------------------------------
 
 def _legacy_registry(config_path, data_dir):
-    from gateway.verify.legacy import LegacyRegistry
+    from gateway.legacy.registry import LegacyRegistry
 
     return LegacyRegistry(get_config(config_path, data_dir).layout.legacy_devices)
 
@@ -184,7 +184,7 @@ def pair(port, ble_name, name, period_ms, sensors, link, replace, timeout, as_js
 
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from gateway.provision import pair_ble, pair_serial
+    from gateway.legacy.pairing import pair_ble, pair_serial
 
     if not port and not ble_name:
         raise click.UsageError("give --serial PORT, --ble NAME, or both (flash over USB, then use BLE)")
@@ -243,7 +243,7 @@ def sensors_(as_json, config_path, data_dir) -> None:
 @data_dir_option
 def set_(name, period_ms, sensors, config_path, data_dir) -> None:
     """Change a paired sensor's settings; the gateway sends them down its link."""
-    from gateway.verify.legacy import check_config
+    from gateway.legacy.registry import check_config
 
     registry = _legacy_registry(config_path, data_dir)
     found = registry.find(name)

@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 from gateway.buffer.sink import RecordSink
 from gateway.config import Config
 from gateway.errors import W3gateError
-from gateway.legacy_bridge import LegacyBridge
+from gateway.legacy.bridge import LegacyBridge
 
 log = logging.getLogger("w3gate.legacy")
 
@@ -21,8 +21,9 @@ log = logging.getLogger("w3gate.legacy")
 class LegacySource:
     def __init__(self, config: Config, sink: RecordSink) -> None:
         from gateway.chain.keystore import load_key, read_passphrase_file
-        from gateway.verify.attest import Attester
-        from gateway.verify.legacy import LegacyRegistry, LegacyVerifier
+        from gateway.legacy.attest import Attester
+        from gateway.legacy.registry import LegacyRegistry
+        from gateway.legacy.verifier import LegacyVerifier
 
         if not config.chain.key_passphrase_file:
             raise W3gateError("legacy devices ([serial] ports, [ble]) need the node key to attest their "

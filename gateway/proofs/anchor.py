@@ -91,7 +91,7 @@ def received_ms(rx: float) -> int:
 def signature_of(doc: dict) -> bytes:
     """The record's 64-byte r||s: the device's, taken from the payload exactly as received, or
     for a legacy device the gateway's attestation."""
-    if doc.get("attestation"):  # a legacy device's record: the gateway signed it (verify/attest.py)
+    if doc.get("attestation"):  # a legacy device's record: the gateway signed it (gateway/legacy/attest.py)
         return bytes.fromhex(doc["attestation"])[:64]
     payload = base64.b64decode(doc["payload"])
     if doc.get("kind") == "confirm":

@@ -222,9 +222,10 @@ def _legacy_bridge():
         outcomes.clear()
         bridge.link_lost("serial:fuzz")  # a fresh stream: no half frame left from the last input
         return bridge, outcomes
-    from gateway.legacy_bridge import LegacyBridge
-    from gateway.verify.attest import Attester
-    from gateway.verify.legacy import LegacyDevice, LegacyRegistry, LegacyVerifier
+    from gateway.legacy.bridge import LegacyBridge
+    from gateway.legacy.attest import Attester
+    from gateway.legacy.registry import LegacyDevice, LegacyRegistry
+    from gateway.legacy.verifier import LegacyVerifier
 
     registry = LegacyRegistry(_workdir / "legacy.json")
     if registry.get(LEGACY_ID.hex()) is None:

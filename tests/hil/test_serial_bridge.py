@@ -14,7 +14,7 @@ import pytest
 import serial
 
 from device_fw import frame as wire
-from gateway.verify.legacy import LegacyRegistry, new_legacy_device
+from gateway.legacy.registry import LegacyRegistry, new_legacy_device
 from tests.support.gateway import GatewayProcess, cli, cli_json
 
 pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="socat is installed by ./dev.sh setup")

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from device_fw import frame as wire
 from gateway.buffer.records import decode_record, legacy_record_doc
 from gateway.proofs.anchor import leaf_fields
-from gateway.verify.attest import Attester, attestation_digest
-from gateway.verify.legacy import LegacyRegistry, LegacyVerifier, SeqWindow, new_legacy_device
+from gateway.legacy.attest import Attester, attestation_digest
+from gateway.legacy.registry import LegacyRegistry, new_legacy_device
+from gateway.legacy.verifier import LegacyVerifier, SeqWindow
 from gateway.verify.registry import RegistryError
 from gateway.verify.secp256k1 import recover
 from gateway.verify.verifier import Rejection

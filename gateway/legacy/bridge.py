@@ -21,8 +21,9 @@ from device_fw import frame as wire
 from gateway.buffer.records import legacy_record_doc
 from gateway.errors import W3gateError
 from gateway.storage import atomic_write, read_json
-from gateway.verify.attest import Attester
-from gateway.verify.legacy import LegacyDevice, LegacyFrame, LegacyRegistry, LegacyVerifier
+from gateway.legacy.attest import Attester
+from gateway.legacy.registry import LegacyDevice, LegacyRegistry
+from gateway.legacy.verifier import LegacyFrame, LegacyVerifier
 from gateway.verify.verifier import Rejection
 
 log = logging.getLogger("w3gate.legacy")

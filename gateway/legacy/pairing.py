@@ -27,7 +27,7 @@ from device_fw import frame as wire
 from gateway.config import Config
 from gateway.errors import W3gateError
 from gateway.ingest.serial import hold_port
-from gateway.verify.legacy import LegacyDevice, LegacyRegistry, check_config, new_legacy_device
+from gateway.legacy.registry import LegacyDevice, LegacyRegistry, check_config, new_legacy_device
 
 FIRMWARE_DIR = Path(wire.__file__).resolve().parent
 BOARD_MAIN = "from device_fw import app\napp.main()\n"  # /main.py: what a board runs at boot
