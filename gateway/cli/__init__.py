@@ -20,6 +20,7 @@ import traceback
 import click
 
 from gateway.errors import W3gateError
+from hardware.errors import EmulatorError
 
 EXIT_BUG = 70  # sysexits.h EX_SOFTWARE
 
@@ -62,7 +63,7 @@ def save_traceback(exc: BaseException) -> str | None:
 
 def to_click_error(e: Exception) -> click.ClickException:
     """The one-line error the user sees for ``e``."""
-    if isinstance(e, W3gateError):
+    if isinstance(e, (W3gateError, EmulatorError)):  # the emulator's commands (sim, demo) say theirs too
         return click.ClickException(str(e))
     if isinstance(e, OSError):
         return click.ClickException(describe_os_error(e))

@@ -1,8 +1,8 @@
 """Pebble tracker codec: BinPackage / SensorData / SensorConfig / ConfirmPackage, byte-exact
 with the firmware's nanopb output, plus the JSON-era (G1) envelope.
 
-One module serves the gateway (decode) and the emulator (encode), from the one ``.proto`` in
-``hardware/pebble``. Values on the wire are the device's integers; ``Reading`` scales them to
+The gateway's decoder (and encoders for tests, fuzzing and benches), from the shared ``.proto``
+in ``hardware/pebble``; the emulator has its own encoder, so a bug on one side fails on the other. Values on the wire are the device's integers; ``Reading`` scales them to
 units. Reference: docs/pebble-wire.md.
 """
 from __future__ import annotations

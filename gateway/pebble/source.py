@@ -24,10 +24,11 @@ from gateway.status import Latencies
 from gateway.verify.checker import SignatureChecker
 from gateway.verify.registry import STATUS_CODES, STATUS_CONFIRMED, Registry
 from gateway.verify.verifier import Accepted, Admitted, Rejection, Verifier
+from hardware.pebble.topics import DEVICE_SUBSCRIPTIONS, G1_PREFIX
 
 log = logging.getLogger("w3gate.pebble")
 
-SUBSCRIPTIONS = ["device/+/data", "device/+/confirm", "device/+/query",
+SUBSCRIPTIONS = [*DEVICE_SUBSCRIPTIONS,
                  "+/push/#"]  # W3bstream events: <project>/push/<token>/<eventType>[/<query>]
 # Backpressure. Reading from the broker is cheaper than checking and storing, so unchecked the
 # loop would read the broker's whole queue before checking any of it: stop reading while this
@@ -79,7 +80,7 @@ class PebbleSource:
             return self.sink.release(self._acker(msg))
         if len(parts) != 3 or parts[0] != "device":
             return self._rejected(msg, Rejection("malformed", f"unexpected topic {msg.topic[:100]}"))
-        imei, channel = parts[1].removeprefix("nrf-"), parts[2]
+        imei, channel = parts[1].removeprefix(G1_PREFIX), parts[2]
         if channel == "query":
             self._answer_query(imei)
             return self.sink.release(self._acker(msg))
@@ -96,7 +97,7 @@ class PebbleSource:
     def _failure(self, msg: Inbound, error: Exception) -> Rejection:
         """What an exception on one message becomes: ``malformed`` when a decoder refused it late,
         ``internal`` otherwise (a bug: its traceback is logged once per kind, then rate-limited)."""
-        device = msg.topic.split("/")[1].removeprefix("nrf-") if msg.topic.count("/") == 2 else None
+        device = msg.topic.split("/")[1].removeprefix(G1_PREFIX) if msg.topic.count("/") == 2 else None
         if isinstance(error, CodecError):
             return Rejection("malformed", error.detail, device=device)
         return Rejection.internal(error, device=device)
