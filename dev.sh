@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(mosquitto python3-venv python3-dev build-essential wabt socat)
+APT_PACKAGES=(mosquitto mosquitto-clients python3-venv python3-dev build-essential wabt socat)
 VENV=.venv
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -16,6 +16,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 setup() {
   local missing=()
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+  command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)  # the README's event example
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   command -v gcc >/dev/null || missing+=(build-essential python3-dev)
   command -v wat2wasm >/dev/null || missing+=(wabt)  # the runtime's hand-written test modules

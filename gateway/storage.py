@@ -202,8 +202,9 @@ class WatchedTable(Generic[T]):
                 items = {d[self._key]: self._load(d) for d in db.table(self._table_name).all()}
             finally:
                 db.close()
+        except StoreError as e:  # the last good copy stays in effect; the next reload tries again
+            raise StoreError(f"{e.detail}; the previous contents stay in effect", reason=e.reason) from None
         except Exception as e:  # noqa: BLE001 - whatever the file holds, the reason names it
-            # the last good copy stays in effect, and the next reload tries the file again
             raise StoreError(f"{self.path} cannot be read ({type(e).__name__}: {str(e)[:200]}); "
                              "the previous contents stay in effect", reason="corrupt") from None
         self._items, self._stamp = items, stamp
