@@ -178,7 +178,12 @@ class EventAPI:
             ts = int(request.query["timestamp"]) if "timestamp" in request.query else None
         except ValueError:
             ts = None
-        reply = await self.submit(request.match_info["project"], token, body,
-                                  event_type=request.query.get("eventType"), event_id=request.query.get("eventID"),
-                                  timestamp_ms=ts)
+        try:
+            reply = await self.submit(request.match_info["project"], token, body,
+                                      event_type=request.query.get("eventType"),
+                                      event_id=request.query.get("eventID"), timestamp_ms=ts)
+        except Exception as e:  # noqa: BLE001 - counted and logged once; the client gets a reason
+            self.counters["internal"] += 1
+            self.reject_log.internal(e, None, request.match_info["project"][:64] + " (HTTP)")
+            reply = Reply(500, {"error": "internal: the gateway failed on this event (logged)"})
         return web.json_response(reply.body, status=reply.status)

@@ -109,6 +109,18 @@ def test_w3bstream_events_over_http_and_mqtt_reach_the_applet(tmp_path, mosquitt
         assert ack["eventID"] == "second" and ack["results"][0]["code"] == 3
         status = gw.wait_for(lambda s: s["api"]["unauthorized"] == 3, what="refusals counted")["api"]
         assert status["not_found"] == 1 and status["too_large"] == 1 and status["accepted"] == 4
+
+        tokens = gw.data_dir / "projects" / "events" / "publishers.json"
+        good = tokens.read_bytes()
+        tokens.write_text('{"half-written')  # a failure inside the gateway, on both transports
+        assert _post(event_url, b"x", token) == (500, {"error": "internal: the gateway failed on this event (logged)"})
+        client.publish(f"events/push/{token}/COUNT", b"", qos=1)
+        gw.wait_for(lambda s: s["api"]["internal"] == 2, what="both failures counted")
+        tokens.write_bytes(good)
+        client.publish(f"events/push/{token}/COUNT/ts=1&id=Third", b"", qos=1)
+        topic, ack = acks.get(timeout=10)
+        assert ack["eventID"] == "third" and ack["results"][0]["code"] == 4  # the API kept serving
+        assert gw.log_text().count("Traceback") == 1  # logged once, for the first of its kind
     finally:
         client.loop_stop()
         client.disconnect()
