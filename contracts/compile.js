@@ -3,7 +3,8 @@
 // standard-JSON interface: the solcjs command line has no --evm-version, and the artifact must not
 // depend on the compiler's default EVM version.
 //
-//   node contracts/compile.js            write contracts/ProofRegistry.json (committed)
+//   node contracts/compile.js            write gateway/proofs/ProofRegistry.json (committed package data:
+//                                        an installed gateway loads it with importlib.resources)
 //   node contracts/compile.js --stdout   print the artifact instead (tests compare it to the file)
 "use strict";
 
@@ -14,6 +15,7 @@ const solc = require("solc");
 
 const NAME = "ProofRegistry";
 const SOURCE_KEY = `contracts/${NAME}.sol`; // the name recorded in the metadata: keep it fixed
+const OUT = path.join(__dirname, "..", "gateway", "proofs", `${NAME}.json`);
 const SETTINGS = {
   optimizer: { enabled: true, runs: 200 },
   evmVersion: "cancun",
@@ -50,7 +52,6 @@ const text = JSON.stringify(compile(), null, 2) + "\n";
 if (process.argv.includes("--stdout")) {
   process.stdout.write(text);
 } else {
-  const out = path.join(__dirname, `${NAME}.json`);
-  fs.writeFileSync(out, text);
-  process.stderr.write(`wrote ${path.relative(process.cwd(), out)}\n`);
+  fs.writeFileSync(OUT, text);
+  process.stderr.write(`wrote ${path.relative(process.cwd(), OUT)}\n`);
 }

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import math
 import os
@@ -46,11 +45,11 @@ from gateway.chain.sender import ChainError, ChainUnavailable, TxSender
 from gateway.codec import pebble
 from gateway.errors import CodecError, W3gateError
 from gateway.proofs import merkle
+from gateway.proofs.contract import load_abi
 from gateway.storage import StoreError, atomic_write, dump_json, read_json
 
 log = logging.getLogger("w3gate.proofs")
 
-ARTIFACT_PATH = Path(__file__).resolve().parents[2] / "contracts" / "ProofRegistry.json"
 ANCHORED_TOPIC = Web3.keccak(text="Anchored(address,bytes32,uint64,uint32,uint48,uint48)")
 TAG_PREFIX = "anchor:"
 _HEADER_RE = re.compile(r"b-(\d{12})\.json")
@@ -130,10 +129,6 @@ def addresses_from(registry) -> Callable[[dict], str]:
 
 
 # -- the registry contract ------------------------------------------------------------------------
-
-def load_abi() -> list:
-    return json.loads(ARTIFACT_PATH.read_text())["abi"]
-
 
 @dataclass
 class Batch:

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "contracts" / "ProofRegistry.sol"
-ARTIFACT = ROOT / "contracts" / "ProofRegistry.json"
+ARTIFACT = ROOT / "gateway" / "proofs" / "ProofRegistry.json"  # package data, written by contracts/compile.js
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +27,17 @@ def recompiled() -> str:
 
 
 def test_artifact_is_exactly_what_the_source_compiles_to(recompiled):
-    assert recompiled == ARTIFACT.read_text(), "run `node contracts/compile.js` and commit contracts/ProofRegistry.json"
+    assert recompiled == ARTIFACT.read_text(), "run `node contracts/compile.js` and commit gateway/proofs/ProofRegistry.json"
 
 
 def test_artifact_names_the_source_it_was_built_from():
     artifact = json.loads(ARTIFACT.read_text())
     assert artifact["sourceSha256"] == hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+
+
+def test_the_gateway_loads_the_artifact_as_package_data():
+    from gateway.proofs.contract import artifact  # what an installed gateway anchors with
+    assert artifact() == json.loads(ARTIFACT.read_text())
 
 
 def test_compiler_and_settings_are_pinned():
