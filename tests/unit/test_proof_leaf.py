@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from gateway.proofs import merkle
-from gateway.proofs.anchor import leaf_fields, received_ms, record_leaf, signature_of
+from gateway.proofs.leaf import leaf_fields, received_ms, record_leaf, signature_of
 from gateway.proofs.verify import FORMAT, OnChainAnchor, check
 
 

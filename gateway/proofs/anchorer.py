@@ -1,0 +1,266 @@
+"""The anchorer: buffered records -> sealed batches -> Merkle roots on chain -> records anchored.
+
+Exactly once per batch, whatever crashes (docs/proofs.md, "The gateway's batch journal"):
+
+1. **Seal.** Records are taken in seq order above the last sealed one, ``batch_size`` at a time,
+   or fewer once the oldest has waited ``max_age_s``. A sealed batch gets the next sequence
+   number (the chain's ``nextSequence`` for the very first one), its leaves (device address and
+   leaf hash per record) and its header (sequence, record range, count, root, time range) are
+   written to the batch journal *before* anything is sent. A sealed batch never changes: its
+   records, root and sequence are fixed for good, so a resend is the same anchor.
+2. **Submit.** A batch goes to the sender (``anchor(root, sequence, ...)``, tag
+   ``anchor:<sequence>``) only when no transaction of ours for it is pending and the chain does
+   not hold it; batches go in sequence order, several in flight (consecutive nonces).
+3. **Confirm.** A batch is anchored when its ``Anchored`` event (this gateway, this root) is in a
+   block ``confirmations`` deep. Only then is its header marked and the store's anchored cursor
+   moved (over the gap-free prefix of anchored batches).
+
+After a restart the same loop runs from the journals: a batch whose transaction is still in the
+sender's journal is waited for; one the chain already holds is marked; one it does not hold is
+sent again with its own sequence. A reorg that drops an anchor makes its log vanish, so the
+batch is sent again. The chain's ``nextSequence`` check refuses anything else.
+
+Thread boundary: like the sender it drives, an Anchorer belongs to one thread (the chain
+thread), which also owns the writable RecordStore or is handed it by its owner.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from web3 import Web3
+
+from gateway.buffer.store import RecordStore
+from gateway.chain.sender import ChainError, ChainUnavailable, TxSender
+from gateway.errors import CodecError
+from gateway.proofs import merkle
+from gateway.proofs.contract import ANCHORED_EVENT, load_abi
+from gateway.proofs.errors import AnchorError
+from gateway.proofs.journal import TAG_PREFIX, Batch, BatchJournal
+from gateway.proofs.leaf import received_ms, record_leaf
+
+log = logging.getLogger("w3gate.proofs")
+
+ANCHORED_TOPIC = Web3.keccak(text=ANCHORED_EVENT)
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    batch_size: int = 1000  # records per batch at most (a batch is sealed when this many wait)
+    max_age_s: float = 60.0  # ... or when the oldest waiting record is this old
+    max_inflight: int = 4  # anchor transactions pending at once
+    anchor_gas: int = 120_000  # gas limit of one anchor (measured 55,708; no estimation needed)
+    max_seal_per_step: int = 16  # bounds one step's work when a backlog is sealed
+    log_lookback: int = 0  # blocks before a batch's first submission searched for its event
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= 0xFFFFFFFF or self.max_age_s < 0 or self.max_inflight < 1:
+            raise AnchorError(f"batch_size must be 1..2^32-1, max_age_s >= 0, max_inflight >= 1: {self}",
+                              reason="bad_config")
+
+
+class Anchorer:
+    """Batches a RecordStore's records into its batch journal and anchors them through a
+    TxSender (see module doc)."""
+
+    def __init__(self, store: RecordStore, sender: TxSender, registry_address: str,
+                 journal_dir: str | os.PathLike, address_of: Callable[[dict], str],
+                 config: AnchorConfig = AnchorConfig(), *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.sender = sender
+        self.w3 = sender.w3
+        self.gateway = sender.address
+        self.config = config
+        self.address_of = address_of
+        self.registry = self.w3.eth.contract(address=Web3.to_checksum_address(registry_address), abi=load_abi())
+        self._clock = clock
+        self.journal = BatchJournal(journal_dir, store, writable=True)
+        for key, mine in (("registry", self.registry.address), ("gateway", self.gateway)):
+            if self.journal.meta.get(key, mine).lower() != mine.lower():
+                raise AnchorError(f"{self.journal.dir} is the batch journal of {key} {self.journal.meta[key]}, "
+                                  f"not {mine}", reason="journal_mismatch")
+
+    @property
+    def batches(self) -> list[Batch]:
+        return self.journal.batches
+
+    def proof_for(self, record_seq: int) -> dict:
+        """The proof file of one record (``BatchJournal.proof_for``)."""
+        return self.journal.proof_for(record_seq)
+
+    def stats(self) -> dict:
+        return self.journal.stats()
+
+    # -- sealing ---------------------------------------------------------------------------------
+
+    def _next_sequence_on_chain(self) -> int:
+        try:
+            return int(self.registry.functions.nextSequence(self.gateway).call())
+        except OSError as e:
+            raise ChainUnavailable(str(e)) from None
+
+    def _sealed_upto(self) -> int:
+        anchored = self.store.stats()["anchored_upto"]
+        last = self.journal.last
+        return max(anchored, last.last) if last else anchored
+
+    def backlog(self) -> int:
+        """Records stored but not yet in a sealed batch."""
+        return max(0, self.store.stats()["last_seq"] - self._sealed_upto())
+
+    def _seal_one(self, now: float) -> Batch | None:
+        waiting = self.backlog()
+        if waiting == 0:
+            return None
+        docs = list(self.store.iter_records(newest_first=False, after_seq=self._sealed_upto(),
+                                            limit=self.config.batch_size))
+        if not docs:
+            return None
+        if len(docs) < self.config.batch_size and now - docs[0]["rx"] < self.config.max_age_s:
+            return None
+        # a batch is a gap-free record range (records removed unanchored would leave a gap)
+        end = next((i for i in range(1, len(docs)) if docs[i]["seq"] != docs[i - 1]["seq"] + 1), len(docs))
+        docs = docs[:end]
+        last = self.journal.last
+        sequence = last.sequence + 1 if last else self._next_sequence_on_chain()  # the first continues the chain's count
+        entries, leaves, times = bytearray(), [], []
+        for doc in docs:
+            address = self.address_of(doc)
+            try:
+                leaf = record_leaf(doc, address)
+            except (CodecError, KeyError, ValueError) as e:
+                raise AnchorError(f"record {doc['seq']} has no usable leaf: {e}", reason="bad_record") from None
+            entries += bytes.fromhex(address.removeprefix("0x")) + leaf
+            leaves.append(leaf)
+            times.append(received_ms(doc["rx"]))
+        batch = Batch(sequence, docs[0]["seq"], docs[-1]["seq"], len(docs), "0x" + merkle.root(leaves).hex(),
+                      min(times), max(times), now)
+        self.journal.append(batch, bytes(entries))
+        log.info("sealed batch %d: records %d..%d, root %s", sequence, batch.first, batch.last, batch.root)
+        return batch
+
+    def seal(self, now: float | None = None) -> list[Batch]:
+        """Seal every batch that is due (at most max_seal_per_step)."""
+        now = self._clock() if now is None else now
+        sealed = []
+        while len(sealed) < self.config.max_seal_per_step:
+            batch = self._seal_one(now)
+            if batch is None:
+                break
+            sealed.append(batch)
+        return sealed
+
+    # -- the chain -------------------------------------------------------------------------------
+
+    def _event(self, batch: Batch, head: int) -> tuple[str, int] | None:
+        """(tx hash, block) of the Anchored event of this gateway and this root, if on chain.
+        A batch never submitted (no ``from_block``) cannot be: no log query (RPC nodes such as
+        IoTeX's limit the block range of eth_getLogs)."""
+        if batch.from_block is None:
+            return None
+        start = max(0, (batch.from_block or 0) - self.config.log_lookback)
+        logs = self.w3.eth.get_logs({
+            "address": self.registry.address, "fromBlock": start, "toBlock": head,
+            "topics": [ANCHORED_TOPIC, "0x" + bytes(12).hex() + self.gateway[2:].lower(), batch.root]})
+        if not logs:
+            return None
+        entry = logs[0]
+        return "0x" + bytes(entry["transactionHash"]).hex(), int(entry["blockNumber"])
+
+    def _anchor_of(self, root: str) -> tuple:
+        return tuple(self.registry.functions.anchorOf(root).call())
+
+    def _submit(self, batch: Batch, head: int) -> None:
+        holder = self._anchor_of(batch.root)[0]
+        if int(holder, 16) != 0 and holder.lower() != self.gateway.lower():
+            raise AnchorError(f"batch {batch.sequence}: root {batch.root} is already anchored by gateway {holder}; "
+                              "reseal it (docs/proofs.md)", reason="root_collision")
+        if batch.from_block is None:
+            batch.from_block = head
+            self.journal.write_header(batch)
+        data = self.registry.encode_abi("anchor", args=[bytes.fromhex(batch.root[2:]), batch.sequence, batch.count,
+                                                        batch.first_ms, batch.last_ms])
+        self.sender.submit(self.registry.address, data, gas=self.config.anchor_gas, tag=batch.tag)
+        log.info("submitted batch %d (%d records)", batch.sequence, batch.count)
+
+    def _mark_anchored(self, batch: Batch, tx: str, block: int) -> None:
+        batch.status, batch.tx, batch.block = "anchored", tx, block
+        self.journal.write_header(batch)
+        upto = None
+        for b in self.journal.batches:
+            if b.status != "anchored":
+                break
+            upto = b.last
+        if upto is not None:
+            self.store.mark_anchored(upto)
+        log.info("batch %d anchored in block %d (tx %s)", batch.sequence, block, tx)
+
+    def step(self, now: float | None = None) -> dict:
+        """One round: follow pending transactions, seal what is due, confirm, submit.
+
+        Never raises for an unreachable chain (``"chain": "down"`` in the report: sealing goes
+        on, everything else waits); raises AnchorError when it must not go on."""
+        now = self._clock() if now is None else now
+        report = {"chain": "up", "sealed": 0, "submitted": 0, "anchored": 0}
+        try:
+            outcomes = self.sender.poll()
+            for o in outcomes:
+                if o.tag and o.tag.startswith(TAG_PREFIX) and o.status != "confirmed":
+                    log.warning("anchor tx of batch %s %s; checking the chain", o.tag[len(TAG_PREFIX):], o.status)
+        except ChainUnavailable:
+            report["chain"] = "down"
+        try:
+            report["sealed"] = len(self.seal(now))
+        except ChainUnavailable:  # the first batch needs nextSequence
+            report["chain"] = "down"
+        if report["chain"] == "down":
+            return report
+        try:
+            self._advance(report)
+        except (ChainUnavailable, OSError):
+            report["chain"] = "down"
+        return report
+
+    def _advance(self, report: dict) -> None:
+        self.journal.write_meta({"chain_id": self.sender.chain_id, "registry": self.registry.address,
+                                 "gateway": self.gateway})
+        head = int(self.w3.eth.block_number)
+        inflight = {p["tag"] for p in self.sender.pending() if p["tag"] and p["tag"].startswith(TAG_PREFIX)}
+        budget = self.config.max_inflight - len(inflight)
+        next_seq = None
+        batches = self.journal.batches
+        for batch in batches:
+            if batch.status == "anchored" or batch.tag in inflight:
+                continue
+            found = self._event(batch, head)
+            if found is not None:
+                tx, block = found
+                if head - block + 1 >= self.sender.config.confirmations:
+                    self._mark_anchored(batch, tx, block)
+                    report["anchored"] += 1
+                continue  # on chain: anchored, or soon
+            if next_seq is None:
+                next_seq = self._next_sequence_on_chain()
+            if batch.sequence < next_seq:
+                raise AnchorError(f"batch {batch.sequence} (root {batch.root}) is not on chain, but the chain's "
+                                  f"next sequence for {self.gateway} is {next_seq}: the sequence went to another "
+                                  "root (a lost or foreign batch journal?)", reason="sequence_taken")
+            if budget <= 0:
+                break
+            # in order: every batch between the chain's next and this one must be in flight
+            if any(b.tag not in inflight for b in batches
+                   if next_seq <= b.sequence < batch.sequence and b.status != "anchored"):
+                break
+            try:
+                self._submit(batch, head)
+            except ChainError as e:
+                if isinstance(e, ChainUnavailable):
+                    raise
+                log.warning("batch %d not submitted: %s", batch.sequence, e)
+                break
+            inflight.add(batch.tag)
+            budget -= 1
+            report["submitted"] += 1
