@@ -22,7 +22,7 @@ from gateway.applets.project import ProjectStore
 from gateway.applets.publishers import Publishers
 from gateway.applets.runtime import AppletRuntime
 from gateway.applets.system_api import HostCalls
-from gateway.applets.triggers import CronScheduler
+from gateway.applets.triggers import CronScheduler, MonitorScheduler
 from gateway.buffer.commit import GroupCommitter
 from gateway.buffer.records import LEGACY_WIRE
 from gateway.buffer.sink import RecordSink
@@ -64,13 +64,16 @@ class Node:
         self.runtime = AppletRuntime(
             projects, limits=Limits(a.time_limit_s, a.max_memory_pages, a.recycle_events, a.worker_memory_mb),
             publish=lambda topic, payload: self.link.publish(topic, payload, qos=1), max_batch=a.batch)
-        self.anchoring = None  # anchoring batches on chain, when [chain] is enabled
+        self.chain = self.anchoring = self.monitors = None  # the chain, anchoring, monitors: when [chain] is enabled
         if config.chain.enabled:
-            from gateway.proofs.service import AnchorService  # web3 is imported only when used
+            from gateway.chain.service import ChainService  # web3 is imported only when used
+            from gateway.proofs.service import AnchorService
 
-            self.anchoring = AnchorService(config.chain, config.layout, self.store, self.registry,
+            self.chain = ChainService(config.chain, config.layout)
+            self.anchoring = AnchorService(self.chain, config.chain, config.layout, self.store, self.registry,
                                            self.committer.call_blocking)
-        self.runtime.host_call = HostCalls(self.runtime, self.anchoring.applet_call if self.anchoring else None)
+            self.monitors = MonitorScheduler(self.runtime, self.chain, interval_s=config.chain.poll_s)
+        self.runtime.host_call = HostCalls(self.runtime, self.chain.applet_call if self.chain else None)
         self.event_api = EventAPI(
             self.runtime, Publishers(projects), max_bytes=config.api.max_event_bytes,
             did_document=self._did_document,
@@ -116,9 +119,10 @@ class Node:
                  "dispatcher": self.dispatcher.run, "cron": self.cron.run, "mqtt": self.link.run}
         if self.config.api.enabled:
             tasks["event API"] = self._serve_event_api
-        if self.anchoring is not None:
+        if self.chain is not None:
             tasks["anchoring"] = self.anchoring.run
-            tasks["chain monitors"] = lambda stop: self.anchoring.run_monitors(stop, self.runtime)
+            tasks["chain senders"] = self.chain.run
+            tasks["chain monitors"] = self.monitors.run
         if self.legacy is not None:
             tasks.update(self.legacy.links())
         running = {name: asyncio.create_task(supervise(name, lambda run=run: run(stop), stop, self.health))
@@ -142,9 +146,10 @@ class Node:
             await running["dispatcher"]  # it finishes the batch it is running, so nothing runs twice needlessly
             await self.event_api.drain_mqtt()
             await self.event_api.stop_http()
-            if self.anchoring is not None:
+            if self.chain is not None:
                 await running["anchoring"]  # ends after its current step
-                self.anchoring.close()
+                await running["chain senders"]
+                self.chain.close()
             await self.runtime.close()
             for task in running.values():
                 task.cancel()
@@ -190,7 +195,7 @@ class Node:
     def _did_document(self) -> dict | None:
         from gateway.chain.keystore import did_document  # eth_account, only when asked
 
-        chain_id = self.anchoring.sender.known_chain_id if self.anchoring is not None else None
+        chain_id = self.chain.sender.known_chain_id if self.chain is not None else None
         return did_document(self.config.layout.node_key, chain_id)
 
     # -- status ----------------------------------------------------------------------------------
@@ -216,7 +221,7 @@ class Node:
             "applets": {"projects": sorted(self.runtime.projects), "events": self.runtime.counters["events"],
                         "failed": self.runtime.counters["failed"], "pebble_cursor": self.dispatcher.dispatched,
                         "cron_events": self.cron.fired,
-                        "monitor_events": self.anchoring.monitor_events if self.anchoring else 0,
+                        "monitor_events": self.monitors.fired if self.monitors else 0,
                         "worker_restarts": sum(w.restarts for w in self.runtime.workers.values())},
             "buffer": {**self._buffer_stats, "pending": self.committer.backlog,
                        "commits": self.committer.commits, "write_failures": self.committer.failures},

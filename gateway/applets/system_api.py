@@ -2,8 +2,9 @@
 ``ws_send_tx_with_operator``, ``ws_call_contract``) and W3bstream's in-process system API behind
 ``ws_api_call`` (``GET /system/hello``, ``POST /system/send_tx``).
 
-The chain is whatever ``applet_call(fn, args)`` the node wires in (the anchoring service's
-transaction sender), or none: then chain calls fail with the reason and the system API answers 503.
+The chain is whatever ``applet_call(fn, args)`` the node wires in (``ChainService.applet_call``,
+gateway/chain/service.py), or none: then chain calls fail with the reason and the system API
+answers 503.
 """
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-"""Triggers: events the node makes itself. Cron jobs deliver upstream's payload
-``{"ID": "<cron job id>", "Timestamp": "<RFC3339>"}`` with an event ID ``<uuid>_monitor``,
-through the same routing as any event. Runs missed while the node was down are not made up
-(upstream's gocron does not either). Chain monitors (height, contract logs) feed the same path
-from the chain sender.
+"""Triggers: events the node makes itself, delivered to applets through the same routing as any
+event, with an event ID ``<uuid>_monitor``.
+
+- Cron jobs deliver upstream's payload ``{"ID": "<cron job id>", "Timestamp": "<RFC3339>"}``.
+  Runs missed while the node was down are not made up (upstream's gocron does not either).
+- Chain monitors (a height reached, a contract's logs) deliver what ``gateway/chain/monitors.py``
+  reads from the chain, at least once: a monitor's progress is saved after its events were handled.
 """
 from __future__ import annotations
 
@@ -12,10 +14,15 @@ import logging
 import time
 import uuid
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from croniter import croniter
 
 from gateway.applets.runtime import AppletRuntime, Event
+from gateway.chain.monitors import ChainMonitors, Monitor
+
+if TYPE_CHECKING:  # web3 is imported only with a chain
+    from gateway.chain.service import ChainService
 
 log = logging.getLogger("w3gate.applets")
 
@@ -60,5 +67,42 @@ class CronScheduler:
             wait = min(self._next.values(), default=self.clock() + 1.0) - self.clock()
             try:
                 await asyncio.wait_for(stop.wait(), timeout=min(1.0, max(0.01, wait)))
+            except asyncio.TimeoutError:
+                pass
+
+
+class MonitorScheduler:
+    """The deployed projects' chain monitors, polled every ``interval_s`` on the chain thread."""
+
+    def __init__(self, runtime: AppletRuntime, chain: ChainService, *, interval_s: float) -> None:
+        self.runtime = runtime
+        self.chain = chain
+        self.interval_s = interval_s
+        self.fired = 0
+
+    def specs(self) -> list[Monitor]:
+        return [Monitor(name, m["kind"], m.get("event", "MONITOR_DEFAULT"), m.get("height"), m.get("address"),
+                        tuple(m.get("topics") or ()), m.get("block_start"))
+                for name, project in self.runtime.projects.items() for m in project.monitors]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        monitors = ChainMonitors(self.chain.w3, lambda name: self.runtime.store.files(name).monitors)
+        while not stop.is_set():
+            try:
+                firings = await self.chain.call(monitors.poll, self.specs())
+            except Exception as e:  # noqa: BLE001 - the chain is down: the next round tries again
+                log.debug("chain monitors: %s", e)
+                firings = []
+            for firing in firings:
+                m = firing.monitor
+                if firing.payloads:
+                    await self.runtime.handle([Event(m.project, payload, event_type=m.event,
+                                                     event_id=f"{uuid.uuid4()}_monitor", publisher="chain",
+                                                     trust="chain")
+                                               for payload in firing.payloads])
+                    self.fired += len(firing.payloads)
+                monitors.commit(firing)
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval_s)
             except asyncio.TimeoutError:
                 pass

@@ -125,7 +125,8 @@ class Anchorer:
         end = next((i for i in range(1, len(docs)) if docs[i]["seq"] != docs[i - 1]["seq"] + 1), len(docs))
         docs = docs[:end]
         last = self.journal.last
-        sequence = last.sequence + 1 if last else self._next_sequence_on_chain()  # the first continues the chain's count
+        # the first batch continues the chain's count
+        sequence = last.sequence + 1 if last else self._next_sequence_on_chain()
         entries, leaves, times = bytearray(), [], []
         for doc in docs:
             address = self.address_of(doc)
