@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 
 from bench.ingest import vm_hwm_kb
-from gateway.broker import start_broker
 from gateway.layout import DataDir
 from gateway.legacy.registry import LegacyRegistry, new_legacy_device
 from hardware.ble_sensor.launch import Radio, Sensor
+from rig.broker import start_broker
 from tests.support.gateway import GatewayProcess, cli
 
 

@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.broker import start_broker, stop_group
 from gateway.layout import DataDir
+from hardware.process import stop_group
+from rig.broker import start_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 

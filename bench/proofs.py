@@ -20,10 +20,10 @@ from eth_account import Account
 from web3 import Web3
 
 from gateway.buffer.store import RecordStore, StoreConfig
-from gateway.chain import devchain
 from gateway.chain.sender import SenderConfig, TxSender, connect
 from gateway.codec import pebble
 from gateway.proofs.anchor import AnchorConfig, Anchorer
+from rig.chain import DEV_KEYS, deploy_registry, start_anvil
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,10 +43,10 @@ def records(n: int, rx0: float) -> list[dict]:
 
 
 def run(size: int, n: int, work: Path) -> dict:
-    chain = devchain.start_anvil(work / "anvil")
+    chain = start_anvil(work / "anvil")
     try:
-        gateway = Account.from_key(devchain.DEV_KEYS[1])
-        registry = devchain.deploy_registry(chain.url, devchain.DEV_KEYS[0], [gateway.address])
+        gateway = Account.from_key(DEV_KEYS[1])
+        registry = deploy_registry(chain.url, DEV_KEYS[0], [gateway.address])
         store = RecordStore(work / "records", StoreConfig(segment_records=1000, max_records=10 * n))
         rx0 = time.time() - 3600
         for start in range(0, n, 5000):

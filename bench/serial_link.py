@@ -24,9 +24,9 @@ import serial
 
 from bench.ingest import vm_hwm_kb
 from device_fw import frame as wire
-from gateway.broker import start_broker
 from gateway.layout import DataDir
 from gateway.legacy.registry import LegacyRegistry, new_legacy_device
+from rig.broker import start_broker
 from tests.support.gateway import GatewayProcess, cli
 
 

@@ -1,43 +1,26 @@
-"""mosquitto for the demo, the tests and the benches: the settings w3gate runs with, and a
-private broker started on a loopback port of its own (never the system broker on 1883)."""
+"""Private mosquitto brokers for the demo, the tests and the benches, each on a loopback port of
+its own (never the system broker on 1883), with the settings w3gate runs with."""
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.broker import broker_config
 from gateway.errors import W3gateError
+from hardware.process import stop_group
 
 
 class BrokerError(W3gateError):
     reason = "broker"
 
 
-def broker_config(port: int, *, bind: str = "127.0.0.1") -> str:
-    """A mosquitto 2 config: explicit listener, anonymous allowed on it, logs to stderr.
-
-    ``queue_qos0_messages`` lets the broker hold the Pebble's QoS 0 data for our persistent
-    session while the gateway restarts. ``max_inflight_messages`` is how many QoS 1 messages the
-    broker sends before their acknowledgements: the gateway acknowledges after each group commit,
-    so mosquitto's default of 20 would cap a batch at 20 records, and throughput is at most this
-    window over the time to durable (5000 / ~0.3 s under a full backlog).
-    """
-    return (f"listener {port} {bind}\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "log_dest stderr\n"
-            "log_type error\nlog_type warning\n"
-            "max_queued_messages 1000000\n"
-            "max_inflight_messages 5000\n"
-            "queue_qos0_messages true\n")
-
-
 def mosquitto_path() -> str:
+    """Debian puts mosquitto in /usr/sbin, which is not on every user's PATH."""
     for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
@@ -45,12 +28,14 @@ def mosquitto_path() -> str:
 
 
 def free_port() -> int:
+    """A loopback port nobody listens on now (the caller retries if it loses the race)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Wait until something accepts connections on the port: a started server is ready."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -59,21 +44,6 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
         except OSError:
             time.sleep(0.02)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
-
-
-def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-    """Signal a process started with ``start_new_session`` and its children; kill if it lingers."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
 
 
 @dataclass

@@ -12,9 +12,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.broker import free_port, stop_group
+from hardware.process import stop_group
+from rig.broker import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT = ROOT / "contracts" / "ProofRegistry.json"
 ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
 CHAIN_ID = 31337

@@ -23,7 +23,7 @@ def vectors() -> dict:
 @pytest.fixture
 def mosquitto(tmp_path):
     """A real mosquitto broker on a random loopback port, stopped after the test."""
-    from gateway.broker import start_broker
+    from rig.broker import start_broker
 
     broker = start_broker(tmp_path)
     yield broker
@@ -33,7 +33,7 @@ def mosquitto(tmp_path):
 @pytest.fixture
 def anvil(tmp_path):
     """A real anvil chain (id 31337) on a random loopback port, stopped after the test."""
-    from gateway.chain.devchain import start_anvil
+    from rig.chain import start_anvil
 
     chain = start_anvil(tmp_path / "anvil")
     yield chain

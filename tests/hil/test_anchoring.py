@@ -12,12 +12,12 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from gateway.broker import free_port
 from gateway.buffer.store import RecordStore, StoreConfig
 from gateway.chain.sender import SenderConfig, TxSender, connect
 from gateway.codec import pebble
 from gateway.proofs.anchor import ANCHORED_TOPIC, AnchorConfig, Anchorer
 from gateway.proofs.verify import anchor_of, check, verify_proof
+from rig.broker import free_port
 
 ARTIFACT = json.loads((Path(__file__).resolve().parents[2] / "contracts" / "ProofRegistry.json").read_text())
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z

@@ -10,7 +10,7 @@ from web3 import Web3
 
 from gateway.chain.sender import (ChainUnavailable, Network, SenderConfig, TxSender, connect,
                                   resolve_network)
-from gateway.chain.devchain import start_anvil
+from rig.chain import start_anvil
 
 
 class Clock:
@@ -159,7 +159,7 @@ def test_a_transaction_lost_in_a_reorg_is_rebroadcast_and_confirmed_again(anvil,
 
 
 def test_an_unreachable_node_journals_nothing(tmp_path):
-    from gateway.broker import free_port
+    from rig.broker import free_port
 
     sender = TxSender(connect(f"http://127.0.0.1:{free_port()}", timeout=1), Account.create(),
                       tmp_path / "txjournal.json")

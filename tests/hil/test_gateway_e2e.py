@@ -159,7 +159,7 @@ def test_config_and_firmware_downlinks_reach_the_device(gateway, mosquitto, flee
 
 
 def test_the_gateway_reconnects_after_the_broker_restarts(tmp_path, mosquitto, fleet, gateway):
-    from gateway.broker import start_broker
+    from rig.broker import start_broker
 
     port = mosquitto.port
     mosquitto.stop()

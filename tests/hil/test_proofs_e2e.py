@@ -11,8 +11,8 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from gateway.chain import devchain
 from gateway.layout import DataDir
+from rig.chain import deploy_registry
 from tests.support.gateway import sim
 from tests.support.gateway import GatewayProcess, cli, cli_json, w3gate_exe
 
@@ -25,7 +25,7 @@ def chain_gateway(tmp_path, mosquitto, anvil, **settings):
     passphrase.write_text("correct horse battery staple\n")
     key_file = tmp_path / "gateway.key"
     key_file.write_text(anvil.keys[1])
-    registry = devchain.deploy_registry(anvil.url, anvil.keys[0], [Account.from_key(anvil.keys[1]).address])
+    registry = deploy_registry(anvil.url, anvil.keys[0], [Account.from_key(anvil.keys[1]).address])
     gw = GatewayProcess(tmp_path, mosquitto.port, chain__enabled=True, chain__network=anvil.url,
                         chain__registry=registry, chain__key_passphrase_file=str(passphrase),
                         chain__confirmations=1, chain__poll_s=0.2, **settings)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from gateway.broker import stop_group
+from hardware.process import stop_group
 
 
 def w3gate_exe() -> list[str]:

@@ -57,13 +57,13 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def nothing_long_running_starts(monkeypatch):
     """A bad invocation that got through would start a gateway or a demo: make that a loud failure."""
-    import gateway.cli.demo
     import gateway.node
+    import rig.demo
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("this invocation should have been refused before starting anything")
 
-    monkeypatch.setattr(gateway.cli.demo, "start_broker", refuse)
+    monkeypatch.setattr(rig.demo, "run", refuse)
     monkeypatch.setattr(gateway.node, "Node", refuse)
 
 
