@@ -16,7 +16,6 @@ from hardware.process import stop_group
 from rig.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACT = ROOT / "contracts" / "ProofRegistry.json"
 ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
 CHAIN_ID = 31337
 
@@ -111,7 +110,9 @@ def deploy_registry(url: str, owner_key: str, gateways: list[str]) -> str:
     from eth_account import Account
     from web3 import Web3
 
-    artifact = json.loads(ARTIFACT.read_text())
+    from gateway.proofs.contract import artifact as registry_artifact
+
+    artifact = registry_artifact()
     w3 = Web3(Web3.HTTPProvider(url))
     owner = Account.from_key(owner_key)
     chain_id = w3.eth.chain_id
