@@ -22,7 +22,7 @@ from web3 import Web3
 from gateway.buffer.store import RecordStore, StoreConfig
 from gateway.chain.sender import SenderConfig, TxSender, connect
 from gateway.codec import pebble
-from gateway.proofs.anchor import AnchorConfig, Anchorer
+from gateway.proofs.anchorer import AnchorConfig, Anchorer
 from rig.chain import DEV_KEYS, deploy_registry, start_anvil
 
 ROOT = Path(__file__).resolve().parents[1]

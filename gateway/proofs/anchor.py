@@ -1,8 +1,7 @@
-"""Old import path of the anchorer, kept only for importers outside the proofs package that
-are being moved by others right now (``gateway/cli/proof.py``, ``gateway/cli/demo.py``,
-``bench/proofs.py``, ``tests/hil/test_anchoring.py``, ``tests/unit/test_legacy_verify.py``).
-New code imports from ``leaf``, ``journal``, ``anchorer`` and ``contract``; delete this module
-once those import from there."""
+"""Old import path of the anchorer, kept only for importers outside this change
+(``gateway/cli/proof.py``, ``rig/demo.py``, ``tests/unit/test_legacy_verify.py``). New code
+imports from ``leaf``, ``journal``, ``anchorer`` and ``contract``; delete this module once
+those import from there."""
 from gateway.proofs.anchorer import ANCHORED_TOPIC, AnchorConfig, Anchorer
 from gateway.proofs.contract import load_abi
 from gateway.proofs.errors import AnchorError

@@ -15,11 +15,12 @@ from web3 import Web3
 from gateway.buffer.store import RecordStore, StoreConfig
 from gateway.chain.sender import SenderConfig, TxSender, connect
 from gateway.codec import pebble
-from gateway.proofs.anchor import ANCHORED_TOPIC, AnchorConfig, Anchorer
+from gateway.proofs.anchorer import ANCHORED_TOPIC, AnchorConfig, Anchorer
+from gateway.proofs.contract import artifact
 from gateway.proofs.verify import anchor_of, check, verify_proof
 from rig.broker import free_port
 
-ARTIFACT = json.loads((Path(__file__).resolve().parents[2] / "contracts" / "ProofRegistry.json").read_text())
+ARTIFACT = artifact()  # as the gateway ships it
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DEVICES = [Web3.to_checksum_address(Web3.keccak(text=f"device {i}")[:20]) for i in range(5)]
 

@@ -3,8 +3,6 @@ transactions signed locally with the dev keys, roots built by gateway.proofs.mer
 from __future__ import annotations
 
 import hashlib
-import json
-from pathlib import Path
 
 import pytest
 from eth_abi import decode
@@ -14,8 +12,9 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError
 
 from gateway.proofs import merkle
+from gateway.proofs.contract import artifact
 
-ARTIFACT = json.loads((Path(__file__).resolve().parents[2] / "contracts" / "ProofRegistry.json").read_text())
+ARTIFACT = artifact()  # as the gateway ships it
 BATCH = 1000
 FIRST_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
