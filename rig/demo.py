@@ -367,12 +367,12 @@ def print_proof(rig: Rig, seen: Watch, seq: int) -> None:
 def prove(rig: Rig, seq: int) -> str:
     """Prove record ``seq`` against the chain alone, as `w3gate proof verify` does."""
     from gateway.buffer.store import RecordStore
-    from gateway.proofs.anchor import ProofIndex
+    from gateway.proofs.journal import BatchJournal
     from gateway.proofs.verify import verify_proof
 
     store = RecordStore(rig.layout.records, readonly=True)
     try:
-        proof = ProofIndex(rig.layout.proofs, store).proof_for(seq)
+        proof = BatchJournal(rig.layout.proofs, store).proof_for(seq)
     finally:
         store.close()
     verdict = verify_proof(proof, rig.rpc_url, rig.registry)

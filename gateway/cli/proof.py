@@ -17,7 +17,7 @@ from gateway.buffer.records import iso
 from gateway.buffer.store import RecordStore
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
 from gateway.errors import W3gateError
-from gateway.proofs.anchor import ProofIndex
+from gateway.proofs.journal import BatchJournal
 from gateway.proofs.verify import verify_proof
 
 EXIT_INVALID, EXIT_UNKNOWN = 1, 3
@@ -51,7 +51,7 @@ def show(record_id, as_json, config_path, data_dir) -> None:
     try:
         store = RecordStore(layout.records, readonly=True)
         try:
-            p = ProofIndex(layout.proofs, store).proof_for(record_id)
+            p = BatchJournal(layout.proofs, store).proof_for(record_id)
         finally:
             store.close()
     except W3gateError as e:

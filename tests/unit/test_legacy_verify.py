@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from device_fw import frame as wire
 from gateway.buffer.records import decode_record, legacy_record_doc
-from gateway.proofs.anchor import leaf_fields
+from gateway.proofs.leaf import leaf_fields
 from gateway.legacy.attest import Attester, attestation_digest
 from gateway.legacy.registry import LegacyRegistry, new_legacy_device
 from gateway.legacy.verifier import LegacyVerifier, SeqWindow
