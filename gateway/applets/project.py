@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 import shutil
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -187,9 +189,11 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
             raise ProjectError(f"{path}: applet {applet!r} is declared twice")
         file = (path.parent / wasm_path).resolve()
         try:
-            wasm = file.read_bytes()
+            wasm = _read_module(file)
         except OSError as e:
             raise ProjectError(f"{path}: applet {applet!r}: {e}") from None
+        if wasm is None:
+            raise ProjectError(f"{path}: applet {applet!r}: {file} is not a regular file")
         if len(wasm) > MAX_MODULE_BYTES:
             raise ProjectError(f"{path}: applet {applet!r} is {len(wasm)} bytes, the limit is {MAX_MODULE_BYTES}")
         try:
@@ -237,6 +241,15 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
         raise ProjectError(f"{path}: 'operators' is a list of operator key names (w3gate key new --operator NAME)")
     return Project(name, applets, strategies, {str(k): str(v) for k, v in env.items()}, schema, pebble,
                    legacy, cron, monitors, operators), modules
+
+
+def _read_module(file: Path) -> bytes | None:
+    """The module's bytes, at most one byte past the limit; None for what is not a regular file
+    (``/dev/zero`` or a FIFO would be read for ever)."""
+    with open(os.open(file, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:  # a FIFO must not block the open
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read(MAX_MODULE_BYTES + 1)
 
 
 def _table(path: Path, data: dict, key: str) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,16 @@ def test_an_applet_with_unknown_imports_is_refused_at_deploy(tmp_path):
     with pytest.raises(ProjectError, match="env.ws_get_mqtt_msg"):
         ProjectStore(DataDir(tmp_path / "data")).deploy(path)
     assert ProjectStore(DataDir(tmp_path / "data")).all() == []
+
+
+@pytest.mark.parametrize("module", ["/dev/zero", "/dev/full", "fifo"])
+def test_a_module_that_is_not_a_regular_file_is_refused_without_reading_it(tmp_path, module):
+    if module == "fifo":
+        os.mkfifo(tmp_path / "fifo")  # nobody writes to it: opening it must not wait
+    path = tmp_path / "odd.toml"
+    path.write_text(f'name = "odd"\n[[applets]]\nname = "a"\nwasm = "{module}"\n')
+    with pytest.raises(ProjectError, match="is not a regular file"):
+        ProjectStore(DataDir(tmp_path / "data")).deploy(path)
 
 
 def test_a_strategy_naming_a_missing_handler_is_refused(tmp_path):
