@@ -92,12 +92,6 @@ class Node:
         self.cron = CronScheduler(self.runtime)
         self._buffer_stats: dict = {}
 
-    # -- compatibility for what reads the node's counters directly (tests, fuzz targets) --------
-
-    @property
-    def handled(self) -> int:
-        return self.sink.handled
-
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:

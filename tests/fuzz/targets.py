@@ -434,7 +434,7 @@ def run_node(data: bytes) -> object:
 
     loop, node = _node()
     messages = split_messages(data) + [(NODE_TOPICS[0], genuine_reading(f"{next(_nonce):016X}"))]
-    handled, accepted = node.handled, node.counters.accepted["data"]
+    handled, accepted = node.sink.handled, node.counters.accepted["data"]
 
     async def feed() -> None:
         for mid, (topic, payload) in enumerate(messages, 1):
@@ -443,7 +443,7 @@ def run_node(data: bytes) -> object:
         await node.committer.drain()
         await node.event_api.drain_mqtt()
     loop.run_until_complete(feed())
-    assert node.handled - handled == len(messages), "a message was not acknowledged exactly once"
+    assert node.sink.handled - handled == len(messages), "a message was not acknowledged exactly once"
     assert node.link.handler_errors == 0 and not node.counters.rejected["internal"], node.counters.rejected
     assert node.counters.accepted["data"] > accepted, "the genuine reading after the hostile ones was refused"
     return None
