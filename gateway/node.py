@@ -108,6 +108,7 @@ class Node:
         if self.legacy is not None:
             every_second["legacy devices"] = self.legacy.reload
         every_second["status"] = self._write_status
+        every_second["trace"] = self.sink.flush_trace
         tasks = {"housekeeping": lambda stop: periodic(1.0, every_second, stop, self.health),
                  "expiry": lambda stop: periodic(60.0, {"expiry": self._expire}, stop, self.health, first_s=1.0),
                  "dispatcher": self.dispatcher.run, "cron": self.cron.run, "mqtt": self.link.run}
