@@ -9,6 +9,7 @@ the last handled message that tells ``w3gate status`` whether ingest is moving.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Callable, TextIO
 
 from gateway.buffer.commit import GroupCommitter
@@ -36,36 +37,40 @@ class RecordSink:
         """Records received but not yet durable."""
         return self.committer.backlog
 
-    def store(self, doc: dict, kind: str, device: str, where: str, done: Done) -> None:
+    def store(self, doc: dict, kind: str, where: str, done: Done) -> None:
         """Make ``doc`` durable, count it as ``kind`` and call ``done(seq)``; a full buffer (policy
         refuse) is counted as the rejection ``buffer_full`` and ``done(None)``."""
-        def durable(seq: int | None) -> None:
-            try:
-                if seq is None:
-                    self.rejected(Rejection("buffer_full", "the buffer is full (policy refuse)", device=device),
-                                  where)
-                else:
-                    now = time.time()
-                    self.counters.accepted[kind] += 1
-                    self.latency.add(now - doc["rx"])
-                    if self.trace:
-                        self.trace.write(f"{doc['digest']} {doc['rx']:.6f} {now:.6f}\n")
-                    self.notify()
-            except Exception as e:  # noqa: BLE001 - the record is on disk: log, and go on
-                self.reject_log.internal(e, device, where)
-            finally:
-                self.handled += 1
-                self.last_handled = time.time()
-            done(seq)
-        self.committer.submit(doc, durable)
+        # one partial per record, not a closure: closures bring a GC-tracked cell per variable,
+        # and thousands of records wait in the group commit at full load
+        self.committer.submit(doc, partial(self._durable, doc, kind, where, done))
+
+    def _durable(self, doc: dict, kind: str, where: str, done: Done, seq: int | None) -> None:
+        try:
+            if seq is None:
+                self.rejected(Rejection("buffer_full", "the buffer is full (policy refuse)", device=doc["device"]),
+                              where)
+            else:
+                now = time.time()
+                self.counters.accepted[kind] += 1
+                self.latency.add(now - doc["rx"])
+                if self.trace:
+                    self.trace.write(f"{doc['digest']} {doc['rx']:.6f} {now:.6f}\n")
+                self.notify()
+        except Exception as e:  # noqa: BLE001 - the record is on disk: log, and go on
+            self.reject_log.internal(e, doc.get("device"), where)
+        finally:
+            self.handled += 1
+            self.last_handled = time.time()
+        done(seq)
 
     def release(self, done: Callable[[], None]) -> None:
         """Run ``done`` once everything submitted before is durable (an acknowledgement in order)."""
-        def released(_seq: int | None) -> None:
-            self.handled += 1
-            self.last_handled = time.time()
-            done()
-        self.committer.submit(None, released)
+        self.committer.submit(None, partial(self._released, done))
+
+    def _released(self, done: Callable[[], None], _seq: int | None) -> None:
+        self.handled += 1
+        self.last_handled = time.time()
+        done()
 
     def rejected(self, rejection: Rejection, where: str) -> None:
         """Count and log a refused message or frame (``where``: its topic or link)."""

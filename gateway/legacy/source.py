@@ -84,7 +84,7 @@ class LegacySource:
         self.bridge.save_seqs()
 
     def _store(self, doc: dict, done: Callable[[int | None], None]) -> None:
-        self.sink.store(doc, "legacy_" + doc["kind"], doc["device"], "legacy", done)
+        self.sink.store(doc, "legacy_" + doc["kind"], "legacy", done)
 
     def _serial_changed(self, port: str, up: bool) -> None:
         if not up:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Callable
 
 from gateway.buffer.records import nonce_of, record_doc
@@ -77,20 +78,20 @@ class PebbleSource:
         parts = msg.topic.split("/")
         if len(parts) in (4, 5) and parts[1] == "push":
             self.events(msg)
-            return self.sink.release(self._acker(msg))
+            return self.sink.release(partial(self._ack, msg))
         if len(parts) != 3 or parts[0] != "device":
             return self._rejected(msg, Rejection("malformed", f"unexpected topic {msg.topic[:100]}"))
         imei, channel = parts[1].removeprefix(G1_PREFIX), parts[2]
         if channel == "query":
             self._answer_query(imei)
-            return self.sink.release(self._acker(msg))
+            return self.sink.release(partial(self._ack, msg))
         try:
             if channel not in ("data", "confirm"):
                 raise Rejection("malformed", f"unexpected topic {msg.topic[:100]}", device=imei)
             admitted = self.verifier.admit(channel, imei, msg.payload)
         except Rejection as rejection:
             return self._rejected(msg, rejection)
-        self.checker.submit(admitted, lambda valid: self._checked(msg, admitted, valid))
+        self.checker.submit(admitted, partial(self._checked, msg, admitted))
         if self.checker.backlog > VERIFY_PAUSE_ABOVE and not self._paused:
             self._pause()
 
@@ -111,8 +112,7 @@ class PebbleSource:
             return self._rejected(msg, rejection)
         except Exception as e:  # noqa: BLE001 - a callback of the checker: the boundary holds here too
             return self._rejected(msg, self._failure(msg, e))
-        self.sink.store(doc, accepted.kind, accepted.device.imei, msg.topic,
-                        lambda seq: self._stored(msg, accepted, seq))
+        self.sink.store(doc, accepted.kind, msg.topic, partial(self._stored, msg, accepted))
         if self._paused:
             self._maybe_resume()
         elif self.sink.backlog > STORE_PAUSE_ABOVE:
@@ -133,10 +133,7 @@ class PebbleSource:
             self.sink.redelivered()  # what we stored but could not acknowledge before a crash
         else:
             self.sink.rejected(rejection, msg.topic[:100])
-        self.sink.release(self._acker(msg))
-
-    def _acker(self, msg: Inbound) -> Callable[[], None]:
-        return lambda: self._ack(msg)
+        self.sink.release(partial(self._ack, msg))
 
     def _ack(self, msg: Inbound) -> None:
         self.link.ack(msg.mid, msg.qos)
