@@ -10,6 +10,7 @@ and ``status.json`` says what is degraded. This module builds and connects; it d
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -103,6 +104,10 @@ class Node:
         await self.checker.start()
         self._buffer_stats = await self.committer.call(self.store.stats)
         await step(self.health, "projects", self.runtime.reload)
+        # Everything made so far lives as long as the process: keep it out of the collector's
+        # full passes, which otherwise walk it again and again while thousands of records wait
+        # for the disk (measured: 5-6 us of the loop's ~35 us per message under load).
+        gc.freeze()
         every_second = {"device registry": self.pebble.reload, "projects": self.runtime.reload,
                         "replay memory": self.pebble.trim, "buffer": self._refresh_buffer_stats}
         if self.legacy is not None:
