@@ -158,7 +158,7 @@ def load_segment(raw: bytes, first: int, last: int | None) -> tuple[dict[int, di
         for value in (key, doc.get("seq") if isinstance(doc, dict) else None):
             try:
                 seq = int(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity where a seq was
                 continue
             if is_seq(seq):
                 highest = max(highest, seq)
