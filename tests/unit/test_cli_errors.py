@@ -176,7 +176,9 @@ def _fill(value, work: Path):
 
 def invoke(work: Path, args: list[str], extra: dict | None = None):
     env = {k: _fill(v, work) for k, v in _env(work, **(extra or {})).items()}
-    return CliRunner().invoke(main, [_fill(a, work) for a in args], env=env, input="")
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=work):  # a relative path an argument names lands here
+        return runner.invoke(main, [_fill(a, work) for a in args], env=env, input="")
 
 
 def assert_clean_error(result, args) -> None:
@@ -265,6 +267,9 @@ def test_the_installed_command_exits_non_zero_with_one_error_line(work, args, ex
     assert done.stderr.strip().splitlines()[-1].startswith("Error:"), done.stderr
 
 
-def test_a_valid_invocation_still_works(work):
-    result = invoke(work, ["device", "list", "--json"])
+def test_a_valid_invocation_still_works(work, tmp_path):
+    # its own data dir: the random invocations above may well have removed the shared one's device
+    own = {"W3GATE_DATA_DIR": str(tmp_path / "data")}
+    assert invoke(work, ["device", "add", IMEI, "--address", ADDRESS], own).exit_code == 0
+    result = invoke(work, ["device", "list", "--json"], own)
     assert result.exit_code == 0 and json.loads(result.output)[0]["imei"] == IMEI
