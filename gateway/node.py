@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import sys
 import time
+from functools import partial
 
 from gateway.applets.device_events import DeviceDispatcher
 from gateway.applets.event_api import EventAPI
@@ -25,12 +25,14 @@ from gateway.applets.runtime import AppletRuntime
 from gateway.applets.system_api import HostCalls
 from gateway.applets.triggers import CronScheduler, MonitorScheduler
 from gateway.buffer.commit import GroupCommitter
-from gateway.buffer.records import LEGACY_WIRE
 from gateway.buffer.sink import RecordSink
 from gateway.buffer.store import FullPolicy, RecordState, RecordStore, StoreConfig
+from gateway.buffer.upkeep import BufferUpkeep
+from gateway.codec.record import WIRES, Record
 from gateway.config import Config
 from gateway.ingest.mqtt import MqttLink
 from gateway.pebble.source import SUBSCRIPTIONS, PebbleSource
+from gateway.report import node_status
 from gateway.status import Counters, read_status, write_status
 from gateway.supervisor import Health, periodic, step, supervise
 from gateway.verify.checker import SignatureChecker
@@ -38,8 +40,6 @@ from gateway.verify.registry import Registry
 from gateway.verify.verifier import Policy, Verifier
 
 log = logging.getLogger("w3gate.node")
-
-STUCK_AFTER_S = 10.0  # messages waiting this long with none handled: status says ingest is stuck
 
 
 class Node:
@@ -67,7 +67,9 @@ class Node:
             publish=lambda topic, payload: self.link.publish(topic, payload, qos=1), max_batch=a.batch)
         self.chain = self.anchoring = self.monitors = None  # the chain, anchoring, monitors: when [chain] is enabled
         if config.chain.enabled:
-            from gateway.chain.service import ChainService  # web3 is imported only when used
+            from gateway.chain.service import (
+                ChainService,  # web3 is imported only when used
+            )
             from gateway.proofs.service import AnchorService
 
             self.chain = ChainService(config.chain, config.layout)
@@ -91,7 +93,8 @@ class Node:
         self.dispatcher = DeviceDispatcher(self.runtime, self.store, self.committer, self.registry,
                                            legacy_names=self.legacy.names if self.legacy else dict)
         self.cron = CronScheduler(self.runtime)
-        self._buffer_stats: dict = {}
+        self.upkeep = BufferUpkeep(self.store, self.committer, expire_at=RecordState.ANCHORED if config.chain.enabled
+                                   else RecordState.PROCESSED)  # with a chain, records expire once anchored
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -102,23 +105,23 @@ class Node:
         sys.setswitchinterval(0.0005)
         await self._restore_replay_memory()
         await self.checker.start()
-        self._buffer_stats = await self.committer.call(self.store.stats)
+        await self.upkeep.refresh()
         await step(self.health, "projects", self.runtime.reload)
         # Everything made so far lives as long as the process: keep it out of the collector's
         # full passes, which otherwise walk it again and again while thousands of records wait
         # for the disk (measured: 5-6 us of the loop's ~35 us per message under load).
         gc.freeze()
         every_second = {"device registry": self.pebble.reload, "projects": self.runtime.reload,
-                        "replay memory": self.pebble.trim, "buffer": self._refresh_buffer_stats}
+                        "replay memory": self.pebble.trim, "buffer": self.upkeep.refresh}
         if self.legacy is not None:
             every_second["legacy devices"] = self.legacy.reload
         every_second["status"] = self._write_status
         every_second["trace"] = self.sink.flush_trace
         tasks = {"housekeeping": lambda stop: periodic(1.0, every_second, stop, self.health),
-                 "expiry": lambda stop: periodic(60.0, {"expiry": self._expire}, stop, self.health, first_s=1.0),
+                 "expiry": lambda stop: periodic(60.0, {"expiry": self.upkeep.expire}, stop, self.health, first_s=1.0),
                  "dispatcher": self.dispatcher.run, "cron": self.cron.run, "mqtt": self.link.run}
         if self.config.api.enabled:
-            tasks["event API"] = self._serve_event_api
+            tasks["event API"] = partial(self.event_api.serve, self.config.api.listen, self.config.api.port)
         if self.chain is not None:
             tasks["anchoring"] = self.anchoring.run
             tasks["chain senders"] = self.chain.run
@@ -131,7 +134,7 @@ class Node:
             log.warning("record buffer: %d damaged file(s) set aside and recovered; see `w3gate buffer check`",
                         len(self.store.damage))
         log.info("w3gate running: %d devices registered, %d records buffered, broker %s:%d",
-                 len(self.registry), self._buffer_stats.get("records", 0),
+                 len(self.registry), self.upkeep.stats.get("records", 0),
                  self.config.mqtt.host, self.config.mqtt.port)
         try:
             await stop.wait()
@@ -153,7 +156,7 @@ class Node:
             await self.runtime.close()
             for task in running.values():
                 task.cancel()
-            self._buffer_stats = await self.committer.call(self.store.stats)
+            await self.upkeep.refresh()
             self._write_status()
             if self.legacy is not None:
                 self.legacy.close()
@@ -169,28 +172,14 @@ class Node:
         window (with a minute of slack for receive-order jitter)."""
         since = time.time() - self.verifier.policy.max_age_s - self.verifier.policy.max_future_s - 60
         docs = await self.committer.call(self.sink.recent, self.store, since)
-        for doc in docs:  # oldest first, so each device keeps its latest nonces
-            if doc.get("wire") != LEGACY_WIRE:
-                self.pebble.remember(doc)
-            elif self.legacy is not None:
-                self.legacy.remember(doc)
+        for record in map(Record, docs):  # oldest first, so each device keeps its latest nonces
+            family = record.wire.family if record.doc.get("wire") in WIRES else None  # None: edited by hand
+            if family == "pebble":
+                self.pebble.remember(record)
+            elif family == "legacy" and self.legacy is not None:
+                self.legacy.remember(record)
         if docs:
             log.info("replay protection restored from %d recent records", len(docs))
-
-    async def _serve_event_api(self, stop: asyncio.Event) -> None:
-        if self.event_api.port is None:
-            await self.event_api.start_http(self.config.api.listen, self.config.api.port)
-        await stop.wait()
-
-    async def _refresh_buffer_stats(self) -> None:
-        self._buffer_stats = await self.committer.call(self.store.stats)
-
-    async def _expire(self) -> None:
-        # with a chain, records expire once anchored; without, once applets processed them
-        state = RecordState.ANCHORED if self.config.chain.enabled else RecordState.PROCESSED
-        expired = await self.committer.call(self.store.expire, None, state)
-        if expired:
-            log.info("expired %d records past the retention of %.0f s", expired, self.config.buffer.retention_s)
 
     def _did_document(self) -> dict | None:
         from gateway.chain.keystore import did_document  # eth_account, only when asked
@@ -198,55 +187,8 @@ class Node:
         chain_id = self.chain.sender.known_chain_id if self.chain is not None else None
         return did_document(self.config.layout.node_key, chain_id)
 
-    # -- status ----------------------------------------------------------------------------------
-
-    def status(self) -> dict:
-        now = time.time()
-        return {
-            "time": now,
-            "started": self.started,
-            "pid": os.getpid(),
-            "degraded": self._degraded(now),
-            "ingest": {**self.sink.status(), "waiting": self.checker.backlog + self.committer.backlog,
-                       "handler_errors": self.link.handler_errors},
-            "mqtt": {"broker": f"{self.config.mqtt.host}:{self.config.mqtt.port}",
-                     "connected": self.link.connected, "connects": self.link.connects},
-            **self.counters.snapshot(),
-            "devices": len(self.registry),
-            "legacy": self.legacy.status() if self.legacy is not None else None,
-            "verify_worker_restarts": self.checker.restarts,
-            "chain": self.anchoring.status() if self.anchoring is not None else None,
-            "api": {"url": f"http://{self.config.api.listen}:{self.event_api.port}" if self.event_api.port else None,
-                    **self.event_api.counters},
-            "applets": {"projects": sorted(self.runtime.projects), "events": self.runtime.counters["events"],
-                        "failed": self.runtime.counters["failed"], "pebble_cursor": self.dispatcher.dispatched,
-                        "cron_events": self.cron.fired,
-                        "monitor_events": self.monitors.fired if self.monitors else 0,
-                        "worker_restarts": sum(w.restarts for w in self.runtime.workers.values())},
-            "buffer": {**self._buffer_stats, "pending": self.committer.backlog,
-                       "commits": self.committer.commits, "write_failures": self.committer.failures},
-            "latency_receive_to_verified": self.pebble.verify_latency.percentiles(),
-            "latency_receive_to_durable": self.sink.latency.percentiles(),
-        }
-
-    def _degraded(self, now: float) -> dict[str, str]:
-        """``{component: reason}`` for everything not working now; status never claims health
-        while messages wait and none has been handled for a while."""
-        out = {name: p["reason"] for name, p in self.health.snapshot().items()}
-        damage = self._buffer_stats.get("damage")
-        if damage:
-            out["buffer"] = (f"{len(damage)} damaged file(s) set aside, see `w3gate buffer check`: "
-                             f"{damage[0]['file']}: {damage[0]['reason']}")
-        if not self.link.connected:
-            out["mqtt"] = f"not connected to {self.config.mqtt.host}:{self.config.mqtt.port}"
-        waiting = self.checker.backlog + self.committer.backlog
-        since = self.sink.last_handled or self.started
-        if waiting and now - since > STUCK_AFTER_S:
-            out["ingest"] = f"{waiting} messages waiting, none handled for {now - since:.0f} s"
-        return out
-
     def _write_status(self) -> None:
         try:
-            write_status(self.config.layout.status, self.status())
+            write_status(self.config.layout.status, node_status(self))
         except OSError as e:
             log.warning("could not write %s: %s", self.config.layout.status, e)

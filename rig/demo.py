@@ -295,8 +295,8 @@ def watch(rig: Rig, seen: Watch, duration: float | None, stopping: list[bool]) -
 
 def print_readings(rig: Rig, seen: Watch, paired: LegacyRegistry) -> None:
     """Each record made durable since the last look, Pebbles and legacy sensors alike."""
-    from gateway.buffer.records import decode_record
     from gateway.buffer.store import RecordStore
+    from gateway.codec.record import Record
     from gateway.cli.records import summary
 
     if not rig.layout.records.exists():
@@ -306,9 +306,10 @@ def print_readings(rig: Rig, seen: Watch, paired: LegacyRegistry) -> None:
     store.close()
     for doc in fresh:
         seen.last_seq = doc["seq"]
-        values = decode_record(doc, seen.profiles.get(doc["device"]))
+        record = Record(doc)
+        values = record.values(seen.profiles.get(doc["device"]))
         stamp = time.strftime('%H:%M:%S', time.localtime(doc['rx']))
-        if doc.get("wire") == "legacy":
+        if record.family == "legacy":
             paired.reload()  # sensors paired while the demo runs
             sensor = paired.get(doc["device"])
             label = f"{sensor.name} ({sensor.transport})" if sensor else doc["device"]

@@ -36,39 +36,36 @@ from typing import Callable
 from gateway.applets.runtime import AppletRuntime, Event
 from gateway.applets.state import read_cursor
 from gateway.buffer.commit import GroupCommitter
-from gateway.buffer.records import LEGACY_WIRE, decode_record
 from gateway.buffer.store import RecordStore
+from gateway.codec.record import FAMILY_EVENTS, Record
+from gateway.errors import CodecError
 from gateway.verify.registry import Registry
 
 log = logging.getLogger("w3gate.applets")
 
-PEBBLE_EVENTS = {"data": "PEBBLE_DATA", "config": "PEBBLE_CONFIG", "confirm": "PEBBLE_CONFIRM"}
-LEGACY_EVENTS = {"data": "LEGACY_DATA", "hello": "LEGACY_HELLO", "config_ack": "LEGACY_CONFIG"}
-EVENT_TYPES = [*PEBBLE_EVENTS.values(), *LEGACY_EVENTS.values()]
+EVENT_TYPES = [*FAMILY_EVENTS["pebble"], *FAMILY_EVENTS["legacy"]]
 
 
-def event_type(doc: dict) -> str:
-    return LEGACY_EVENTS[doc["kind"]] if doc.get("wire") == LEGACY_WIRE else PEBBLE_EVENTS[doc["kind"]]
-
-
-def legacy_event_payload(doc: dict, names: dict[str, str]) -> bytes:
+def legacy_event_payload(record: Record, names: dict[str, str]) -> bytes:
+    doc = record.doc
     return json.dumps({
         "seq": doc["seq"], "device": doc["device"], "name": names.get(doc["device"]),
-        "kind": doc["kind"], "wire": LEGACY_WIRE, "device_seq": doc["device_seq"], "timestamp": doc["ts"],
+        "kind": doc["kind"], "wire": record.wire.name, "device_seq": doc["device_seq"], "timestamp": doc["ts"],
         "received": doc["rx"], "trust": doc["trust"], "attested_by": "did:io:" + doc["address"].lower(),
-        "digest": doc["digest"], "reading": decode_record(doc),
+        "digest": doc["digest"], "reading": record.values(),
     }, separators=(",", ":")).encode()
 
 
-def pebble_event_payload(doc: dict, registry: Registry) -> bytes:
+def pebble_event_payload(record: Record, registry: Registry) -> bytes:
+    doc = record.doc
     device = registry.get(doc["device"])
     return json.dumps({
         "seq": doc["seq"], "device": doc["device"],
         "did": device.did if device else None, "address": device.address if device else None,
         "owner": device.owner if device else None,
-        "kind": doc["kind"], "wire": doc.get("wire", "protobuf"), "timestamp": doc["ts"], "received": doc["rx"],
+        "kind": doc["kind"], "wire": record.wire.name, "timestamp": doc["ts"], "received": doc["rx"],
         "trust": doc.get("trust", ""), "digest": doc["digest"],
-        "reading": decode_record(doc, device.profile if device else None),
+        "reading": record.values(device.profile if device else None),
     }, separators=(",", ":")).encode()
 
 
@@ -157,20 +154,28 @@ class DeviceDispatcher:
         if not docs:
             return False
         project = self.runtime.projects.get(name)
-        names = self.legacy_names() if any(d.get("wire") == LEGACY_WIRE for d in docs) else {}
-        events = [self._event(name, doc, names) for doc in docs if project is not None and project.takes(doc)]
+        records = [Record(doc) for doc in docs]
+        names = self.legacy_names() if any(r.doc.get("wire") == "legacy" for r in records) else {}
+        events = []
+        for record in records if project is not None else ():
+            try:
+                if project.takes(record):
+                    events.append(self._event(name, record, names))
+            except (CodecError, KeyError, TypeError, ValueError) as e:  # a record edited on disk: not an event
+                log.warning("project %s: record %s cannot become an event, skipped: %s", name, record.doc.get("seq"), e)
         last = docs[-1]["seq"]
         await self.runtime.feed(name, events, (CURSOR, last))
         self._cursors[name] = last
         self.dispatched = max(self.dispatched, last)
         return True
 
-    def _event(self, name: str, doc: dict, names: dict[str, str]) -> Event:
-        if doc.get("wire") == LEGACY_WIRE:
-            return Event(name, legacy_event_payload(doc, names), event_type=event_type(doc),
+    def _event(self, name: str, record: Record, names: dict[str, str]) -> Event:
+        doc = record.doc
+        if record.family == "legacy":
+            return Event(name, legacy_event_payload(record, names), event_type=record.event_type,
                          event_id=f"{doc['digest'][:32]}_legacy", publisher=doc["device"],
                          timestamp_ms=int(doc["rx"] * 1000), trust=doc["trust"])
-        return Event(name, pebble_event_payload(doc, self.registry), event_type=event_type(doc),
+        return Event(name, pebble_event_payload(record, self.registry), event_type=record.event_type,
                      event_id=f"{doc['digest'][:32]}_pebble", publisher=doc["device"],
                      timestamp_ms=int(doc["ts"]) * 1000, trust=doc.get("trust", ""))
 

@@ -132,6 +132,12 @@ class EventAPI:
 
     # -- HTTP ---------------------------------------------------------------------------------------
 
+    async def serve(self, host: str, port: int, stop: asyncio.Event) -> None:
+        """The HTTP API as a supervised task: listening until ``stop`` (``stop_http`` closes it)."""
+        if self.port is None:
+            await self.start_http(host, port)
+        await stop.wait()
+
     async def start_http(self, host: str, port: int) -> int:
         from aiohttp import web  # 13 MB of memory: loaded only when the HTTP API is on
 

@@ -48,6 +48,7 @@ from croniter import croniter
 
 from gateway.applets.abi import check_module
 from gateway.applets.module import ModuleError, inspect
+from gateway.codec.record import Record
 from gateway.errors import W3gateError
 from gateway.layout import DataDir, ProjectFiles
 from gateway.storage import atomic_write
@@ -91,9 +92,9 @@ class Project:
     monitors: list[dict] = field(default_factory=list)  # chain monitors (gateway/chain/monitors.py)
     operators: list[str] = field(default_factory=list)  # operator keys its applets send with; first = default
 
-    def takes(self, doc: dict) -> bool:
+    def takes(self, record: Record) -> bool:
         """Whether a buffered record is an event of this project."""
-        return self.legacy if doc.get("wire") == "legacy" else self.pebble
+        return self.legacy if record.family == "legacy" else self.pebble
 
     def route(self, event_type: str) -> list[Strategy]:
         """Every strategy for this event type, else the DEFAULT ones (upstream's rule)."""

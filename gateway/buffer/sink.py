@@ -14,8 +14,8 @@ from typing import Callable, TextIO
 
 from gateway.buffer.commit import GroupCommitter
 from gateway.buffer.store import RecordStore
+from gateway.errors import Rejection
 from gateway.status import Counters, Latencies, RejectLog
-from gateway.verify.verifier import Rejection
 
 Done = Callable[[int | None], None]  # called with the record's seq, or None when it was refused
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 import click
@@ -27,3 +28,8 @@ def get_config(config_path: str | None, data_dir: str | None) -> Config:
 def emit_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=1, default=str)
     sys.stdout.write("\n")
+
+
+def iso(ts: float) -> str:
+    """A Unix time as UTC ISO 8601 with milliseconds, the way every command prints times."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -10,13 +10,20 @@ from pathlib import Path
 
 import click
 
-from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
+from gateway.cli.common import (
+    config_option,
+    data_dir_option,
+    emit_json,
+    get_config,
+    json_option,
+)
 from gateway.codec import pebble as codec
-from gateway.errors import CodecError, W3gateError
+from gateway.codec.record import Record
+from gateway.errors import CodecError, Rejection, W3gateError
 from gateway.layout import DataDir
 from gateway.verify.registry import Registry, make_device
 from gateway.verify.secp256k1 import is_low_s, recover
-from gateway.verify.verifier import Policy, Rejection, Verifier
+from gateway.verify.verifier import Policy, Verifier
 
 
 def _is_file(name: str) -> bool:
@@ -50,30 +57,32 @@ def read_payload(source: str) -> bytes:
     return raw
 
 
+RECORD_KINDS = {codec.PackageType.DATA: "data", codec.PackageType.CONFIG: "config"}
+
+
 def describe(payload: bytes, kind: str) -> dict:
-    """Decode without judging: what the bytes say, and which addresses could have signed them."""
+    """Decode without judging, as a stored record would be read (gateway/codec/record.py): what
+    the bytes say, and which addresses could have signed them."""
     if kind == "auto":
         kind = "json" if payload[:1] == b"{" else "binpackage"
     if kind == "json":
-        m = codec.decode_g1(payload)
-        preimage, signature, out = m.text, m.signature, {"format": "G1 JSON", "timestamp": m.timestamp,
-                                                          "reading": m.reading()}
+        record, fmt = Record.capture(payload, "json", "data"), "G1 JSON"
     elif kind == "binpackage":
         try:
-            p = codec.decode_binpackage(payload)
+            package_type = codec.decode_binpackage(payload).type
         except CodecError:
             return describe(payload, "confirm")
-        kind_name = codec.PackageType(p.type).name if p.type in (0, 1, 2) else str(p.type)
-        body = (codec.decode_sensor_data(p.data).reading() if p.type == 0 else
-                codec.decode_sensor_config(p.data).reading() if p.type == 1 else {"raw": p.data.hex()})
-        preimage, signature = p.preimage, p.signature
-        out = {"format": f"BinPackage {kind_name}", "timestamp": p.timestamp, "reading": body}
+        name = codec.PackageType(package_type).name if package_type in list(codec.PackageType) else str(package_type)
+        record, fmt = Record.capture(payload, "protobuf", RECORD_KINDS.get(package_type, name)), f"BinPackage {name}"
     else:
-        c = codec.decode_confirm(payload)
-        preimage, signature = c.preimage, c.signature
-        out = {"format": "ConfirmPackage", "timestamp": c.timestamp,
-               "reading": {"owner": c.owner_address, "channel": c.channel}}
-    digest = hashlib.sha256(preimage).digest()
+        record, fmt = Record.capture(payload, "protobuf", "confirm"), "ConfirmPackage"
+    message = record.message
+    if record.kind in record.wire.events:  # the values of a kind the gateway stores; a decoding error stops here
+        reading = record.wire.values(message, record.kind, None)
+    else:
+        reading = {"raw": message.data.hex()}
+    out = {"format": fmt, "timestamp": message.timestamp, "reading": reading}
+    digest, signature = hashlib.sha256(message.preimage).digest(), record.signature
     out["sha256"] = digest.hex()
     out["signature"] = {"hex": signature.hex(), "low_s": is_low_s(signature)}
     out["signer_candidates"] = {f"v={v}": key.address for v, key in recover(digest, signature)}

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import click
 
-from gateway.buffer.records import iso
 from gateway.buffer.store import RecordStore
-from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
+from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, iso, json_option
 from gateway.errors import W3gateError
 from gateway.proofs.journal import BatchJournal
 from gateway.proofs.verify import verify_proof

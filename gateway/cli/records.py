@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from gateway.buffer.records import decode_record, iso
 from gateway.buffer.store import RecordStore
-from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
+from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, iso, json_option
+from gateway.codec.record import Record
 from gateway.errors import W3gateError
 from gateway.verify.registry import Registry
 
@@ -83,7 +83,7 @@ def _read(config, imei: str | None, limit: int) -> tuple[list[dict], list]:
             device = registry.get(doc["device"])
             profile = device.profile if device else None
             try:
-                values = decode_record(doc, profile)
+                values = Record(doc).values(profile)
             except (KeyError, TypeError, ValueError) as e:  # a record edited by hand
                 values = {"error": f"cannot decode: {type(e).__name__}: {e}"}
             rows.append({**doc, "values": values})

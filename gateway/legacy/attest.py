@@ -14,6 +14,8 @@ import hashlib
 
 from coincurve import PrivateKey
 
+from gateway.codec.record import legacy_doc
+from gateway.legacy.verifier import LegacyFrame
 from gateway.verify.secp256k1 import address_of, sign
 
 DOMAIN = b"w3gate/attestation/v1\x00"
@@ -33,6 +35,13 @@ class Attester:
     def attest(self, payload_sha256: bytes, received_ms: int) -> bytes:
         """64 bytes r||s (low-S) over ``attestation_digest``; the signer is ``address``."""
         return sign(self._key, attestation_digest(payload_sha256, received_ms))
+
+    def record(self, checked: LegacyFrame, received: float) -> dict:
+        """The frame as a record (gateway/codec/record.py), attested at ``received`` (in ms)."""
+        digest, ms = hashlib.sha256(checked.frame).digest(), int(received * 1000)
+        return legacy_doc(device=checked.device.device_id, attester=self.address, kind=checked.kind,
+                          device_seq=checked.seq, frame=checked.frame, digest=digest, received_ms=ms,
+                          attestation=self.attest(digest, ms))
 
     def __repr__(self) -> str:
         return f"Attester({self.address})"

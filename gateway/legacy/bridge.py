@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from device_fw import frame as wire
-from gateway.buffer.records import legacy_record_doc
-from gateway.errors import W3gateError
-from gateway.storage import atomic_write, read_json
+from gateway.codec.record import Record
+from gateway.errors import Rejection, W3gateError
 from gateway.legacy.attest import Attester
 from gateway.legacy.registry import LegacyDevice, LegacyRegistry
 from gateway.legacy.verifier import LegacyFrame, LegacyVerifier
-from gateway.verify.verifier import Rejection
+from gateway.storage import atomic_write, read_json
 
 log = logging.getLogger("w3gate.legacy")
 
@@ -89,7 +88,7 @@ class LegacyBridge:
     def _accept(self, link: str, checked: LegacyFrame, received: float) -> None:
         device = checked.device
         self.heard_on[device.device_id] = link
-        self.submit(legacy_record_doc(checked, received, self.attester), self._durable)
+        self.submit(self.attester.record(checked, received), self._durable)
         if checked.kind == "hello":
             log.info("legacy device %s (%s) on %s: %s", device.name or device.device_id, device.device_id,
                      link, checked.payload.decode(errors="replace"))
@@ -105,9 +104,9 @@ class LegacyBridge:
         if seq is not None:
             self.accepted += 1
 
-    def remember(self, doc: dict) -> None:
+    def remember(self, record: Record) -> None:
         """A stored record from before a restart: its seq is spent."""
-        self.verifier.remember(doc["device"], int(doc["device_seq"]))
+        self.verifier.remember(record.doc["device"], int(record.doc["device_seq"]))
 
     # -- downlink --------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import logging
 from typing import Awaitable, Callable
 
 from gateway.buffer.sink import RecordSink
+from gateway.codec.record import Record
 from gateway.config import Config
 from gateway.errors import W3gateError
 from gateway.legacy.bridge import LegacyBridge
@@ -65,9 +66,9 @@ class LegacySource:
         """Device id -> the name it was paired with (applets see it in LEGACY_DATA events)."""
         return {d.device_id: d.name for d in self.registry}
 
-    def remember(self, doc: dict) -> None:
+    def remember(self, record: Record) -> None:
         """A record stored before a restart: its seq is spent."""
-        self.bridge.remember(doc)
+        self.bridge.remember(record)
 
     def reload(self) -> None:
         """Housekeeping: pick up registry changes (and push new settings), keep the seqs."""

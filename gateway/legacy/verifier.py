@@ -15,9 +15,8 @@ from typing import Callable
 
 from device_fw import frame as wire
 from gateway.codec import strict_json
-from gateway.errors import CodecError
+from gateway.errors import CodecError, Rejection
 from gateway.legacy.registry import LegacyDevice, LegacyRegistry
-from gateway.verify.verifier import Rejection
 
 log = logging.getLogger("w3gate.legacy")
 

@@ -16,15 +16,15 @@ import time
 from functools import partial
 from typing import Callable
 
-from gateway.buffer.records import nonce_of, record_doc
 from gateway.buffer.sink import RecordSink
 from gateway.codec import downlink
-from gateway.errors import CodecError
+from gateway.codec.record import Record, pebble_doc
+from gateway.errors import CodecError, Rejection
 from gateway.ingest.mqtt import Inbound, MqttLink
 from gateway.status import Latencies
 from gateway.verify.checker import SignatureChecker
 from gateway.verify.registry import STATUS_CODES, STATUS_CONFIRMED, Registry
-from gateway.verify.verifier import Accepted, Admitted, Rejection, Verifier
+from gateway.verify.verifier import Accepted, Admitted, Verifier
 from hardware.pebble.topics import DEVICE_SUBSCRIPTIONS, G1_PREFIX
 
 log = logging.getLogger("w3gate.pebble")
@@ -58,9 +58,10 @@ class PebbleSource:
         except Exception as e:  # noqa: BLE001 - a bug must cost one message, not the gateway
             self._rejected(msg, self._failure(msg, e))
 
-    def remember(self, doc: dict) -> None:
+    def remember(self, record: Record) -> None:
         """A record stored before a restart: replay protection must survive it."""
-        self.verifier.replay.remember(doc["device"], doc["ts"], bytes.fromhex(doc["digest"]), nonce_of(doc))
+        doc = record.doc
+        self.verifier.replay.remember(doc["device"], doc["ts"], bytes.fromhex(doc["digest"]), record.nonce())
 
     def reload(self) -> None:
         """Housekeeping: re-read the device registry when its file changed; cached keys go with it."""
@@ -107,7 +108,9 @@ class PebbleSource:
         try:
             self.verify_latency.add(time.time() - msg.received)
             accepted = self.verifier.conclude(admitted, valid)
-            doc = record_doc(accepted, msg.received)
+            doc = pebble_doc(device=accepted.device.imei, address=accepted.device.address, kind=accepted.kind,
+                             wire=accepted.wire, timestamp=accepted.timestamp, digest=accepted.digest,
+                             payload=accepted.payload, received=msg.received)
         except Rejection as rejection:
             return self._rejected(msg, rejection)
         except Exception as e:  # noqa: BLE001 - a callback of the checker: the boundary holds here too

@@ -35,12 +35,13 @@ from web3 import Web3
 
 from gateway.buffer.store import RecordStore
 from gateway.chain.sender import ChainError, ChainUnavailable, TxSender
+from gateway.codec.record import received_ms
 from gateway.errors import CodecError
 from gateway.proofs import merkle
 from gateway.proofs.contract import ANCHORED_EVENT, load_abi
 from gateway.proofs.errors import AnchorError
 from gateway.proofs.journal import TAG_PREFIX, Batch, BatchJournal
-from gateway.proofs.leaf import received_ms, record_leaf
+from gateway.proofs.leaf import record_leaf
 
 log = logging.getLogger("w3gate.proofs")
 

@@ -3,42 +3,18 @@ record leaf" and "From a buffered record to its leaf"). A third party holding th
 the same fields, so this is the specification in code."""
 from __future__ import annotations
 
-import base64
-import hashlib
-import math
 from collections.abc import Callable
 
 from web3 import Web3
 
-from gateway.codec import pebble
+from gateway.codec.record import Record
 from gateway.proofs import merkle
 from gateway.proofs.errors import AnchorError
 
 
-def received_ms(rx: float) -> int:
-    """The leaf's receive time: the record's ``rx`` (float seconds) in whole milliseconds,
-    rounded half up: floor(rx * 1000 + 0.5) in IEEE-754 doubles (the same in any language)."""
-    return math.floor(rx * 1000 + 0.5)
-
-
-def signature_of(doc: dict) -> bytes:
-    """The record's 64-byte r||s: the device's, taken from the payload exactly as received, or
-    for a legacy device the gateway's attestation."""
-    if doc.get("attestation"):  # a legacy device's record: the gateway signed it (gateway/legacy/attest.py)
-        return bytes.fromhex(doc["attestation"])[:64]
-    payload = base64.b64decode(doc["payload"])
-    if doc.get("kind") == "confirm":
-        return pebble.decode_confirm(payload).signature
-    if doc.get("wire") == "json":
-        return pebble.decode_g1(payload).signature
-    return pebble.decode_binpackage(payload).signature
-
-
 def leaf_fields(doc: dict, address: str) -> dict:
     """What the leaf commits to, as a verifier receives it (docs/proofs.md, proof file)."""
-    payload = base64.b64decode(doc["payload"])
-    return {"address": Web3.to_checksum_address(address), "signature": signature_of(doc).hex(),
-            "payload_sha256": hashlib.sha256(payload).hexdigest(), "received_ms": received_ms(doc["rx"])}
+    return Record(doc).leaf_fields(Web3.to_checksum_address(address))
 
 
 def record_leaf(doc: dict, address: str) -> bytes:

@@ -1,5 +1,5 @@
 """Decides whether a device message is trusted: registered device, valid signature, fresh, not a
-replay. Every refusal is a ``Rejection`` with one of ``REASONS``; nothing else escapes.
+replay. Every refusal is a ``Rejection`` (gateway/errors.py) with one of its reasons; nothing else escapes.
 
 Cheap checks run first (size, decoding, registry, timestamp window, replay); the signature costs
 one verification per message once a device's key is known, since the key recovered from its
@@ -13,48 +13,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from gateway.codec import pebble
-from gateway.errors import CodecError, W3gateError
+from gateway.errors import CodecError, Rejection
 from gateway.verify.registry import Device, Registry
 from gateway.verify.replay import ReplayGuard
 from gateway.verify.secp256k1 import Key, recover
-
-REASONS = (
-    "oversized",  # payload larger than the configured limit
-    "malformed",  # does not decode (protobuf, JSON, signature length ...)
-    "unsupported",  # decodes, but is a package the gateway does not take (STATE)
-    "unknown_device",  # IMEI not in the registry
-    "bad_signature",  # does not verify against the device's key or address
-    "stale",  # device timestamp older than the window
-    "future",  # device timestamp too far ahead of the gateway clock
-    "replay",  # a message with this digest was already accepted
-    "nonce_reuse",  # the device repeated a recent nonce with other data
-    "not_proposed",  # confirm from a device nobody proposed to own
-    "wrong_owner",  # confirm naming an owner other than the proposer
-    "buffer_full",  # verified, but the buffer refused it (full, policy "refuse")
-    # legacy devices (serial, BLE: legacy.py)
-    "corrupt",  # a frame damaged on the line (framing, length, CRC)
-    "bad_mac",  # an intact frame not made with the device's key (wrong key, forgery)
-    "rate_limited",  # a device sending faster than its configured rate
-    "internal",  # the gateway failed on this message (a bug): logged with its traceback, acknowledged
-)
-
-
-class Rejection(W3gateError):
-    """A refused message: ``reason`` is one of REASONS, ``device`` the IMEI when known."""
-
-    def __init__(self, reason: str, detail: str = "", *, device: str | None = None) -> None:
-        assert reason in REASONS, reason
-        self.device = device
-        super().__init__(detail, reason=reason)
-
-    @classmethod
-    def internal(cls, error: BaseException, *, device: str | None = None) -> "Rejection":
-        """A failure of ours on one message (a bug): counted as ``internal``, and carrying the
-        error so that whoever logs it can show its traceback."""
-        rejection = cls("internal", f"{type(error).__name__}: {error}", device=device)
-        rejection.__cause__ = error
-        return rejection
-
 
 @dataclass(slots=True)
 class Accepted:

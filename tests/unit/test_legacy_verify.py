@@ -13,14 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from device_fw import frame as wire
-from gateway.buffer.records import decode_record, legacy_record_doc
-from gateway.proofs.leaf import leaf_fields
+from gateway.codec.record import Record
+from gateway.errors import Rejection
 from gateway.legacy.attest import Attester, attestation_digest
 from gateway.legacy.registry import LegacyRegistry, new_legacy_device
 from gateway.legacy.verifier import LegacyVerifier, SeqWindow
+from gateway.proofs.leaf import leaf_fields
 from gateway.verify.registry import RegistryError
 from gateway.verify.secp256k1 import recover
-from gateway.verify.verifier import Rejection
 
 
 @pytest.fixture
@@ -106,10 +106,10 @@ def test_the_record_is_attested_by_the_node_key_and_proves_like_any_other(regist
     node_key = PrivateKey()
     attester = Attester(node_key.secret)
     checked = LegacyVerifier(registry).check(raw(device, 3))
-    doc = legacy_record_doc(checked, 1767225600.1234, attester)
+    doc = attester.record(checked, 1767225600.1234)
     assert doc["trust"] == "gateway-attested" and doc["address"] == attester.address
     assert doc["device"] == device.device_id and doc["device_seq"] == 3
-    assert decode_record(doc) == {"temperature": 21.5}
+    assert Record(doc).values() == {"temperature": 21.5} and Record(doc).event_type == "LEGACY_DATA"
     # anyone can check the attestation: the signer recovers to the gateway's address
     fields = leaf_fields({**doc, "seq": 1}, doc["address"])
     digest = attestation_digest(bytes.fromhex(fields["payload_sha256"]), fields["received_ms"])

@@ -17,9 +17,10 @@ from click.testing import CliRunner
 from gateway.codec import pebble
 from gateway.codec.pebble import (ALL_CHANNELS, CH_GPS, CH_TEMP, NO_FIX, PROFILES, PackageType,
                                   zigzag_decode)
+from gateway.errors import Rejection
 from gateway.verify.registry import Registry, make_device
 from gateway.verify.secp256k1 import is_low_s
-from gateway.verify.verifier import Rejection, Verifier
+from gateway.verify.verifier import Verifier
 from hardware.pebble.device import (MQTT_BUFFER, RECONFIRM_EVERY, DeviceError, PebbleDevice,
                                     Registration)
 from hardware.pebble.encoding import encode_sensor_data

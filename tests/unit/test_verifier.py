@@ -8,10 +8,11 @@ import pytest
 from coincurve import PrivateKey
 
 from gateway.codec import pebble
+from gateway.errors import Rejection
 from gateway.verify import secp256k1, verifier as verifier_module
 from gateway.verify.registry import Registry, make_device
 from gateway.verify.secp256k1 import Key, flip_s, is_low_s
-from gateway.verify.verifier import Policy, Rejection, Verifier
+from gateway.verify.verifier import Policy, Verifier
 
 A_TIME, B_TIME, C_TIME = 1718757942, 1718656562, 1621943329
 

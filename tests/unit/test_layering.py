@@ -1,6 +1,8 @@
-"""The chain stands on its own (docs/architecture.md, "Rules of the house"): the chain service
-knows nothing of proofs or applets, and proofs no longer drive the applet runtime. Read from
-the source, so a stray import fails here rather than as a cycle at run time."""
+"""Imports go down the pipeline, never up (docs/architecture.md, "Rules of the house"): the
+codecs (and the record format) know no other layer, the buffer knows neither verification nor
+the device families, the chain service knows nothing of proofs or applets, and proofs no longer
+drive the applet runtime. Read from the source, so a stray import fails here rather than as a
+cycle at run time."""
 from __future__ import annotations
 
 import ast
@@ -22,7 +24,14 @@ def imports_of(path: Path) -> set[str]:
     return names
 
 
+ABOVE_VERIFY = ("gateway.buffer", "gateway.applets", "gateway.proofs", "gateway.chain", "gateway.node")
+SOURCES = ("gateway.pebble", "gateway.legacy", "gateway.ingest", "gateway.ble")
+
+
 @pytest.mark.parametrize(("package", "forbidden"), [
+    ("codec", ("gateway.verify", *SOURCES, *ABOVE_VERIFY)),
+    ("verify", (*SOURCES, *ABOVE_VERIFY)),
+    ("buffer", ("gateway.verify", *SOURCES, "gateway.applets", "gateway.proofs", "gateway.chain", "gateway.node")),
     ("chain", ("gateway.proofs", "gateway.applets", "gateway.node")),
     ("proofs", ("gateway.applets", "gateway.node")),
 ])
