@@ -33,6 +33,18 @@ keepalive = 30
 reconnect_min_s = 0.5               # reconnect backoff, doubling up to the max
 reconnect_max_s = 30.0
 
+[broker]                            # the secure mosquitto w3gate writes (`w3gate broker setup`, docs/broker.md)
+managed = true                      # keep its identities and access rules in step with devices and publishers
+local_port = 1883                   # loopback, a password: the gateway (set mqtt.port to the same)
+device_listen = "0.0.0.0"           # where the TLS listeners take devices and publishers from
+device_port = 8883                  # TLS + a client certificate from the local CA: Pebbles; 0 = off
+client_port = 8884                  # TLS + a password: publishers and tools on the network; 0 = off
+hostnames = ["w3gate.local"]        # names the broker's certificate carries (with this host's name)
+max_packet_bytes = 65536            # a larger MQTT packet disconnects its sender
+max_queued_bytes = 67108864         # per client, QoS 1 messages waiting for it beyond this are dropped
+max_connections = 1000              # per listener
+persistence = true                  # sessions and queued messages survive a broker restart
+
 [verify]
 max_payload = 1024                  # bytes; larger payloads are refused as "oversized"
 max_age_s = 600                     # oldest device timestamp accepted, seconds behind our clock
@@ -59,6 +71,10 @@ enabled = true                      # W3bstream's HTTP event API (POST /srv-appl
 listen = "127.0.0.1"                # "0.0.0.0" to take events from the network
 port = 8889                         # upstream's event port; 0 picks a free one (status.json tells)
 max_event_bytes = 262144            # larger event bodies are refused with 413
+body_timeout_s = 10.0               # a request's head, or its body, not in within this long: closed
+max_connections = 64                # open connections at most; beyond, the oldest without a request is dropped
+tls_cert = ""                       # PEM certificate chain and key: HTTPS; required when listen is not loopback
+tls_key = ""
 
 [chain]
 enabled = false                     # anchor batches of records in the proof registry
@@ -176,6 +192,16 @@ SETTINGS: dict[str, Setting] = {
     "mqtt.keepalive": _count(1, MAX_U16),  # seconds; MQTT carries it in 16 bits
     "mqtt.reconnect_min_s": _positive(),
     "mqtt.reconnect_max_s": _positive(),
+    "broker.managed": Setting(bool),
+    "broker.local_port": _count(1, MAX_U16),
+    "broker.device_listen": Setting(str, nonempty=True),
+    "broker.device_port": _count(0, MAX_U16),
+    "broker.client_port": _count(0, MAX_U16),
+    "broker.hostnames": Setting(list),
+    "broker.max_packet_bytes": _count(1024, 268435455),  # MQTT's own limit
+    "broker.max_queued_bytes": _count(0),
+    "broker.max_connections": _count(1),
+    "broker.persistence": Setting(bool),
     "verify.max_payload": _count(1, 256 * 1024 * 1024),
     "verify.max_age_s": _positive(),
     "verify.max_future_s": Setting(float, lo=0),
@@ -195,6 +221,10 @@ SETTINGS: dict[str, Setting] = {
     "api.listen": Setting(str, nonempty=True),
     "api.port": _count(0, MAX_U16),  # 0: a free port
     "api.max_event_bytes": _count(),
+    "api.body_timeout_s": _positive(),
+    "api.max_connections": _count(1),
+    "api.tls_cert": Setting(str),
+    "api.tls_key": Setting(str),
     "chain.enabled": Setting(bool),
     "chain.network": Setting(str, rule=_network, rule_text=(
         f"{' or '.join(NETWORK_PRESETS)} or an http(s) JSON-RPC URL")),
@@ -235,6 +265,20 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class BrokerConfig:
+    managed: bool
+    local_port: int
+    device_listen: str
+    device_port: int
+    client_port: int
+    hostnames: list
+    max_packet_bytes: int
+    max_queued_bytes: int
+    max_connections: int
+    persistence: bool
+
+
+@dataclass(frozen=True)
 class VerifyConfig:
     max_payload: int
     max_age_s: float
@@ -267,6 +311,10 @@ class ApiConfig:
     listen: str
     port: int
     max_event_bytes: int
+    body_timeout_s: float
+    max_connections: int
+    tls_cert: str
+    tls_key: str
 
 
 @dataclass(frozen=True)
@@ -313,6 +361,7 @@ class LogConfig:
 class Config:
     data_dir: Path
     mqtt: MqttConfig
+    broker: BrokerConfig
     verify: VerifyConfig
     buffer: BufferConfig
     applets: AppletsConfig
@@ -329,7 +378,7 @@ class Config:
         return DataDir(self.data_dir)
 
 
-_SECTIONS = {"mqtt": MqttConfig, "verify": VerifyConfig, "buffer": BufferConfig, "applets": AppletsConfig,
+_SECTIONS = {"mqtt": MqttConfig, "broker": BrokerConfig, "verify": VerifyConfig, "buffer": BufferConfig, "applets": AppletsConfig,
              "api": ApiConfig, "chain": ChainConfig, "serial": SerialConfig, "ble": BleConfig,
              "legacy": LegacyConfig, "log": LogConfig}
 
@@ -418,6 +467,29 @@ def _read_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"config file {path}: {e}") from None
 
 
+def _check_api_tls(api: dict, sources: dict) -> None:
+    """The event API takes publisher tokens: beyond loopback only over TLS (both PEM files)."""
+    cert, key = api["tls_cert"], api["tls_key"]
+    if bool(cert) != bool(key):
+        where = sources["api.tls_cert" if cert else "api.tls_key"]
+        raise ConfigError(f"{where}: api.tls_cert and api.tls_key go together (PEM certificate chain and its key)")
+    for name, file in (("api.tls_cert", cert), ("api.tls_key", key)):
+        if file and not Path(file).expanduser().is_file():
+            raise ConfigError(f"{sources[name]}: {name}: no file {file}")
+    if api["enabled"] and not cert and not _loopback(api["listen"]):
+        raise ConfigError(f"{sources['api.listen']}: api.listen {api['listen']!r} is beyond loopback: set api.tls_cert "
+                          "and api.tls_key (PEM files) so publisher tokens never cross the network in clear")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None,
                 data_dir: str | os.PathLike | None = None) -> Config:
     """Merge defaults, the TOML file at ``path`` and the environment into a Config; ConfigError
@@ -461,6 +533,7 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
     if mqtt["reconnect_min_s"] > mqtt["reconnect_max_s"]:
         raise ConfigError(f"{sources['mqtt.reconnect_min_s']}: mqtt.reconnect_min_s ({mqtt['reconnect_min_s']:g}) "
                           f"must not exceed mqtt.reconnect_max_s ({mqtt['reconnect_max_s']:g})")
+    _check_api_tls(merged["api"], sources)
     sections = {name: cls(**{f.name: merged[name][f.name] for f in fields(cls)})
                 for name, cls in _SECTIONS.items()}
     return Config(data_dir=Path(merged["data_dir"]).expanduser(), **sections)

@@ -61,6 +61,89 @@ class ProjectFiles:
 
 
 @dataclass(frozen=True)
+class ClientFiles:
+    """``broker/clients/<name>/``: what one device or tool is provisioned with to reach the broker."""
+
+    dir: Path
+
+    @property
+    def ca(self) -> Path:
+        """ca.crt: the local CA's certificate, to trust the broker by."""
+        return self.dir / "ca.crt"
+
+    @property
+    def cert(self) -> Path:
+        """client.crt: its certificate; the common name is its broker identity."""
+        return self.dir / "client.crt"
+
+    @property
+    def key(self) -> Path:
+        """client.key: its private key, 0600: provision it, then delete it here."""
+        return self.dir / "client.key"
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    """``broker/``: the mosquitto configuration w3gate writes and manages (gateway/broker/)."""
+
+    dir: Path
+
+    @property
+    def conf(self) -> Path:
+        """mosquitto.conf: what mosquitto runs with (`mosquitto -c`), written by `w3gate broker setup`."""
+        return self.dir / "mosquitto.conf"
+
+    @property
+    def passwd(self) -> Path:
+        """passwd: mosquitto's password file (the gateway and publishers), hashed, rewritten by every sync."""
+        return self.dir / "passwd"
+
+    @property
+    def acl(self) -> Path:
+        """acl: mosquitto's access rules, one block per identity, rewritten by every sync."""
+        return self.dir / "acl"
+
+    @property
+    def gateway_secret(self) -> Path:
+        """gateway.secret: the gateway's own broker password, 0600 (read by `w3gate run`)."""
+        return self.dir / "gateway.secret"
+
+    @property
+    def ca_cert(self) -> Path:
+        """ca.crt: the local CA devices trust (and present certificates from)."""
+        return self.dir / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        """ca.key: the local CA's private key, 0600."""
+        return self.dir / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        """server.crt: the broker's TLS certificate, issued by the local CA or supplied by the user."""
+        return self.dir / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        """server.key: its private key, 0600."""
+        return self.dir / "server.key"
+
+    @property
+    def pid(self) -> Path:
+        """mosquitto.pid: the broker's pid (mosquitto writes it), so a sync can make it reload."""
+        return self.dir / "mosquitto.pid"
+
+    @property
+    def clients(self) -> Path:
+        """clients/: certificate bundles issued to devices and publishers, one directory each."""
+        return self.dir / "clients"
+
+    def client(self, name: str) -> ClientFiles:
+        """clients/<name>/: one identity's certificate bundle (the name is checked by its issuer)."""
+        return ClientFiles(self.clients / name)
+
+
+@dataclass(frozen=True)
 class DataDir:
     """The data directory (``data_dir``, ``W3GATE_DATA_DIR``) and what the gateway keeps in it."""
 
@@ -130,6 +213,11 @@ class DataDir:
     def fleet(self) -> Path:
         """fleet/: the emulated Pebbles' keys and devices.json (`w3gate sim pebble` without --fleet-dir)."""
         return self.root / "fleet"
+
+    @property
+    def broker(self) -> BrokerFiles:
+        """broker/: the managed broker's configuration, identities and certificates."""
+        return BrokerFiles(self.root / "broker")
 
     def module(self, sha256: str) -> Path:
         """modules/<sha256>.wasm: one deployed module."""

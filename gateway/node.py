@@ -14,6 +14,7 @@ import gc
 import logging
 import sys
 import time
+from dataclasses import replace
 from functools import partial
 
 from gateway.applets.device_events import DeviceDispatcher
@@ -24,6 +25,7 @@ from gateway.applets.publishers import Publishers
 from gateway.applets.runtime import AppletRuntime
 from gateway.applets.system_api import HostCalls
 from gateway.applets.triggers import CronScheduler, MonitorScheduler
+from gateway.broker.access import link_credentials
 from gateway.buffer.commit import GroupCommitter
 from gateway.buffer.sink import RecordSink
 from gateway.buffer.store import FullPolicy, RecordState, RecordStore, StoreConfig
@@ -60,7 +62,9 @@ class Node:
         self.sink = RecordSink(self.committer, self.counters, notify=lambda: self.dispatcher.notify(),
                                trace=self._trace)
         self.checker = SignatureChecker()
-        self.link = MqttLink(config.mqtt, SUBSCRIPTIONS, lambda msg: None)
+        login = link_credentials(config.mqtt.username, config.mqtt.password, config.layout.broker)
+        self.link = MqttLink(replace(config.mqtt, username=login[0], password=login[1] or "") if login else config.mqtt,
+                             SUBSCRIPTIONS, lambda msg: None)
         projects = ProjectStore(config.layout)
         self.runtime = AppletRuntime(
             projects, limits=Limits(a.time_limit_s, a.max_memory_pages, a.recycle_events, a.worker_memory_mb),
@@ -79,6 +83,8 @@ class Node:
         self.runtime.host_call = HostCalls(self.runtime, self.chain.applet_call if self.chain else None)
         self.event_api = EventAPI(
             self.runtime, Publishers(projects), max_bytes=config.api.max_event_bytes,
+            body_timeout_s=config.api.body_timeout_s, max_connections=config.api.max_connections,
+            tls_cert=config.api.tls_cert, tls_key=config.api.tls_key,
             did_document=self._did_document,
             publish=lambda topic, payload: self.link.publish(topic, payload, qos=0),
             reject_log=self.sink.reject_log)

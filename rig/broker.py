@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.broker import broker_config
+from gateway.broker.conf import TUNING
 from gateway.errors import W3gateError
 from hardware.process import stop_group
 
@@ -46,6 +46,13 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
+def open_conf(port: int, bind: str = "127.0.0.1") -> str:
+    """A private test broker: anonymous clients on one loopback listener, the gateway's tuning.
+    (What a deployment runs is the managed, secure configuration: gateway/broker/conf.py.)"""
+    return (f"listener {port} {bind}\nallow_anonymous true\npersistence false\n"
+            "log_dest stderr\nlog_type error\nlog_type warning\n" + TUNING)
+
+
 @dataclass
 class Broker:
     port: int
@@ -68,7 +75,7 @@ def start_broker(workdir: Path, *, port: int | None = None, extra: str = "") -> 
     for _ in range(3):
         chosen = port or free_port()
         conf = workdir / f"mosquitto-{chosen}.conf"
-        conf.write_text(broker_config(chosen) + extra)
+        conf.write_text(open_conf(chosen) + extra)
         log = workdir / f"mosquitto-{chosen}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen([exe, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT,
@@ -79,3 +86,17 @@ def start_broker(workdir: Path, *, port: int | None = None, extra: str = "") -> 
         except TimeoutError:
             stop_group(proc)
     raise BrokerError(f"mosquitto did not start; see {log}")
+
+
+def start_managed_broker(conf: Path, port: int, log: Path) -> Broker:
+    """mosquitto with a managed configuration (``w3gate broker setup`` wrote ``conf``), once
+    its loopback listener (``port``) takes connections."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([mosquitto_path(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_for_port(port, 10.0)
+    except TimeoutError:
+        stop_group(proc)
+        raise BrokerError(f"mosquitto did not start with {conf}: {log.read_text()[-500:]}") from None
+    return Broker(port, proc, log)

@@ -1,4 +1,5 @@
-"""The demo's orchestration: a private broker, a local chain, the gateway and a fleet of emulated
+"""The demo's orchestration: a private broker (the secure configuration w3gate writes: the gateway
+logs in with a password, the Pebbles with client certificates over TLS), a local chain, the gateway and a fleet of emulated
 Pebbles, each its own process talking MQTT, with the verified readings printed as they reach the
 buffer. Beside them, legacy sensors: an emulated MicroPython board on a serial port and an emulated
 BLE sensor on a virtual radio, each paired with one `w3gate device pair` command, their readings
@@ -22,7 +23,7 @@ from rich.console import Console
 from gateway.layout import DataDir
 from gateway.status import read_status
 from hardware.process import stop_group
-from rig.broker import Broker, start_broker
+from rig.broker import Broker, free_port, start_managed_broker
 
 if TYPE_CHECKING:
     from gateway.legacy.registry import LegacyRegistry
@@ -52,7 +53,7 @@ class Rig:
 
     console: Console
     work: Path
-    broker: Broker
+    broker: Broker | None = None
     procs: list[subprocess.Popen] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # the gateway's settings, as W3GATE_* variables
     rpc_url: str | None = None
@@ -80,12 +81,11 @@ def run(options: Options) -> None:
     """Run the whole data path on this machine until Ctrl-C or ``options.duration``."""
     console = Console(highlight=False)
     work = Path(options.data_dir).resolve()
-    broker = start_broker(work / "broker")
-    console.print(f"[bold]w3gate demo[/]: mosquitto on {broker.url}, data in {work}")
-    rig = Rig(console, work, broker)
+    rig = Rig(console, work)
     stopping = _stop_on_signals()
     try:
         profiles = register_fleet(rig, options.devices)
+        start_secure_broker(rig)
         applet_log = deploy_demo_project(rig)
         if options.chain or (options.chain is None and _anvil_installed()):
             start_chain(rig)
@@ -122,16 +122,33 @@ def _anvil_installed() -> bool:
 
 
 def register_fleet(rig: Rig, devices: int) -> dict[str, str]:
-    """The emulated Pebbles' identities, registered with the gateway; their profiles by IMEI."""
-    from gateway.verify.registry import Registry, make_device
+    """The secure broker's configuration (`w3gate broker setup`, on loopback ports of the demo's
+    own), and the emulated Pebbles' identities registered with `w3gate device import`, which
+    gives each its client certificate; their profiles by IMEI."""
     from hardware.pebble.keystore import Keystore
 
+    local, devices_port = free_port(), free_port()
+    rig.env.update(W3GATE_BROKER_LOCAL_PORT=str(local), W3GATE_MQTT_PORT=str(local),
+                   W3GATE_BROKER_DEVICE_PORT=str(devices_port), W3GATE_BROKER_CLIENT_PORT=str(free_port()),
+                   W3GATE_BROKER_DEVICE_LISTEN="127.0.0.1", W3GATE_BROKER_PERSISTENCE="false")
     identities = Keystore(rig.fleet_dir).ensure(devices, profile="mixed")
-    added = Registry(rig.layout.devices).add_many(
-        [make_device(i.imei, address=i.address, owner=i.owner, profile=i.profile) for i in identities])
-    rig.console.print(f"{len(identities)} emulated Pebbles ({added} newly registered), "
+    for args in (["broker", "setup"], ["device", "import", str(Keystore(rig.fleet_dir).devices_path)]):
+        result = subprocess.run(w3gate(*args), env=gateway_env(rig), capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise click.ClickException(f"w3gate {' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
+    rig.console.print(f"{len(identities)} emulated Pebbles, each with its client certificate, "
                       f"profiles: {', '.join(sorted({i.profile for i in identities}))}")
     return {i.imei: i.profile for i in identities}
+
+
+def start_secure_broker(rig: Rig) -> None:
+    """mosquitto with the configuration `w3gate broker setup` wrote: no anonymous clients."""
+    local, devices_port = int(rig.env["W3GATE_BROKER_LOCAL_PORT"]), rig.env["W3GATE_BROKER_DEVICE_PORT"]
+    rig.broker = start_managed_broker(rig.layout.broker.conf, local, rig.work / "mosquitto.log")
+    rig.procs.append(rig.broker.proc)
+    rig.console.print(f"[bold]w3gate demo[/]: data in {rig.work}; mosquitto (secure: no anonymous clients) "
+                      f"with the gateway on 127.0.0.1:{local}, Pebbles over TLS with client certificates "
+                      f"on 127.0.0.1:{devices_port}")
 
 
 def deploy_demo_project(rig: Rig) -> Path | None:
@@ -215,7 +232,7 @@ def start_legacy_sensors(rig: Rig) -> list[tuple[str, list[str]]]:
 
 def gateway_env(rig: Rig) -> dict[str, str]:
     """The environment `w3gate run` and the pairing commands see: this rig's broker, data, chain."""
-    return {**os.environ, "W3GATE_MQTT_HOST": "127.0.0.1", "W3GATE_MQTT_PORT": str(rig.broker.port),
+    return {**os.environ, "W3GATE_MQTT_HOST": "127.0.0.1",
             "W3GATE_DATA_DIR": str(rig.gw_data), "W3GATE_MQTT_CLIENT_ID": "w3gate-demo",
             "W3GATE_API_PORT": "0",  # a free port: the demo never collides with a node on 8889
             **rig.env}
@@ -255,7 +272,9 @@ def show_pairing(rig: Rig, name: str, args: list[str]) -> None:
 def start_fleet(rig: Rig, options: Options) -> None:
     """The emulated Pebbles as `w3gate sim pebble`, some misbehaving unless --no-faults."""
     sim = w3gate("sim", "pebble", "--count", str(options.devices), "--fleet-dir", str(rig.fleet_dir),
-                 "--broker", rig.broker.url, "--time-scale", str(options.time_scale), "--register", "--quiet")
+                 "--broker", f"127.0.0.1:{rig.env['W3GATE_BROKER_DEVICE_PORT']}",
+                 "--client-certs", str(rig.layout.broker.clients),
+                 "--time-scale", str(options.time_scale), "--register", "--quiet")
     if options.faults:
         sim += ["--faults", FAULTS]
     with open(rig.work / "fleet.log", "ab") as out:
@@ -383,9 +402,8 @@ def prove(rig: Rig, seq: int) -> str:
 
 def stop(rig: Rig) -> None:
     """Stop every process, newest first, then the broker; say what was kept."""
-    for proc in reversed(rig.procs):
+    for proc in reversed(rig.procs):  # the broker was started first: it stops last
         stop_group(proc)
-    rig.broker.stop()
     s = read_status(rig.layout.status) or {}
     rig.console.print(f"\nstopped. accepted {s.get('accepted_total', 0)}, rejected {s.get('rejected', {})}; "
                       f"records kept in {rig.gw_data} (w3gate records --data-dir {rig.gw_data})")

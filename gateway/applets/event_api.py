@@ -5,10 +5,21 @@ HTTP:  POST /srv-applet-mgr/v0/event/{project}?eventType=&eventID=&timestamp=<ms
 MQTT:  <project>/push/<token>/<eventType>[/ts=<ms>&id=<eventID>], payload = the raw payload;
        the response is published on ack/<publisherKey> (QoS 0)
 
-The response is upstream's ``EventRsp`` JSON, after the applets ran. Unknown projects get 404, a
-missing or wrong token 401, a body over the limit 413; such events run nothing. Defaults are
-upstream's: eventType DEFAULT, eventID ``<uuid>_w3b`` (lower-cased), a timestamp more than 1e6 ms
-away from now (or none) replaced by now.
+The response is upstream's ``EventRsp`` JSON, after the applets ran. Defaults are upstream's:
+eventType DEFAULT, eventID ``<uuid>_w3b`` (lower-cased), a timestamp more than 1e6 ms away from
+now (or none) replaced by now. Refusals run nothing:
+
+- 401, one answer for a missing or wrong token, a project that is not deployed and a name no
+  project can have (so projects cannot be enumerated). Over HTTP the token is checked before a
+  byte of the body is read, and the connection is closed.
+- 403 for an event type the gateway makes itself (``RESERVED_PREFIXES``: device events; the
+  project's cron and chain-monitor event types): a publisher cannot pose as a device or a trigger.
+- 413 for a body over the limit, 408 for a body not in within ``body_timeout_s``.
+
+The HTTP server holds at most ``max_connections`` connections: at the cap a new one displaces the
+oldest that has not sent a request head yet, or is answered 503 and closed. A connection without a
+complete request head within ``body_timeout_s`` (idle keep-alive included) is closed. With a
+certificate and key it serves HTTPS.
 
 The same server answers ``GET /.well-known/did.json`` with the node's DID document (did:io of
 its key), so a verifier can resolve the gateway an anchor names.
@@ -18,13 +29,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import parse_qs
 
+from gateway.applets.project import NAME, Project
 from gateway.applets.publishers import Publishers
 from gateway.applets.runtime import AppletRuntime, Event
+from gateway.codec.record import FAMILY_EVENTS
+from gateway.errors import ConfigError
 from gateway.status import RejectLog
 
 log = logging.getLogger("w3gate.api")
@@ -32,6 +48,29 @@ log = logging.getLogger("w3gate.api")
 ROUTE = "/srv-applet-mgr/v0/event/{project}"
 TIMESTAMP_SLACK_MS = 1_000_000
 MAX_MQTT_EVENTS_RUNNING = 1000  # events over MQTT waiting for their applets; more are refused
+# Device events (PEBBLE_DATA, LEGACY_HELLO ...: FAMILY_EVENTS) by their family's prefix, any case;
+# besides, each project's cron and monitor event types (MONITOR_DEFAULT: triggers.py's default).
+RESERVED_PREFIXES = tuple(sorted({e.split("_")[0] + "_" for events in FAMILY_EVENTS.values() for e in events}))
+MONITOR_DEFAULT = "MONITOR_DEFAULT"
+UNAUTHORIZED = {"error": "InvalidEventToken: a publisher token of this project is required"}
+BUSY_RESPONSE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+def reserved_event_type(project: Project, event_type: str) -> bool:
+    """Whether ``event_type`` is one the gateway makes itself for ``project``."""
+    return (event_type.upper().startswith(RESERVED_PREFIXES)
+            or any(job.event == event_type for job in project.cron)
+            or any(m.get("event", MONITOR_DEFAULT) == event_type for m in project.monitors))
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context for the PEM certificate chain and key; ConfigError if they do not load."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"api.tls_cert / api.tls_key: cannot load {cert} and {key}: {e}") from None
+    return context
 
 
 @dataclass
@@ -44,7 +83,8 @@ class EventAPI:
     def __init__(self, runtime: AppletRuntime, publishers: Publishers, *, max_bytes: int = 256 * 1024,
                  did_document: Callable[[], dict | None] | None = None,
                  publish: Callable[[str, bytes], None] = lambda topic, payload: None,
-                 reject_log: RejectLog | None = None) -> None:
+                 reject_log: RejectLog | None = None, body_timeout_s: float = 10.0,
+                 max_connections: int = 64, tls_cert: str = "", tls_key: str = "") -> None:
         self.runtime = runtime
         self.publish = publish  # QoS 0, for the replies to events published over MQTT
         self.reject_log = reject_log or RejectLog()
@@ -52,20 +92,40 @@ class EventAPI:
         self.did_document = did_document  # the node's DID document, served at /.well-known/did.json
         self.publishers = publishers
         self.max_bytes = max_bytes
-        self.counters = {"accepted": 0, "unauthorized": 0, "not_found": 0, "too_large": 0, "busy": 0,
-                         "internal": 0}
+        self.body_timeout_s = body_timeout_s
+        self.max_connections = max_connections
+        self.tls = tls_context(tls_cert, tls_key) if tls_cert else None  # fails now, not at every restart
+        self.counters = {"accepted": 0, "unauthorized": 0, "reserved": 0, "too_large": 0, "too_slow": 0,
+                         "busy": 0, "connections_refused": 0, "internal": 0}
         self._runner = None  # aiohttp's AppRunner while the HTTP API serves
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: dict[_Counted, None] = {}  # open, oldest first
         self.port: int | None = None
+
+    def authorize(self, project: str, token: str | None, event_type: str) -> tuple[str | None, Reply | None]:
+        """(publisher key, None), or (None, the refusal): one answer for a bad token, an unknown
+        project and an impossible name; then a reserved event type is refused."""
+        deployed = self.runtime.projects.get(project) if NAME.fullmatch(project) else None
+        publisher = self.publishers.authenticate(project, token) if token and deployed else None
+        if publisher is None:
+            self.counters["unauthorized"] += 1
+            return None, Reply(401, UNAUTHORIZED)
+        if reserved_event_type(deployed, event_type):
+            self.counters["reserved"] += 1
+            return None, Reply(403, {"error": f"InvalidEventType: {event_type[:64]!r} is reserved: the gateway "
+                                              "makes it itself (device, cron and chain-monitor events)"})
+        return publisher, None
 
     async def submit(self, project: str, token: str | None, payload: bytes, *, event_type: str | None = None,
                      event_id: str | None = None, timestamp_ms: int | None = None) -> Reply:
-        if project not in self.runtime.projects:
-            self.counters["not_found"] += 1
-            return Reply(404, {"error": f"InvalidEventChannel: project {project!r} is not deployed"})
-        publisher = self.publishers.authenticate(project, token) if token else None
-        if publisher is None:
-            self.counters["unauthorized"] += 1
-            return Reply(401, {"error": "InvalidEventToken: a publisher token of this project is required"})
+        publisher, refusal = self.authorize(project, token, event_type or "DEFAULT")
+        if refusal is not None:
+            return refusal
+        return await self._run(project, publisher, payload, event_type=event_type, event_id=event_id,
+                               timestamp_ms=timestamp_ms)
+
+    async def _run(self, project: str, publisher: str, payload: bytes, *, event_type: str | None,
+                   event_id: str | None, timestamp_ms: int | None) -> Reply:
         if len(payload) > self.max_bytes:
             self.counters["too_large"] += 1
             return Reply(413, {"error": f"the payload is {len(payload)} bytes, the limit is {self.max_bytes}"})
@@ -144,23 +204,46 @@ class EventAPI:
         app = web.Application(client_max_size=self.max_bytes + 1)
         app.router.add_post(ROUTE, self._http_event)
         app.router.add_get("/.well-known/did.json", self._http_did)
-        self._runner = web.AppRunner(app, access_log=None)
+        # keepalive_timeout: aiohttp closes a connection without a complete request head after it
+        # (from the connection's start, and between requests); no lingering over unread bodies
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=self.body_timeout_s,
+                                     lingering_time=0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
         try:
-            await site.start()
+            self._server = await asyncio.get_running_loop().create_server(
+                self._connection, host, port, ssl=self.tls, reuse_address=True,
+                ssl_handshake_timeout=self.body_timeout_s if self.tls else None)
         except BaseException:
             await self._runner.cleanup()  # so a later attempt starts clean
             self._runner = None
             raise
-        self.port = site._server.sockets[0].getsockname()[1]  # the port picked when 0 was asked
-        log.info("event API on http://%s:%d%s", host, self.port, ROUTE.format(project="<project>"))
+        self.port = self._server.sockets[0].getsockname()[1]  # the port picked when 0 was asked
+        log.info("event API on %s://%s:%d%s", "https" if self.tls else "http", host, self.port,
+                 ROUTE.format(project="<project>"))
         return self.port
 
     async def stop_http(self) -> None:
+        if self._server is not None:
+            self._server.close()
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # closes the connections it holds
             self._runner = None
+        for connection in list(self._connections):
+            connection.abort()  # still in a TLS handshake or never a request
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def _connection(self) -> asyncio.Protocol:
+        """A connection accepted: aiohttp's handler, counted; at the cap the oldest connection that
+        has not sent a request head is dropped for it, or, if there is none, it is answered 503."""
+        if len(self._connections) >= self.max_connections:
+            idle = next((c for c in self._connections if c.idle()), None)
+            if idle is None:
+                self.counters["connections_refused"] += 1
+                return _Refused()
+            idle.abort()
+        return _Counted(self._runner.server(), self._connections, self.body_timeout_s if self.tls else None)
 
     async def _http_did(self, request):
         from aiohttp import web
@@ -173,23 +256,101 @@ class EventAPI:
     async def _http_event(self, request):
         from aiohttp import web
 
+        def answer(reply: Reply, *, close: bool = False):
+            response = web.json_response(reply.body, status=reply.status)
+            if close:  # the body was not read: nothing more comes from this connection
+                response.force_close()
+            return response
+
+        project = request.match_info["project"]
         token = request.headers.get("Authorization") or request.query.get("authorization")
+        event_type = request.query.get("eventType")
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            self.counters["too_large"] += 1
-            return web.json_response({"error": f"the payload is over the limit of {self.max_bytes} bytes"},
-                                     status=413)
-        try:
-            ts = int(request.query["timestamp"]) if "timestamp" in request.query else None
-        except ValueError:
-            ts = None
-        try:
-            reply = await self.submit(request.match_info["project"], token, body,
-                                      event_type=request.query.get("eventType"),
-                                      event_id=request.query.get("eventID"), timestamp_ms=ts)
+            publisher, refusal = self.authorize(project, token, event_type or "DEFAULT")
+            if refusal is not None:
+                return answer(refusal, close=True)
+            if (request.content_length or 0) > self.max_bytes:
+                self.counters["too_large"] += 1
+                return answer(Reply(413, {"error": f"the payload is {request.content_length} bytes, "
+                                                   f"the limit is {self.max_bytes}"}), close=True)
+            try:
+                body = await asyncio.wait_for(request.read(), self.body_timeout_s)
+            except web.HTTPRequestEntityTooLarge:
+                self.counters["too_large"] += 1
+                return answer(Reply(413, {"error": f"the payload is over the limit of {self.max_bytes} bytes"}),
+                              close=True)
+            except ConnectionError:  # the client went away
+                return answer(Reply(400, {"error": "the connection was lost"}), close=True)
+            except asyncio.TimeoutError:
+                self.counters["too_slow"] += 1
+                return answer(Reply(408, {"error": f"the body did not arrive within {self.body_timeout_s:g} s"}),
+                              close=True)
+            try:
+                ts = int(request.query["timestamp"]) if "timestamp" in request.query else None
+            except ValueError:
+                ts = None
+            reply = await self._run(project, publisher, body, event_type=event_type,
+                                    event_id=request.query.get("eventID"), timestamp_ms=ts)
         except Exception as e:  # noqa: BLE001 - counted and logged once; the client gets a reason
             self.counters["internal"] += 1
-            self.reject_log.internal(e, None, request.match_info["project"][:64] + " (HTTP)")
+            self.reject_log.internal(e, None, project[:64] + " (HTTP)")
             reply = Reply(500, {"error": "internal: the gateway failed on this event (logged)"})
-        return web.json_response(reply.body, status=reply.status)
+        return answer(reply)
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, kept in ``open`` while the connection is; ``idle``
+    until the connection has sent a request head. A TLS connection whose handshake fails never
+    reaches ``connection_made``: it leaves ``open`` once the handshake timeout has passed."""
+
+    def __init__(self, inner: asyncio.Protocol, open: dict, handshake_s: float | None) -> None:
+        self.inner, self.open = inner, open
+        self.transport: asyncio.Transport | None = None
+        self.head_seen = False
+        self._tail = b""
+        open[self] = None
+        if handshake_s is not None:
+            asyncio.get_running_loop().call_later(handshake_s + 1.0, self._handshake_over)
+
+    def idle(self) -> bool:
+        return self.transport is not None and not self.head_seen
+
+    def abort(self) -> None:
+        self.open.pop(self, None)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _handshake_over(self) -> None:
+        if self.transport is None:
+            self.open.pop(self, None)
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.head_seen:
+            seen = self._tail + data
+            self.head_seen, self._tail = b"\r\n\r\n" in seen, seen[-3:]
+        self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        self.open.pop(self, None)
+        self.inner.connection_lost(exc)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: 503, closed."""
+
+    def connection_made(self, transport) -> None:
+        transport.write(BUSY_RESPONSE)
+        transport.close()

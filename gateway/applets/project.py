@@ -53,7 +53,7 @@ from gateway.errors import W3gateError
 from gateway.layout import DataDir, ProjectFiles
 from gateway.storage import atomic_write
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: fullmatch
 DEFAULT_EVENT = "DEFAULT"
 MAX_MODULE_BYTES = 1 << 20  # upstream's upload limit
 
@@ -177,13 +177,13 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
     except UnicodeDecodeError:
         raise ProjectError(f"{path} is not UTF-8 text") from None
     name = data.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ProjectError(f"{path}: 'name' must be 1-64 letters, digits, '_', '.' or '-'")
     applets: dict[str, str] = {}
     modules: dict[str, bytes] = {}
     for entry in _tables(path, data, "applets"):
         applet, wasm_path = entry.get("name"), entry.get("wasm")
-        if not isinstance(applet, str) or not NAME.match(applet) or not isinstance(wasm_path, str) \
+        if not isinstance(applet, str) or not NAME.fullmatch(applet) or not isinstance(wasm_path, str) \
                 or not wasm_path or "\0" in wasm_path:
             raise ProjectError(f"{path}: each [[applets]] needs a 'name' and a 'wasm' path")
         if applet in applets:

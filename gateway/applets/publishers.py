@@ -14,6 +14,7 @@ import string
 import time
 
 from gateway.applets.project import NAME, ProjectError, ProjectStore
+from gateway.broker.access import password_hash
 from gateway.storage import atomic_write
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -51,11 +52,13 @@ class Publishers:
         """A new token for publisher ``key`` (a device serial, an IMEI ...); replaces its old one."""
         if self.store.load(project) is None:
             raise ProjectError(f"no project named {project!r}")
-        if not NAME.match(key):
+        if not NAME.fullmatch(key):
             raise ProjectError("a publisher key is 1-64 letters, digits, '_', '.' or '-'")
         token = new_token()
         publishers = {d: p for d, p in self._read(project).items() if p["key"] != key}
-        publishers[_digest(token)] = {"key": key, "name": name or key, "created": time.time()}
+        # "broker": the token's hash in mosquitto's form: a publisher logs in to the broker with it
+        publishers[_digest(token)] = {"key": key, "name": name or key, "created": time.time(),
+                                      "broker": password_hash(token)}
         atomic_write(self._path(project), json.dumps(publishers, indent=1).encode(), mode=0o600)
         return token
 

@@ -28,7 +28,7 @@ EXIT_BUG = 70  # sysexits.h EX_SOFTWARE
 COMMAND_MODULES = {
     "run": "run", "demo": "demo", "config": "config", "device": "device", "pebble": "pebble",
     "records": "records", "status": "status", "sim": "sim", "project": "project", "applet": "project",
-    "publisher": "project", "key": "key", "proof": "proof", "buffer": "buffer",
+    "publisher": "project", "key": "key", "proof": "proof", "buffer": "buffer", "broker": "broker",
 }
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from gateway.broker.access import CLI_USER, link_credentials
+from gateway.cli.broker import device_bundle, forget_device, sync_broker
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
 from gateway.codec import downlink
 from gateway.codec.pebble import PROFILES, DEFAULT_PROFILE
@@ -35,12 +37,18 @@ def device() -> None:
 @data_dir_option
 def add(imei, address, public_key, owner, profile, replace, config_path, data_dir) -> None:
     """Register a device by IMEI with its address or public key."""
+    config = get_config(config_path, data_dir)
     try:
         dev = make_device(imei, address=address, public_key=public_key, owner=owner, profile=profile)
-        _registry(config_path, data_dir).add(dev, replace_existing=replace)
+        Registry(config.layout.devices).add(dev, replace_existing=replace)
+        bundle = device_bundle(config, dev.imei, g1=PROFILES[dev.profile].wire == "json")
+        sync_broker(config)
     except W3gateError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"added {dev.imei} {dev.address} profile={dev.profile} status={dev.status}")
+    if bundle is not None:
+        click.echo(f"broker identity {bundle.dir.name}: {bundle.dir}/ holds {bundle.ca.name}, {bundle.cert.name} "
+                   f"and {bundle.key.name} to provision (docs/broker.md)")
 
 
 @device.command("import")
@@ -56,7 +64,12 @@ def import_(path, replace, config_path, data_dir) -> None:
         devices = [make_device(e["imei"], address=e.get("address"), public_key=e.get("public_key"),
                                owner=e.get("owner"), profile=e.get("profile", DEFAULT_PROFILE))
                    for e in entries]
-        added = _registry(config_path, data_dir).add_many(devices, replace_existing=replace)
+        config = get_config(config_path, data_dir)
+        added = Registry(config.layout.devices).add_many(devices, replace_existing=replace)
+        for dev in devices:  # each Pebble's broker identity, unless it has one
+            if not any(config.layout.broker.client(n).cert.exists() for n in (dev.imei, f"nrf-{dev.imei}")):
+                device_bundle(config, dev.imei, g1=PROFILES[dev.profile].wire == "json")
+        sync_broker(config)
     except (ValueError, KeyError, TypeError) as e:
         raise click.ClickException(f"{path}: not a device list ({e})") from None
     except W3gateError as e:
@@ -85,8 +98,11 @@ def list_(as_json, config_path, data_dir) -> None:
 @data_dir_option
 def remove(imei, config_path, data_dir) -> None:
     """Remove a device; its data is refused from then on."""
-    if not _registry(config_path, data_dir).remove(imei):
+    config = get_config(config_path, data_dir)
+    if not Registry(config.layout.devices).remove(imei):
         raise click.ClickException(f"device {imei} is not registered")
+    forget_device(config, imei)
+    sync_broker(config)  # its access rules go, for an open connection too
     click.echo(f"removed {imei}")
 
 
@@ -96,7 +112,8 @@ def _publish(config_path, data_dir, imei: str, topic: str, payload: bytes) -> No
     config = get_config(config_path, data_dir)
     if _registry(config_path, data_dir).get(imei) is None:
         raise click.ClickException(f"device {imei} is not registered")
-    auth = {"username": config.mqtt.username, "password": config.mqtt.password} if config.mqtt.username else None
+    login = link_credentials(config.mqtt.username, config.mqtt.password, config.layout.broker, user=CLI_USER)
+    auth = {"username": login[0], "password": login[1]} if login else None
     try:
         publish.single(topic, payload, qos=1, retain=True, hostname=config.mqtt.host,
                        port=config.mqtt.port, auth=auth, client_id=f"w3gate-cli-{imei}")

@@ -12,6 +12,7 @@ import click
 
 from gateway.applets.project import ProjectError, ProjectStore
 from gateway.applets.publishers import Publishers
+from gateway.cli.broker import sync_broker
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
 
 
@@ -145,6 +146,7 @@ def publisher_add(project_name, key, name, as_json, config_path, data_dir) -> No
     """Create a token for publisher KEY (e.g. a device serial) of PROJECT_NAME; shown only now."""
     try:
         token = Publishers(_store(config_path, data_dir)).add(project_name, key, name)
+        sync_broker(get_config(config_path, data_dir))
     except ProjectError as e:
         raise click.ClickException(str(e)) from None
     if as_json:
@@ -181,6 +183,7 @@ def publisher_remove(project_name, key, config_path, data_dir) -> None:
     """Revoke publisher KEY's token."""
     if not Publishers(_store(config_path, data_dir)).remove(project_name, key):
         raise click.ClickException(f"{project_name} has no publisher {key!r}")
+    sync_broker(get_config(config_path, data_dir))
     click.echo(f"revoked {key}")
 
 

@@ -68,11 +68,13 @@ def _message_line(message) -> str:
 @click.option("--seed", help="Make sensor values, nonces and fault choices reproducible (never reuse one "
               "against a gateway that saw it: repeated nonces are refused).")
 @click.option("--quiet", "-q", is_flag=True, help="No line per published message.")
+@click.option("--client-certs", type=click.Path(file_okay=False, exists=True),
+              help="Connect with TLS and client certificates from DIR/<IMEI>/ (the broker's clients/ folder).")
 @json_option
 @config_option
 @data_dir_option
 def pebble(count, profile, owner, fault_spec, broker, fleet_dir, time_scale, period, qos, duration,
-           messages, register, seed, quiet, as_json, config_path, data_dir) -> None:
+           messages, register, seed, quiet, client_certs, as_json, config_path, data_dir) -> None:
     """Emulate a fleet of Pebble trackers publishing signed data over MQTT.
 
     Identities persist in the fleet directory; register them with the gateway once with
@@ -115,9 +117,13 @@ def pebble(count, profile, owner, fault_spec, broker, fleet_dir, time_scale, per
         click.echo(f"{time.strftime('%H:%M:%S')} {imei} downlink {topic}: {verdict}: {result.detail}",
                    err=as_json)
 
-    fleet = Fleet(identities, host=host, port=port, qos=qos, time_scale=time_scale, upload_period=period,
-                  faults=plan, register=register, seed=seed, on_message=None if quiet else on_message,
-                  on_downlink=None if quiet else on_downlink)
+    try:
+        fleet = Fleet(identities, host=host, port=port, qos=qos, time_scale=time_scale, upload_period=period,
+                      faults=plan, register=register, seed=seed, on_message=None if quiet else on_message,
+                      on_downlink=None if quiet else on_downlink,
+                      client_certs=Path(client_certs) if client_certs else None)
+    except EmulatorError as e:
+        raise click.ClickException(str(e)) from None
 
     async def main():
         loop = asyncio.get_running_loop()

@@ -83,6 +83,8 @@ class MqttLink:
         self.on_message = on_message
         self.connected = False
         self.connects = 0
+        self.drops = 0  # connections the broker or the network ended (a session takeover looks the same)
+        self.sessions_lost = 0  # reconnects that found no session: what the broker held for us is gone
         self.handler_errors = 0  # messages whose handler raised (a bug): acknowledged and dropped
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: socket.socket | None = None
@@ -219,12 +221,21 @@ class MqttLink:
         self.connects += 1
         self._up.set()
         client.subscribe([(topic, 1) for topic in self.subscriptions])
-        log.info("connected to %s:%d (session %s)", self.config.host, self.config.port,
-                 "resumed" if flags.session_present else "new")
+        if self.connects > 1 and not flags.session_present:
+            self.sessions_lost += 1
+            log.warning("connected to %s:%d with a new session: the broker kept none for us (it restarted "
+                        "without persistence, or another client took our id with a clean session); "
+                        "QoS 1 messages it held for us are gone", self.config.host, self.config.port)
+        else:
+            log.info("connected to %s:%d (session %s)", self.config.host, self.config.port,
+                     "resumed" if flags.session_present else "new")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected:
-            log.warning("disconnected from broker: %s", reason_code)
+            self.drops += 1
+            log.warning("connection to %s:%d lost: %s (a broker restart, the network, or another client "
+                        "connecting as %r: the broker ends the older connection)", self.config.host,
+                        self.config.port, reason_code, self.config.client_id)
         self._mark_lost()
 
     def _mark_lost(self) -> None:

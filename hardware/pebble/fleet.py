@@ -19,6 +19,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 import paho.mqtt.client as mqtt
@@ -87,7 +88,7 @@ class _Link:
     """One device's MQTT connection, driven by the asyncio loop; awaitable SUBACK/PUBACK."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, imei: str,
-                 on_message: Callable[[str, bytes], None]) -> None:
+                 on_message: Callable[[str, bytes], None], tls: Path | None = None) -> None:
         self.loop = loop
         self.imei = imei
         self.on_message = on_message
@@ -107,6 +108,8 @@ class _Link:
         c.on_subscribe = lambda client, userdata, mid, codes, props: self._resolve(mid)
         c.on_publish = lambda client, userdata, mid, code, props: self._resolve(mid)
         c.on_message = lambda client, userdata, msg: self.on_message(msg.topic, msg.payload)
+        if tls is not None:  # as a Pebble provisioned with a CA and a client certificate (mutual TLS)
+            c.tls_set(ca_certs=str(tls / "ca.crt"), certfile=str(tls / "client.crt"), keyfile=str(tls / "client.key"))
         self.client = c
 
     async def connect(self, host: str, port: int, timeout: float = ACK_TIMEOUT_S) -> None:
@@ -204,7 +207,8 @@ class Fleet:
                  faults: FaultInjector | FaultPlan | str | None = None, register: bool = False,
                  seed: int | str | None = None, linger_s: float = LINGER_S,
                  on_message: Callable[[Message], None] | None = None,
-                 on_downlink: Callable[[str, str, DownlinkResult], None] | None = None) -> None:
+                 on_downlink: Callable[[str, str, DownlinkResult], None] | None = None,
+                 client_certs: Path | None = None) -> None:
         if qos not in (0, 1):
             raise FleetError(f"device publishes use QoS 0 or 1, got {qos}", reason="bad_qos")
         if time_scale <= 0:
@@ -225,6 +229,11 @@ class Fleet:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._links: dict[str, _Link] = {}
         self.summary = Summary(devices=len(self.devices))
+        # mutual TLS: <client_certs>/<client id>/{ca.crt,client.crt,client.key} per device, the
+        # client id being the IMEI, or nrf-<IMEI> as the G1 firmware names itself
+        self.client_certs = client_certs
+        for device in self.devices if client_certs is not None else ():
+            self._tls_dir(device)
 
     # -- without a broker ------------------------------------------------------------------------
 
@@ -259,7 +268,7 @@ class Fleet:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         started = time.monotonic()
-        links = {d.imei: _Link(self._loop, d.imei, self._downlink_handler(d)) for d in self.devices}
+        links = {d.imei: _Link(self._loop, d.imei, self._downlink_handler(d), self._tls_dir(d)) for d in self.devices}
         self._links = links
         tasks = [asyncio.create_task(self._device_loop(d, links[d.imei], messages)) for d in self.devices]
         misc = asyncio.create_task(self._misc_loop(links))
@@ -287,6 +296,14 @@ class Fleet:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()
         return self.summary
+
+    def _tls_dir(self, device: PebbleDevice) -> Path | None:
+        if self.client_certs is None:
+            return None
+        for name in (f"nrf-{device.imei}", device.imei):
+            if (self.client_certs / name / "client.crt").exists():
+                return self.client_certs / name
+        raise FleetError(f"no client certificate for {device.imei} in {self.client_certs}", reason="no_cert")
 
     def interval(self, device: PebbleDevice) -> float:
         """Real seconds between a device's cycles."""

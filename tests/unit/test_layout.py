@@ -7,7 +7,7 @@ import inspect
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.layout import DataDir, ProjectFiles
+from gateway.layout import BrokerFiles, ClientFiles, DataDir, ProjectFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = ROOT / "gateway"
@@ -27,7 +27,21 @@ DATA_DIR = {
     "txjournal": "txjournal.json",
     "proofs": "proofs",
     "fleet": "fleet",
+    "broker": "broker",
 }
+BROKER = {
+    "conf": "mosquitto.conf",
+    "passwd": "passwd",
+    "acl": "acl",
+    "gateway_secret": "gateway.secret",
+    "ca_cert": "ca.crt",
+    "ca_key": "ca.key",
+    "server_cert": "server.crt",
+    "server_key": "server.key",
+    "pid": "mosquitto.pid",
+    "clients": "clients",
+}
+CLIENT = {"ca": "ca.crt", "cert": "client.crt", "key": "client.key"}
 PROJECT = {
     "definition": "project.json",
     "state": "state.sqlite",
@@ -54,7 +68,8 @@ def test_every_path_of_the_layout(tmp_path):
     layout = DataDir(tmp_path)
     assert sorted(_properties(DataDir)) == sorted(DATA_DIR), "a new path needs its entry here (and its name)"
     for prop, name in DATA_DIR.items():
-        assert getattr(layout, prop) == tmp_path / name, prop
+        path = getattr(layout, prop)
+        assert (path.dir if isinstance(path, BrokerFiles) else path) == tmp_path / name, prop
     assert layout.module("ab" * 32) == tmp_path / "modules" / f"{'ab' * 32}.wasm"
     assert layout.operator_key("minter") == tmp_path / "operators" / "minter.json"
     assert layout.operator_txjournal("minter") == tmp_path / "operators" / "minter.txjournal.json"
@@ -65,9 +80,20 @@ def test_every_path_of_the_layout(tmp_path):
     for prop, name in PROJECT.items():
         assert getattr(project, prop) == tmp_path / "projects" / "pebble-demo" / name, prop
 
+    broker = layout.broker
+    assert broker == BrokerFiles(tmp_path / "broker")
+    assert sorted(_properties(BrokerFiles)) == sorted(BROKER)
+    for prop, name in BROKER.items():
+        assert getattr(broker, prop) == tmp_path / "broker" / name, prop
+    client = broker.client("350000000000001")
+    assert client == ClientFiles(tmp_path / "broker" / "clients" / "350000000000001")
+    assert sorted(_properties(ClientFiles)) == sorted(CLIENT)
+    for prop, name in CLIENT.items():
+        assert getattr(client, prop) == client.dir / name, prop
+
 
 def test_every_path_says_what_it_holds():
-    for cls, props in ((DataDir, DATA_DIR), (ProjectFiles, PROJECT)):
+    for cls, props in ((DataDir, DATA_DIR), (ProjectFiles, PROJECT), (BrokerFiles, BROKER), (ClientFiles, CLIENT)):
         for prop in props:
             doc = getattr(cls, prop).__doc__ or ""
             assert doc.startswith(props[prop].split(".")[0]) and len(doc.splitlines()) == 1, prop
@@ -81,7 +107,7 @@ def test_config_gives_the_layout_of_its_data_dir(tmp_path):
 
 def _names() -> tuple[set[str], set[str]]:
     """Every layout name, and those too distinctive to mean anything else (a dot or a dash)."""
-    names = set(DATA_DIR.values()) | set(PROJECT.values())
+    names = set(DATA_DIR.values()) | set(PROJECT.values()) | set(BROKER.values()) | set(CLIENT.values())
     return names, {n for n in names if "." in n or "-" in n}
 
 
