@@ -5,7 +5,12 @@ it, and publisher processes that send pre-signed messages from emulated Pebbles 
 before the clock starts, as a real fleet signs on its own hardware). The gateway's `--trace`
 hook reports when each record became durable, so latency is measured publish → on disk.
 
-    python -m bench.ingest [--messages 100000] [--devices 1000] [--rate 10000] [--publishers 2]
+    python -m bench.ingest [--messages 100000] [--devices 1000] [--rate 10000] [--publishers 2] [--secure]
+
+``--secure`` runs the broker w3gate writes (`w3gate broker setup`): the gateway logs in with a
+password, and the publishers send over the TLS device listener with a client certificate, each
+message checked against the access rules, as a real Pebble's would be (the publishers replay the
+whole fleet, so their identity may write every device's data topic).
 
 Prints: saturation throughput (publishers flat out), publish→durable p50/p99 at the offered
 rate, the gateway's peak RSS, and nothing lost (every published message durable exactly once).
@@ -128,7 +133,7 @@ def wait_durable(trace: Trace, messages: list, timeout: float) -> dict:
 
 
 def run_phase(name: str, work: Path, port: int, messages: list[tuple[str, bytes, str]], *, rate: float,
-              publishers: int, trace: Trace, timeout: float) -> dict:
+              publishers: int, trace: Trace, timeout: float, tls: list[Path] | None = None) -> dict:
     """Publish ``messages`` from ``publishers`` processes at ``rate`` in total; wait until all are durable."""
     chunks = [messages[i::publishers] for i in range(publishers)]
     procs = []
@@ -137,7 +142,7 @@ def run_phase(name: str, work: Path, port: int, messages: list[tuple[str, bytes,
         with open(src, "wb") as f:
             pickle.dump([(t, p) for t, p, _ in chunk], f)
         proc = subprocess.Popen([sys.executable, "-m", "bench.publisher", str(port), str(src), str(out),
-                                 str(rate / publishers if rate else 0), "1"],
+                                 str(rate / publishers if rate else 0), "1", *([str(tls[i])] if tls else [])],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         assert proc.stdout.readline().strip() == "ready"
         procs.append((proc, out, chunk))
@@ -167,6 +172,37 @@ def run_phase(name: str, work: Path, port: int, messages: list[tuple[str, bytes,
             "p50_ms": round(pick(0.50), 2), "p99_ms": round(pick(0.99), 2), "max_ms": round(latencies[-1] * 1000, 2)}
 
 
+def secure_broker(work: Path, data_dir: Path, env: dict) -> tuple:
+    """The managed broker on ports of its own, and the publishers' certificate bundle."""
+    from gateway.config import load_config
+    from rig.broker import free_port, start_managed_broker
+
+    local = free_port()
+    env.update(W3GATE_BROKER_LOCAL_PORT=str(local), W3GATE_MQTT_PORT=str(local),
+               W3GATE_BROKER_DEVICE_PORT=str(free_port()), W3GATE_BROKER_CLIENT_PORT="0",
+               W3GATE_BROKER_DEVICE_LISTEN="127.0.0.1", W3GATE_BROKER_PERSISTENCE="false",
+               W3GATE_DATA_DIR=str(data_dir))
+    subprocess.run([sys.executable, "-m", "gateway", "broker", "setup"], env=env, check=True, capture_output=True,
+                   cwd=ROOT)
+    config = load_config(env={k: v for k, v in env.items() if k.startswith("W3GATE_")})
+    broker = start_managed_broker(config.layout.broker.conf, local, work / "mosquitto.log")
+    return broker, config.broker.device_port, None
+
+
+def grant_replayers(env: dict, publishers: int) -> list[Path]:
+    """After the devices are registered: one identity per publisher process (the broker makes
+    the client id the identity: two connections of one identity would take turns), each allowed
+    to write every device's data topic (they replay the whole fleet); their certificate bundles."""
+    from gateway.broker import access, certs
+    from gateway.cli.broker import identities
+    from gateway.config import load_config
+
+    config = load_config(env={k: v for k, v in env.items() if k.startswith("W3GATE_")})
+    names = [f"bench-fleet-{i}" for i in range(publishers)]
+    access.sync(config.layout.broker, [*identities(config), *(access.Identity(n, write=("device/+/data",)) for n in names)])
+    return [certs.issue_client(config.layout.broker, n).dir for n in names]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000, help="messages per phase")
@@ -176,29 +212,36 @@ def main() -> None:
     parser.add_argument("--drain-only", action="store_true", help="measure the drain phase only")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--profile", metavar="FILE", help="run the gateway under cProfile, stats to FILE")
+    parser.add_argument("--secure", action="store_true", help="the secure broker: TLS, certificates, access rules")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=ROOT))
-    broker = start_broker(work / "broker")
+    data_dir = work / "data"
+    env = {**os.environ, "W3GATE_LOG_LEVEL": "warning", "W3GATE_MQTT_CLIENT_ID": "w3gate-bench", "W3GATE_API_PORT": "0"}
     gateway = None
+    if args.secure:
+        broker, publish_port, tls = secure_broker(work, data_dir, env)
+    else:
+        broker = start_broker(work / "broker")
+        publish_port, tls = broker.port, None
+        env["W3GATE_MQTT_PORT"] = str(broker.port)
     try:
         from hardware.pebble.keystore import Keystore
 
         fleet_dir = work / "fleet"
         Keystore(fleet_dir).ensure(args.devices, profile="riverrock-1.0.14")
-        data_dir = work / "data"
         status_file = DataDir(data_dir).status
         w3gate = [sys.executable, "-m", "gateway"]
         subprocess.run([*w3gate, "device", "import", str(fleet_dir / "devices.json"), "--data-dir", str(data_dir)],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, env=env)
+        if args.secure:
+            tls = grant_replayers(env, args.publishers)
         print(f"pre-signing {(1 if args.drain_only else 3) * args.messages} messages from {args.devices} emulated Pebbles ...", flush=True)
         t = time.time()
         msgs = pregenerate(fleet_dir, (1 if args.drain_only else 3) * args.messages)
         print(f"  done in {time.time() - t:.1f} s", flush=True)
         trace_path = work / "trace.txt"
         trace = Trace(trace_path)
-        env = {**os.environ, "W3GATE_MQTT_PORT": str(broker.port), "W3GATE_LOG_LEVEL": "warning",
-               "W3GATE_MQTT_CLIENT_ID": "w3gate-bench", "W3GATE_API_PORT": "0"}
         profile = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
 
         def start_gateway() -> subprocess.Popen:
@@ -218,7 +261,8 @@ def main() -> None:
         stop_group(gateway)
         print(f"phase 1: drain, {n} messages queued in the broker while the gateway is down", flush=True)
         backlog = msgs[:n]
-        run_phase("fill", work, broker.port, backlog, rate=0, publishers=args.publishers, trace=trace, timeout=0)
+        run_phase("fill", work, publish_port, backlog, rate=0, publishers=args.publishers, trace=trace, timeout=0,
+                  tls=tls)
         gateway = start_gateway()
         cpu0 = cpu_seconds(gateway.pid)
         broker0 = cpu_seconds(broker.proc.pid)
@@ -247,12 +291,12 @@ def main() -> None:
                 print(f"  gateway-side {key[8:]:<26}: {status[key]}")
             return
         print(f"phase 2: live, {args.publishers} publishers flat out (QoS 1)", flush=True)
-        sat = run_phase("sat", work, broker.port, msgs[n:2 * n], rate=0, publishers=args.publishers,
-                        trace=trace, timeout=120)
+        sat = run_phase("sat", work, publish_port, msgs[n:2 * n], rate=0, publishers=args.publishers,
+                        trace=trace, timeout=120, tls=tls)
         print(f"  {sat}", flush=True)
         print(f"phase 3: live, latency at an offered {args.rate:.0f} msg/s", flush=True)
-        lat = run_phase("lat", work, broker.port, msgs[2 * n:], rate=args.rate,
-                        publishers=args.publishers, trace=trace, timeout=120)
+        lat = run_phase("lat", work, publish_port, msgs[2 * n:], rate=args.rate,
+                        publishers=args.publishers, trace=trace, timeout=120, tls=tls)
         print(f"  {lat}", flush=True)
         rss = vm_hwm_kb(gateway.pid)
         worker_rss = sum(vm_hwm_kb(int(c)) for c in
@@ -260,7 +304,9 @@ def main() -> None:
         status = json.loads(status_file.read_text())
         lost = drain["missing"] + sat["missing"] + lat["missing"]
         print()
-        print("ingest benchmark (emulated Pebbles → mosquitto → w3gate run: verify + durable TinyDB), QoS 1")
+        print("ingest benchmark (emulated Pebbles → mosquitto → w3gate run: verify + durable TinyDB), QoS 1"
+              + (", secure broker (TLS + client certificate + access rules on the device listener)" if args.secure
+                 else ", open test broker"))
         print(f"  gateway throughput, draining a broker backlog: {drain_rate:>7} verified msg/s")
         print(f"  gateway CPU per message while draining:       {cpu_us['main']:>4} us event loop "
               f"+ {cpu_us['threads']} us store thread "

@@ -14,9 +14,12 @@ import paho.mqtt.client as mqtt
 
 
 def publish(port: int, messages: list[tuple[str, bytes]], *, rate: float, qos: int,
-            inflight: int = 100, client_id: str = "bench-publisher") -> list[float]:
-    """Publish ``messages`` at ``rate`` per second (0 = as fast as possible)."""
+            inflight: int = 100, client_id: str = "bench-publisher", tls: str | None = None) -> list[float]:
+    """Publish ``messages`` at ``rate`` per second (0 = as fast as possible); ``tls``: a client
+    certificate bundle directory (ca.crt, client.crt, client.key) for a TLS listener."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    if tls:
+        client.tls_set(ca_certs=f"{tls}/ca.crt", certfile=f"{tls}/client.crt", keyfile=f"{tls}/client.key")
     client.max_inflight_messages_set(inflight)
     client.max_queued_messages_set(0)
     acked = 0
@@ -53,6 +56,7 @@ if __name__ == "__main__":
         msgs = pickle.load(f)
     print("ready", flush=True)
     sys.stdin.readline()  # go
-    result = publish(port, msgs, rate=rate, qos=qos, client_id=f"bench-{out[-12:]}")
+    result = publish(port, msgs, rate=rate, qos=qos, client_id=f"bench-{out[-12:]}",
+                     tls=sys.argv[6] if len(sys.argv) > 6 else None)
     with open(out, "wb") as f:
         pickle.dump(result, f)

@@ -6,11 +6,21 @@ components take it, or only the path they need, from their caller (a lower layer
 configuration). What lies inside ``records/`` and ``proofs/`` is the record store's and the
 anchorer's own business. Nothing here creates anything: each writer makes its file, with its mode,
 when it first writes (tests/unit/test_layout.py checks that no other module builds these names).
+
+Every file is 0600 and every directory 0700 (gateway/storage.py makes them so); ``check_permissions``
+finds what is looser in a data directory, at start.
 """
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+# At most this many entries are looked at below the data directory: the record segments are a few
+# hundred at most, so a walk that reaches this is not a w3gate data directory (or holds something else).
+CHECK_LIMIT = 20_000
+_EXAMPLES = 3  # paths named per warning line
 
 
 def module_file(modules_dir: Path, sha256: str) -> Path:
@@ -234,3 +244,121 @@ class DataDir:
     def operator_txjournal(self, name: str) -> Path:
         """operators/<name>.txjournal.json: that operator's transactions not yet confirmed (the chain thread)."""
         return self.operators / f"{name}.txjournal.json"
+
+
+def check_permissions(data_dir: Path, *, fix: bool | str = False, limit: int = CHECK_LIMIT) -> list[str]:
+    """What in ``data_dir`` other local accounts can read, enter or write: one warning line per
+    group of looser paths (the data directory itself; then, per entry of the data directory, its
+    directories that are not 0700 and its files that are not 0600), naming the modes seen, a few
+    of the paths, and the command that tightens them. An empty list when everything is private or
+    ``data_dir`` does not exist yet.
+
+    Only group and other bits count (a 0500 directory or a 0400 file is fine). Symbolic links are
+    neither followed nor reported; other users' files are reported and never changed. The broker's
+    pid file is not w3gate's (mosquitto writes it 0644) and holds nothing private: it is skipped.
+    The walk stops after ``limit`` entries (the last line then says so).
+
+    ``fix``: False only reports. ``"root"`` also tightens the data directory's own mode to 0700, which
+    alone keeps every other account out of everything below it; its line then says it did (this is
+    what ``w3gate run`` does at start: it leaves files inside as they are, since an operator may
+    have widened one on purpose, e.g. to share a certificate bundle). True tightens every looser
+    directory and file it finds (group and other bits removed, the owner's kept), and each line
+    says so. A path that cannot be changed keeps its warning, with the reason.
+    """
+    if fix not in (False, True, "root"):
+        raise ValueError(f"fix is False, True or 'root', not {fix!r}")
+    root = Path(data_dir)
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return []
+    warnings: list[str] = []
+    me = os.geteuid()
+
+    def tighten(path: Path, mode: int) -> str | None:
+        """None when tightened, else why not."""
+        try:
+            os.chmod(path, stat.S_IMODE(mode) & ~0o077)  # never a symlink: those were skipped
+            return None
+        except OSError as e:
+            return e.strerror or str(e)
+
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o077:
+        line = (f"data directory {root} is {_octal(st.st_mode)} (want 0700): other local accounts can "
+                "reach what is inside")
+        if fix and st.st_uid == me:
+            why = tighten(root, st.st_mode)
+            line += "; set to 0700" if why is None else f"; could not set it to 0700 ({why})"
+        elif st.st_uid != me:
+            line += f"; it belongs to uid {st.st_uid}, not this account (uid {me}): left as it is"
+        else:
+            line += f"; run: chmod 0700 {root}"
+        warnings.append(line)
+    if not stat.S_ISDIR(st.st_mode):
+        return warnings
+
+    # (top-level name, "directories"|"files") -> [count, modes seen, examples, fixed, not fixed]
+    groups: dict[tuple[str, str], list] = {}
+    skip = {DataDir(root).broker.pid}
+    seen = 0
+    stack = [root]
+    stopped = False
+    while stack and not stopped:
+        d = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            continue  # gone meanwhile, or unreadable: nothing to say about its inside
+        for entry in entries:
+            seen += 1
+            if seen > limit:
+                stopped = True
+                break
+            try:
+                est = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            path = Path(entry.path)
+            if path in skip:
+                continue
+            if stat.S_ISDIR(est.st_mode):
+                stack.append(path)
+                kind = "directories"
+            elif stat.S_ISREG(est.st_mode):
+                kind = "files"
+            else:
+                continue  # symlinks, sockets, FIFOs: not w3gate's own files
+            if not est.st_mode & 0o077:
+                continue
+            rel = path.relative_to(root)
+            g = groups.setdefault((rel.parts[0], kind), [0, set(), [], 0, set()])
+            g[0] += 1
+            g[1].add(_octal(est.st_mode))
+            if len(g[2]) < _EXAMPLES:
+                g[2].append(str(rel))
+            if fix is True:
+                why = tighten(path, est.st_mode) if est.st_uid == me else f"owned by uid {est.st_uid}"
+                if why is None:
+                    g[3] += 1
+                else:
+                    g[4].add(why)
+    for (top, kind), (count, modes, examples, fixed, failures) in sorted(groups.items()):
+        want = "0700" if kind == "directories" else "0600"
+        one = kind[:-1] if count == 1 else kind
+        more = f" and {count - len(examples)} more" if count > len(examples) else ""
+        line = (f"{root / top}: {count} {one} open to other local accounts "
+                f"({', '.join(sorted(modes))}, want {want}): {', '.join(examples)}{more}")
+        if fix is True:
+            line += f"; tightened {fixed}"
+            if failures:
+                line += f", {count - fixed} not ({'; '.join(sorted(failures))})"
+        else:
+            line += f"; run: chmod -R go= {root / top}"
+        warnings.append(line)
+    if stopped:
+        warnings.append(f"{root}: permission check stopped after {limit} entries; the rest was not checked")
+    return warnings
+
+
+def _octal(mode: int) -> str:
+    return f"{stat.S_IMODE(mode):04o}"

@@ -34,8 +34,10 @@ from gateway.codec.record import WIRES, Record
 from gateway.config import Config
 from gateway.ingest.mqtt import MqttLink
 from gateway.pebble.source import SUBSCRIPTIONS, PebbleSource
+from gateway.layout import check_permissions
 from gateway.report import node_status
 from gateway.status import Counters, read_status, write_status
+from gateway.storage import open_private, private_dir
 from gateway.supervisor import Health, periodic, step, supervise
 from gateway.verify.checker import SignatureChecker
 from gateway.verify.registry import Registry
@@ -47,10 +49,12 @@ log = logging.getLogger("w3gate.node")
 class Node:
     def __init__(self, config: Config, *, trace_path: str | None = None) -> None:
         self.config = config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(config.data_dir)  # 0700: other accounts on the Pi read no device's history
+        for line in check_permissions(config.data_dir, fix="root"):
+            log.warning("%s", line)
         self.started = time.time()
         self.health = Health()  # what is degraded now, shown in status
-        self._trace = open(trace_path, "a", buffering=1 << 16) if trace_path else None
+        self._trace = open_private(trace_path, "a", buffering=1 << 16) if trace_path else None
         b, v, a = config.buffer, config.verify, config.applets
         self.registry = Registry(config.layout.devices)
         self.verifier = Verifier(self.registry, Policy(v.max_payload, v.max_age_s, v.max_future_s, v.nonce_memory))

@@ -9,6 +9,8 @@ import time
 from collections import Counter, deque
 from pathlib import Path
 
+from gateway.storage import FILE_MODE
+
 
 reject_log = logging.getLogger("w3gate.reject")
 
@@ -88,9 +90,12 @@ class Counters:
 def write_status(path: Path, status: dict) -> None:
     """Replace the status file atomically but without fsync: it is rewritten every second from the
     event loop, where an fsync would stall message handling, and losing it in a power cut costs
-    nothing (the counters resume from the previous copy)."""
+    nothing (the counters resume from the previous copy). The file is 0600 whatever the umask."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(json.dumps(status, indent=1, sort_keys=True).encode())
+    tmp.unlink(missing_ok=True)  # a leftover could carry a wider mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with open(fd, "wb") as f:
+        f.write(json.dumps(status, indent=1, sort_keys=True).encode())
     os.replace(tmp, path)
 
 

@@ -15,6 +15,11 @@ not O(segment). Removals and replacements are detected and encoded in full, but 
 changed *in place* (TinyDB's ``update``/``upsert`` do that) would not be: that is why this mode
 is only for append-only tables. A read-only storage never caches (the file changes under it)
 and never creates or writes anything.
+
+Everything w3gate keeps in its data directory is private to the account that runs it (issue 13:
+records are location histories): files are created 0600 and directories 0700 whatever the
+process's umask (``FILE_MODE``, ``DIR_MODE``; ``atomic_write``, ``open_private``,
+``create_private``, ``private_dir``). The process umask is never changed: w3gate is a library too.
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ from tinydb.storages import Storage
 from gateway.errors import W3gateError
 
 TMP_SUFFIX = ".tmp"
+FILE_MODE = 0o600  # every file w3gate writes in its data directory
+DIR_MODE = 0o700   # every directory it makes there
 
 
 class StoreError(W3gateError):
@@ -49,9 +56,59 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def private_dir(path: Path) -> Path:
+    """Make ``path`` and any missing parent directories, each 0700 whatever the umask (``mkdir -p``
+    would give the parents the umask's mode). Directories that already exist are left as they are
+    (``gateway.layout.check_permissions`` reports a looser one). Returns ``path``."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.is_dir():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, DIR_MODE)
+        except FileExistsError:
+            if not d.is_dir():
+                raise
+            continue  # another process made it meanwhile: its maker chose its mode
+        os.chmod(d, DIR_MODE)  # a umask like 0o277 would have taken the owner's bits too
+    return path
+
+
+def open_private(path: str | os.PathLike, mode: str = "a", **kwargs):
+    """``open(path, mode)`` for appending (``"a"``, ``"ab"``), creating the file 0600 if missing
+    (an existing file keeps its mode). ``kwargs`` go to ``open`` (``buffering``, ``encoding``)."""
+    if mode not in ("a", "ab", "a+", "ab+", "a+b"):
+        raise ValueError(f"open_private only appends, not {mode!r}")
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    if "+" in mode:
+        flags = (flags & ~os.O_WRONLY) | os.O_RDWR
+    fd = os.open(path, flags, FILE_MODE)  # the umask can only take bits away from 0o600
+    try:
+        return open(fd, mode, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def create_private(path: str | os.PathLike) -> None:
+    """Create ``path`` empty and 0600 if it does not exist yet (an existing file is left alone):
+    for files another library creates with its own mode (SQLite gives a new database 0644, and
+    its -wal and -shm files the database's mode)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        pass
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
     """Replace ``path`` with ``data`` durably: temp file, fsync, rename, fsync directory. The file
-    has ``mode`` from its first byte (0o600 keeps a secret from ever being readable by others)."""
+    has ``mode`` from its first byte whatever the umask (0600 by default: nothing w3gate keeps
+    in its data directory is for other accounts)."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
     tmp.unlink(missing_ok=True)  # an old temp file could carry a wider mode
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -106,7 +163,7 @@ class AtomicJSONStorage(Storage):
     """
 
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False,
-                 append_only: bool = False, mode: int = 0o644) -> None:
+                 append_only: bool = False, mode: int = FILE_MODE) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self.mode = mode
@@ -167,11 +224,11 @@ class WatchedTable(Generic[T]):
 
     Readers keep it in memory, keyed by ``key``, and ``reload`` re-reads the file only when it
     changed. Every read-modify-write holds an flock, so the CLI and the gateway never lose each
-    other's updates. ``mode`` 0o600 for a table that holds secrets.
+    other's updates. The file and its lock file are 0600 (``mode``).
     """
 
     def __init__(self, path: str | os.PathLike, table: str, key: str, load: Callable[[dict], T], *,
-                 mode: int = 0o644) -> None:
+                 mode: int = FILE_MODE) -> None:
         self.path = Path(path)
         self._table_name, self._key, self._load, self._mode = table, key, load, mode
         self._lock_path = self.path.with_name(self.path.name + ".lock")
@@ -222,8 +279,8 @@ class WatchedTable(Generic[T]):
     @contextmanager
     def _table(self):
         """The TinyDB table, under the lock; the in-memory copy is re-read afterwards."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path, "a") as lock:
+        private_dir(self.path.parent)
+        with open_private(self._lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             db = TinyDB(self.path, storage=AtomicJSONStorage, mode=self._mode)
             try:

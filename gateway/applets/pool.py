@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable
 
 from gateway.applets.abi import EventMeta
 from gateway.errors import W3gateError
+from gateway.storage import open_private
 
 log = logging.getLogger("w3gate.applets")
 
@@ -117,7 +118,7 @@ class ProjectWorker:
             line = {"t": time.time(), "event": event.meta.event_id, "applet": event.applet or "?",
                     "level": "error", "msg": f"{event.handler} failed: {why}"}
             try:
-                with open(self.log_path, "a") as f:
+                with open_private(self.log_path, "a") as f:
                     f.write(json.dumps(line) + "\n")
             except OSError:
                 pass
@@ -140,7 +141,7 @@ class ProjectWorker:
     # -- internals ---------------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        stderr = open(self.stderr_path, "ab") if self.stderr_path else asyncio.subprocess.DEVNULL
+        stderr = open_private(self.stderr_path, "ab") if self.stderr_path else asyncio.subprocess.DEVNULL
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.applets.worker", "--modules", str(self.modules_dir),

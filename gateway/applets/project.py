@@ -51,7 +51,7 @@ from gateway.applets.module import ModuleError, inspect
 from gateway.codec.record import Record
 from gateway.errors import W3gateError
 from gateway.layout import DataDir, ProjectFiles
-from gateway.storage import atomic_write
+from gateway.storage import atomic_write, private_dir
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: fullmatch
 DEFAULT_EVENT = "DEFAULT"
@@ -147,13 +147,13 @@ class ProjectStore:
     def deploy(self, project_file: Path) -> Project:
         """Check and install a project from its TOML file (replacing one of the same name)."""
         project, modules = parse_project_file(project_file)
-        self.modules_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.modules_dir)
         for sha, wasm in modules.items():
             target = self.layout.module(sha)
             if not target.exists():
                 atomic_write(target, wasm)
         files = self.files(project.name)
-        files.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(files.dir)
         atomic_write(files.definition, json.dumps(project.to_json(), indent=2).encode())
         return project
 

@@ -23,6 +23,7 @@ from typing import Callable
 from gateway.applets.abi import EventMeta
 from gateway.applets.pool import AppletEvent, AppletResult, HostCall, Limits, ProjectWorker
 from gateway.applets.project import Project, ProjectStore
+from gateway.storage import create_private, open_private
 
 log = logging.getLogger("w3gate.applets")
 
@@ -111,6 +112,11 @@ class AppletRuntime:
             worker = self.workers.get(name)
             if worker is None:
                 files = self.store.files(name)
+                for path in (files.worker_stderr, files.applet_log):  # the worker pool appends to them
+                    try:
+                        create_private(path)  # 0600 before anything opens them
+                    except OSError as e:
+                        log.warning("could not create %s: %s", path, e)
                 self.workers[name] = ProjectWorker(
                     name, modules_dir=self.store.modules_dir, state_path=files.state,
                     schema=project.schema, env=project.env, limits=self.limits, host_call=self.host_call,
@@ -198,7 +204,7 @@ class AppletRuntime:
         try:
             if path.exists() and path.stat().st_size > LOG_ROTATE_BYTES:
                 path.replace(path.with_name(path.name + ".1"))
-            with open(path, "a") as f:
+            with open_private(path, "a") as f:
                 f.write("".join(json.dumps(e) + "\n" for e in entries))
         except OSError as e:
             log.warning("could not write %s: %s", path, e)

@@ -20,6 +20,7 @@ import sqlite3
 from pathlib import Path
 
 from gateway.applets.abi import HostError, NoDatabase
+from gateway.storage import create_private, private_dir
 
 _PARAM_TYPES = {
     "int32": int, "int64": int, "uint32": int, "uint64": int,
@@ -80,7 +81,8 @@ class ProjectState:
     """KV and SQL of one project; used by one worker process at a time."""
 
     def __init__(self, path: Path, *, schema: list[str] | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        create_private(path)  # SQLite would make it 0644, and its -wal and -shm files take its mode
         self.path = path
         self.has_database = bool(schema)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

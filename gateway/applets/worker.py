@@ -42,6 +42,7 @@ from gateway.applets.abi import AppletInstance, EventMeta, GuestAbort, HostError
 from gateway.applets.module import ModuleError
 from gateway.applets.state import ProjectState
 from gateway.layout import module_file
+from gateway.storage import open_private
 
 
 def read_frame(stream) -> dict | None:
@@ -189,7 +190,7 @@ class Worker:
         try:
             if self.log_path.exists() and self.log_path.stat().st_size > LOG_ROTATE_BYTES:
                 self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
-            with open(self.log_path, "a") as f:
+            with open_private(self.log_path, "a") as f:
                 f.write("".join(lines))
         except OSError:
             pass  # a full disk must not stop the applets; the results still carry the errors

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import W3gateError
 from gateway.layout import BrokerFiles
-from gateway.storage import atomic_write
+from gateway.storage import atomic_write, private_dir
 
 log = logging.getLogger("w3gate.broker")
 
@@ -108,7 +108,7 @@ def sync(files: BrokerFiles, identities: list[Identity]) -> bool:
         if _unsafe(ident.username) or ident.username in seen:
             raise BrokerError(f"broker identity {ident.username!r} is empty, repeated or has a space, ':', '#' or '+'")
         seen.add(ident.username)
-    files.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(files.dir)
     changed = False
     for path, text in ((files.passwd, render_passwd(identities)), (files.acl, render_acl(identities))):
         try:
@@ -150,7 +150,7 @@ def gateway_secret(files: BrokerFiles, *, create: bool = False) -> str | None:
     if not create:
         return None
     secret = secrets.token_urlsafe(24)
-    files.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(files.dir)
     atomic_write(files.gateway_secret, (secret + "\n").encode(), mode=0o600)
     return secret
 

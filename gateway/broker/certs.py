@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import W3gateError
 from gateway.layout import BrokerFiles, ClientFiles
-from gateway.storage import atomic_write
+from gateway.storage import atomic_write, private_dir
 
 CA_DAYS = 3650
 LEAF_DAYS = 825  # what browsers and most TLS stacks still take for a leaf
@@ -67,7 +67,7 @@ def ensure_ca(files: BrokerFiles) -> x509.Certificate:
                                          decipher_only=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
-    files.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(files.dir)
     atomic_write(files.ca_key, _key_pem(key), mode=0o600)
     atomic_write(files.ca_cert, _cert_pem(cert), mode=0o600)
     return cert
@@ -123,7 +123,7 @@ def install_server(files: BrokerFiles, cert_path: Path, key_path: Path) -> x509.
         raise CertError(f"cannot use {cert_path} / {key_path}: {e}") from None
     if cert.public_key().public_numbers() != key.public_key().public_numbers():
         raise CertError(f"{key_path} is not the key of {cert_path}")
-    files.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(files.dir)
     atomic_write(files.server_key, Path(key_path).read_bytes(), mode=0o600)
     atomic_write(files.server_cert, Path(cert_path).read_bytes(), mode=0o600)
     return cert
@@ -136,8 +136,8 @@ def issue_client(files: BrokerFiles, name: str) -> ClientFiles:
         raise CertError(f"{name!r} cannot name a broker identity (1-64 letters, digits, '_', '.', ':' or '-')")
     key, cert = _issue(files, name, ExtendedKeyUsageOID.CLIENT_AUTH)
     bundle = files.client(name)
-    files.clients.mkdir(mode=0o700, parents=True, exist_ok=True)
-    bundle.dir.mkdir(mode=0o700, exist_ok=True)
+    private_dir(files.clients)
+    private_dir(bundle.dir)
     atomic_write(bundle.key, _key_pem(key), mode=0o600)
     atomic_write(bundle.cert, _cert_pem(cert), mode=0o600)
     atomic_write(bundle.ca, files.ca_cert.read_bytes(), mode=0o600)

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gateway.storage import StoreError, fsync_dir
+from gateway.storage import FILE_MODE, StoreError, fsync_dir
 
 TABLE = "records"
 MAX_SEQ = 10**12 - 1  # segment names hold 12 digits
@@ -207,8 +207,10 @@ def keep_aside(path: Path) -> Path:
     try:
         os.link(path, target)
     except OSError:
-        shutil.copyfile(path, target)
-        with open(target, "rb") as f:
-            os.fsync(f.fileno())
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)  # a link keeps the mode; so does this
+        with open(fd, "wb") as out, open(path, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
     fsync_dir(path.parent)
     return target

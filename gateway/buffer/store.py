@@ -57,7 +57,8 @@ from tinydb.table import Document, Table
 from gateway import storage
 from gateway.buffer.integrity import (EMPTY_SEGMENT, TABLE, Damage, check_segment, is_seq, load_segment,
                                       keep_aside, quick_check, salvage_ints)
-from gateway.storage import TMP_SUFFIX, AtomicJSONStorage, StoreError, atomic_write, dump_json, fsync_dir
+from gateway.storage import (FILE_MODE, TMP_SUFFIX, AtomicJSONStorage, StoreError, atomic_write, dump_json,
+                             fsync_dir, private_dir)
 
 __all__ = ["AppendResult", "Damage", "FullPolicy", "RecordState", "RecordStore", "StoreConfig", "StoreError"]
 
@@ -160,7 +161,7 @@ class RecordStore:
     def _open(self) -> None:
         if not self.readonly:
             try:
-                self._seg_dir.mkdir(parents=True, exist_ok=True)
+                private_dir(self._seg_dir)  # records/ and records/segments/, 0700
             except OSError as e:
                 raise StoreError(f"cannot create {self._seg_dir}: {e}", reason="io") from None
             self._lock()
@@ -356,7 +357,7 @@ class RecordStore:
     def _lock(self) -> None:
         """One writer per directory: a second one would hand out the same seqs and lose records.
         The kernel drops the lock when the process dies, so a kill never leaves it stale."""
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -23,7 +23,7 @@ from eth_account.signers.local import LocalAccount
 
 from gateway.errors import W3gateError
 from gateway.layout import DataDir
-from gateway.storage import atomic_write
+from gateway.storage import atomic_write, private_dir
 
 MIN_PASSPHRASE = 8
 
@@ -100,7 +100,7 @@ def save_key(path: str | os.PathLike, private_key: bytes | str, passphrase: str,
     except (ValueError, TypeError) as e:
         raise KeystoreError(f"not a secp256k1 private key: {e}", reason="bad_key") from None
     blob = Account.encrypt(account.key, passphrase, kdf=kdf, iterations=iterations)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     try:
         atomic_write(path, json.dumps(blob, indent=1).encode(), mode=0o600)
     except OSError as e:

@@ -40,7 +40,7 @@ from web3 import Web3
 from web3.exceptions import TransactionNotFound, Web3Exception, Web3RPCError
 
 from gateway.errors import W3gateError
-from gateway.storage import StoreError, atomic_write, dump_json, read_json
+from gateway.storage import StoreError, atomic_write, dump_json, private_dir, read_json
 
 log = logging.getLogger("w3gate.chain")
 
@@ -207,7 +207,7 @@ class TxSender:
     def _save(self) -> None:
         data = {"version": JOURNAL_VERSION, "address": self.address, "chain_id": self._chain_id,
                 "txs": [e.to_dict() for e in sorted(self._entries.values(), key=lambda e: e.nonce)]}
-        self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.journal_path.parent)
         try:
             atomic_write(self.journal_path, dump_json(data))
         except OSError as e:

@@ -17,7 +17,7 @@ from gateway.cli.common import config_option, data_dir_option, emit_json, get_co
 from gateway.codec.pebble import PROFILES
 from gateway.config import Config
 from gateway.layout import ClientFiles
-from gateway.storage import atomic_write
+from gateway.storage import atomic_write, private_dir
 from gateway.verify.registry import Registry
 
 
@@ -71,7 +71,7 @@ def setup(renew_server_cert, config_path, data_dir) -> None:
     the password file and the access rules. Safe to run again: what exists is kept."""
     config = get_config(config_path, data_dir)
     files = config.layout.broker
-    files.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(files.dir)
     certs.ensure_ca(files)
     if renew_server_cert or not files.server_cert.exists():
         certs.issue_server(files, certs.host_names(list(config.broker.hostnames)))

@@ -51,6 +51,10 @@ def status(as_json, config_path, data_dir) -> None:
                   if running else ""))
     for name, reason in sorted((info.get("degraded") or {}).items()):
         click.echo(f"degraded   {name}: {reason}")
+    mqtt = info.get("mqtt") or {}
+    if running and (mqtt.get("drops") or mqtt.get("sessions_lost")):  # a takeover of our session shows here
+        click.echo(f"broker     {mqtt.get('drops', 0)} connections lost, {mqtt.get('sessions_lost', 0)} sessions "
+                   "lost (see the log's warnings)")
     ingest = info.get("ingest") or {}
     if running and ingest:
         age = ingest.get("last_handled_age_s")

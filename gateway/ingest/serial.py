@@ -26,6 +26,8 @@ from typing import Callable, Iterator
 
 import serial
 
+from gateway.storage import atomic_write, private_dir
+
 log = logging.getLogger("w3gate.serial")
 
 READ_BYTES = 65536
@@ -187,9 +189,9 @@ def held_ports(hold_dir: Path) -> set[str]:
 def hold_port(hold_dir: Path, port: str, *, settle_s: float = 0.0) -> Iterator[Callable[[], None]]:
     """Keep a running gateway off ``port`` for the duration; yields a function that refreshes the
     hold (call it during long work). ``settle_s``: wait this long for the gateway to let go."""
-    hold_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(hold_dir)
     path = _hold_file(hold_dir, port)
-    path.write_text(os.path.realpath(port))
+    atomic_write(path, os.path.realpath(port).encode(), mode=0o600)
     try:
         if settle_s:
             time.sleep(settle_s)

@@ -21,7 +21,7 @@ from gateway.chain.keystore import did_of
 from gateway.proofs import merkle
 from gateway.proofs.errors import AnchorError
 from gateway.proofs.leaf import leaf_fields, record_leaf
-from gateway.storage import StoreError, atomic_write, dump_json, read_json
+from gateway.storage import StoreError, atomic_write, dump_json, private_dir, read_json
 
 TAG_PREFIX = "anchor:"  # the sender's tag of a batch's anchor transaction: anchor:<sequence>
 _HEADER_RE = re.compile(r"b-(\d{12})\.json")
@@ -74,7 +74,7 @@ class BatchJournal:
 
     def _load(self) -> None:
         if self._writable:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.dir)
         names = os.listdir(self.dir) if self.dir.exists() else []
         seqs = sorted(int(m.group(1)) for m in map(_HEADER_RE.fullmatch, names) if m)
         for s in seqs:
