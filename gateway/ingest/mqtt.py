@@ -231,14 +231,16 @@ class MqttLink:
                      "resumed" if flags.session_present else "new")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.connected:
-            self.drops += 1
-            log.warning("connection to %s:%d lost: %s (a broker restart, the network, or another client "
-                        "connecting as %r: the broker ends the older connection)", self.config.host,
-                        self.config.port, reason_code, self.config.client_id)
         self._mark_lost()
 
     def _mark_lost(self) -> None:
+        """The connection ended; unless we closed it (``close`` clears ``connected`` first), that is
+        a drop: paho reports the socket's close before any reason, and mosquitto 2.0 sends none."""
+        if self.connected:
+            self.drops += 1
+            log.warning("connection to %s:%d lost (a broker restart, the network, or another client "
+                        "connecting with our identity: the broker ends the older connection)",
+                        self.config.host, self.config.port)
         self.connected = False
         self._lost.set()
 

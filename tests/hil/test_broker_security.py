@@ -136,6 +136,14 @@ def test_the_broker_proves_itself_with_the_gateways_ca(secure):
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
             assert tls.version() == "TLSv1.2" or tls.version() == "TLSv1.3"
             assert "localhost" in json.dumps(tls.getpeercert()["subjectAltName"])
+    modem = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # what the Pebble's nRF9160 modem offers: TLS 1.2, CBC
+    modem.load_verify_locations(secure.data_dir / "broker" / "ca.crt")
+    modem.load_cert_chain(b / "client.crt", b / "client.key")
+    modem.maximum_version = ssl.TLSVersion.TLSv1_2
+    modem.set_ciphers("ECDHE-ECDSA-AES128-SHA256")
+    with socket.create_connection(("127.0.0.1", secure.devices_port), timeout=5) as raw:
+        with modem.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.cipher()[0] == "ECDHE-ECDSA-AES128-SHA256"
     stranger = ssl.create_default_context()  # the system's CAs: w3gate's local CA is not among them
     with socket.create_connection(("127.0.0.1", secure.devices_port), timeout=5) as raw:
         with pytest.raises(ssl.SSLCertVerificationError):
@@ -179,6 +187,35 @@ def test_only_the_gateway_is_w3gate_and_nobody_takes_its_session(secure):
     assert status["mqtt"]["connected"] and status["mqtt"]["connects"] == before["connects"]
     assert status["mqtt"]["drops"] == 0
     assert "lost" not in secure.gw.log_text()
+
+
+def test_the_command_line_sends_downlinks_without_touching_the_gateways_session(secure):
+    me = secure.identities[0]
+    device = secure.device(me.imei)
+    device.subscribe(f"backend/{me.imei}/#")
+    cli("device", "config", me.imei, "--period", "60", data_dir=secure.data_dir, config=secure.gw.config)
+    topic, _, retained = device.received.get(timeout=10)
+    assert topic == f"backend/{me.imei}/config"
+    status = secure.gw.status()["mqtt"]
+    assert status["connected"] and status["drops"] == 0
+
+
+def test_a_lost_session_is_a_warning_and_counted(tmp_path):
+    s = Secure(tmp_path)
+    s.gw.start()
+    try:
+        s.broker.stop()  # no persistence: the gateway's session goes with it
+        s.broker = start_managed_broker(s.data_dir / "broker" / "mosquitto.conf", s.local, tmp_path / "again.log")
+        status = s.gw.wait_for(lambda st: st["mqtt"]["connected"] and st["mqtt"]["connects"] == 2,
+                               what="the gateway back on the restarted broker")
+        assert status["mqtt"]["drops"] == 1 and status["mqtt"]["sessions_lost"] == 1
+        log = s.gw.log_text()
+        assert "WARNING" in log and "with a new session: the broker kept none for us" in log
+        topic, payload = reading(s.identities[0])
+        s.device(s.identities[0].imei).publish(topic, payload)
+        s.gw.wait_for(lambda st: st["accepted_total"] == 1, what="readings after the restart")
+    finally:
+        s.stop()
 
 
 def test_an_oversize_packet_disconnects_its_sender_and_costs_the_gateway_nothing(secure):
