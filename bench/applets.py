@@ -5,7 +5,7 @@ the payload, logs, and reads and writes a counter in KV (SQLite, one commit per 
 Pebble readings as the gateway hands them to applets. A last line runs the example
 pebble-validator, whose JSON parsing in the interpreter dominates its cost.
 
-    python -m bench.applets [--events 50000] [--rate 5000]
+    python -m bench.applets [--events 50000] [--rate 5000] [--reuse]
 
 Prints: saturation events/s with one project (one worker) and two (two workers, in parallel),
 p50/p99 latency from an event's arrival to its result at an offered rate (micro-batched the way
@@ -49,9 +49,10 @@ def payload(i: int) -> bytes:
     return PAYLOADS[i % len(PAYLOADS)]
 
 
-def project_file(directory: Path, name: str, wasm: str, handler: str = "start") -> Path:
+def project_file(directory: Path, name: str, wasm: str, handler: str = "start", *, reuse: bool = False) -> Path:
     path = directory / f"{name}.toml"
-    path.write_text(f'name = "{name}"\n[[applets]]\nname = "a"\nwasm = "{BUILD / wasm}"\n'
+    path.write_text(f'name = "{name}"\ninstances = "{"reuse" if reuse else "fresh"}"\n'
+                    f'[[applets]]\nname = "a"\nwasm = "{BUILD / wasm}"\n'
                     f'[[strategies]]\nevent = "DEFAULT"\napplet = "a"\nhandler = "{handler}"\n')
     return path
 
@@ -109,14 +110,16 @@ async def main_async(args: argparse.Namespace) -> None:
     try:
         store = ProjectStore(DataDir(work / "data"))
         for name in ("one", "two"):
-            store.deploy(project_file(work, name, "log-kv.wasm"))
-        store.deploy(project_file(work, "validator", "pebble-validator.wasm"))
+            store.deploy(project_file(work, name, "log-kv.wasm", reuse=args.reuse))
+        store.deploy(project_file(work, "validator", "pebble-validator.wasm", reuse=args.reuse))
         store.deploy(project_file(work, "runaway", "hostile.wasm", "spin"))
         runtime = AppletRuntime(store, limits=Limits(time_s=args.limit))
         await runtime.reload()
         await runtime.handle([Event(n, payload(0)) for n in ("one", "two")])  # start the workers
         n = args.events
-        print(f"{n} Pebble readings per project through the log-kv applet (log + KV)", flush=True)
+        print(f"{n} Pebble readings per project through the log-kv applet (log + KV), instances "
+              + ("reused across events (the project's opt-in)" if args.reuse else
+                 "fresh for every event (W3bstream's rule)"), flush=True)
         one = await saturate(runtime, ["one"], n, 200)
         print(f"  1 project (1 worker), batches of 200:  {one:>8.0f} events/s", flush=True)
         single = await saturate(runtime, ["one"], min(n, 3000), 1)
@@ -155,6 +158,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000, help="events per project and phase")
     parser.add_argument("--rate", type=float, default=5_000, help="offered rate of the latency phases")
     parser.add_argument("--limit", type=float, default=1.0, help="per-event time limit (s)")
+    parser.add_argument("--reuse", action="store_true", help="projects opt in to reusing instances across events")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -62,7 +62,7 @@ commit_interval_s = 0.005           # under load, group commits start at most th
 [applets]
 time_limit_s = 1.0                  # per event; an applet running longer is stopped
 max_memory_pages = 1024             # 64 KiB pages of linear memory per instance (64 MiB)
-recycle_events = 10000              # rebuild an instance after this many events (SDK leaks)
+recycle_events = 10000              # projects with instances = "reuse": rebuild after this many events
 worker_memory_mb = 1024             # address-space cap of each project's worker process
 batch = 200                         # events per round trip to a worker
 

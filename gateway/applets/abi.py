@@ -134,9 +134,51 @@ HOST_FUNCTIONS: dict[tuple[str, str], str] = {
     ("wasi_snapshot_preview1", "random_get"): "i(ii)",
     ("wasi_snapshot_preview1", "sched_yield"): "i()",
     ("wasi_snapshot_preview1", "proc_exit"): "v(i)",
+    ("wasi_snapshot_preview1", "fd_read"): "i(iiii)",
+    ("wasi_snapshot_preview1", "fd_close"): "i(i)",
+    ("wasi_snapshot_preview1", "fd_fdstat_get"): "i(ii)",
+    ("wasi_snapshot_preview1", "fd_filestat_get"): "i(ii)",
+    ("wasi_snapshot_preview1", "fd_seek"): "i(iIii)",
+    ("wasi_snapshot_preview1", "fd_tell"): "i(ii)",
+    ("wasi_snapshot_preview1", "clock_res_get"): "i(ii)",
+    ("wasi_snapshot_preview1", "poll_oneoff"): "i(iiii)",
+    ("wasi_snapshot_preview1", "proc_raise"): "i(i)",
 }
 
-WASI_ERRNO_BADF = 8
+# The rest of WASI preview1: what would reach a file system or the network. The sandbox has no
+# preopened directory and no socket, as a WASI runtime configured with none (W3bstream's) has:
+# these answer as such a runtime does: a file descriptor that does not exist (EBADF), or, on
+# standard input and output, an operation they do not support. The first parameter is the fd
+# (path_symlink's is its third).
+WASI_ERRNO_BADF, WASI_ERRNO_INVAL, WASI_ERRNO_NOSYS, WASI_ERRNO_NOTDIR = 8, 28, 52, 54
+WASI_ERRNO_NOTSOCK, WASI_ERRNO_SPIPE, WASI_ERRNO_NOTCAPABLE = 57, 70, 76
+WASI_SANDBOXED: dict[str, tuple[str, int]] = {  # name -> (signature, errno on stdio)
+    "fd_advise": ("i(iIIi)", WASI_ERRNO_SPIPE), "fd_allocate": ("i(iII)", WASI_ERRNO_NOTCAPABLE),
+    "fd_datasync": ("i(i)", WASI_ERRNO_INVAL), "fd_sync": ("i(i)", WASI_ERRNO_INVAL),
+    "fd_fdstat_set_flags": ("i(ii)", WASI_ERRNO_NOTCAPABLE), "fd_fdstat_set_rights": ("i(iII)", WASI_ERRNO_NOTCAPABLE),
+    "fd_filestat_set_size": ("i(iI)", WASI_ERRNO_NOTCAPABLE), "fd_filestat_set_times": ("i(iIIi)", WASI_ERRNO_NOTCAPABLE),
+    "fd_pread": ("i(iiiIi)", WASI_ERRNO_SPIPE), "fd_pwrite": ("i(iiiIi)", WASI_ERRNO_SPIPE),
+    "fd_readdir": ("i(iiiIi)", WASI_ERRNO_NOTDIR), "fd_renumber": ("i(ii)", WASI_ERRNO_NOTCAPABLE),
+    "fd_prestat_get": ("i(ii)", WASI_ERRNO_BADF), "fd_prestat_dir_name": ("i(iii)", WASI_ERRNO_BADF),
+    "path_create_directory": ("i(iii)", WASI_ERRNO_NOTDIR), "path_filestat_get": ("i(iiiii)", WASI_ERRNO_NOTDIR),
+    "path_filestat_set_times": ("i(iiiiIIi)", WASI_ERRNO_NOTDIR), "path_link": ("i(iiiiiii)", WASI_ERRNO_NOTDIR),
+    "path_open": ("i(iiiiiIIii)", WASI_ERRNO_NOTDIR), "path_readlink": ("i(iiiiii)", WASI_ERRNO_NOTDIR),
+    "path_remove_directory": ("i(iii)", WASI_ERRNO_NOTDIR), "path_rename": ("i(iiiiii)", WASI_ERRNO_NOTDIR),
+    "path_symlink": ("i(iiiii)", WASI_ERRNO_NOTDIR), "path_unlink_file": ("i(iii)", WASI_ERRNO_NOTDIR),
+    "sock_accept": ("i(iii)", WASI_ERRNO_NOTSOCK), "sock_recv": ("i(iiiiii)", WASI_ERRNO_NOTSOCK),
+    "sock_send": ("i(iiiii)", WASI_ERRNO_NOTSOCK), "sock_shutdown": ("i(ii)", WASI_ERRNO_NOTSOCK),
+}
+HOST_FUNCTIONS.update({("wasi_snapshot_preview1", name): sig for name, (sig, _) in WASI_SANDBOXED.items()})
+STDIO = (0, 1, 2)
+
+
+def _sandboxed(name: str, on_stdio: int):
+    fd_at = 2 if name == "path_symlink" else 0
+
+    def refuse(*args) -> int:
+        return on_stdio if args[fd_at] in STDIO else WASI_ERRNO_BADF
+    refuse.__name__ = f"_{name}"
+    return refuse
 
 
 def check_module(info: ModuleInfo, *, max_memory_pages: int | None = None) -> None:
@@ -174,7 +216,7 @@ class AppletInstance:
         the module cannot be capped, e.g. it needs more pages at start)."""
         self.info = inspect(wasm)
         check_module(self.info, max_memory_pages=max_pages)
-        wasm, watched = runnable(wasm, max_pages)
+        wasm, watched, global_names = runnable(wasm, max_pages)
         # the most pages this instance can ever have (wasm3 reads a missing maximum as 65536)
         self.memory_cap = min(p for p in (self.info.memory_max_pages, max_pages, 65536) if p is not None)
         self.host = host
@@ -187,11 +229,29 @@ class AppletInstance:
         self._runtime.load(self._module)  # runs the start section (AssemblyScript's top level)
         self._env = env  # keep the environment alive with its runtime
         for imp in self.info.imports:
-            fn = getattr(self, f"_{imp.name}")
+            sandboxed = WASI_SANDBOXED.get(imp.name) if imp.module == "wasi_snapshot_preview1" else None
+            fn = _sandboxed(imp.name, sandboxed[1]) if sandboxed else getattr(self, f"_{imp.name}")
             self._module.link_function(imp.module, imp.name, HOST_FUNCTIONS[(imp.module, imp.name)], fn)
         self._alloc = self._find("alloc")
         self._handlers: dict[str, object] = {}
         self._refusals = (lambda: self._module.get_global(GROW_REFUSALS)) if watched else (lambda: 0)
+        # the state right after instantiation, to start every event from (``restore``)
+        self._globals0 = [(name, self._module.get_global(name)) for name in global_names]
+        self._memory0 = bytes(self._runtime.get_memory(0))
+
+    def restore(self) -> bool:
+        """Put the instance back as it was right after instantiation (linear memory and every
+        mutable global), as if the module had just been instantiated, which is what W3bstream
+        does for each event. False when memory grew since: it cannot shrink, so the caller builds
+        a new instance. (A memcpy of the initial memory: microseconds, against milliseconds to
+        parse and instantiate again.)"""
+        memory = self._runtime.get_memory(0)
+        if len(memory) != len(self._memory0):
+            return False
+        memory[:] = self._memory0
+        for name, value in self._globals0:
+            self._module.set_global(name, value)
+        return True
 
     # -- the embedder's side ---------------------------------------------------------------------
 
@@ -519,6 +579,74 @@ class AppletInstance:
 
     def _proc_exit(self, code: int) -> None:
         raise GuestAbort(f"proc_exit({code})", code=code)
+
+    def _fd_read(self, fd: int, iovs: int, iovs_len: int, nread_ptr: int) -> int:
+        """Standard input is empty (end of file at once); nothing else can be read."""
+        return self._write_u32(nread_ptr, 0) if fd == 0 else WASI_ERRNO_BADF
+
+    def _fd_close(self, fd: int) -> int:
+        return 0 if fd in STDIO else WASI_ERRNO_BADF
+
+    def _fd_fdstat_get(self, fd: int, out_ptr: int) -> int:
+        """stdio: character devices, stdin readable, stdout and stderr writable (rights bits 1, 6)."""
+        if fd not in STDIO:
+            return WASI_ERRNO_BADF
+        rights = (1 << 1) if fd == 0 else (1 << 6)
+        return self._write(out_ptr, struct.pack("<BxHxxxxQQ", 2, 0, rights, 0))
+
+    def _fd_filestat_get(self, fd: int, out_ptr: int) -> int:
+        if fd not in STDIO:
+            return WASI_ERRNO_BADF
+        # dev, ino, filetype (2: character device), nlink, size, atim, mtim, ctim: 64 bytes
+        return self._write(out_ptr, struct.pack("<QQBxxxxxxxQQQQQ", 0, 0, 2, 1, 0, 0, 0, 0))
+
+    def _fd_seek(self, fd: int, offset: int, whence: int, out_ptr: int) -> int:
+        return WASI_ERRNO_SPIPE if fd in STDIO else WASI_ERRNO_BADF
+
+    def _fd_tell(self, fd: int, out_ptr: int) -> int:
+        return WASI_ERRNO_SPIPE if fd in STDIO else WASI_ERRNO_BADF
+
+    def _clock_res_get(self, clock_id: int, out_ptr: int) -> int:
+        if not 0 <= clock_id <= 3:
+            return WASI_ERRNO_INVAL
+        return self._write(out_ptr, struct.pack("<Q", 1000))  # 1 us
+
+    def _proc_raise(self, signal_number: int) -> int:
+        return WASI_ERRNO_NOSYS
+
+    def _poll_oneoff(self, in_ptr: int, out_ptr: int, count: int, nevents_ptr: int) -> int:
+        """Clock subscriptions wait (within the event's time limit, which stops a long sleep as it
+        stops a spin); fd subscriptions get EBADF, as there is nothing to wait on."""
+        if count <= 0 or count > 4096:
+            return WASI_ERRNO_INVAL
+        subscriptions = self._read(in_ptr, 48 * count)
+        if subscriptions is None:
+            return WASI_ERRNO_BADF
+        clocks: list[tuple[int, int]] = []  # (ns to wait, userdata)
+        failed: list[bytes] = []  # events (32 bytes): userdata, error, type, then fd_readwrite
+        for i in range(count):
+            userdata, tag = struct.unpack_from("<QB", subscriptions, 48 * i)
+            if tag == 0:  # clock: id u32 at 16, timeout u64 at 24, flags u16 at 40 (1: absolute)
+                clock_id, timeout = struct.unpack_from("<I4xQ", subscriptions, 48 * i + 16)
+                absolute = struct.unpack_from("<H", subscriptions, 48 * i + 40)[0] & 1
+                now = time.monotonic_ns() if clock_id == 1 else int(self.clock() * 1e9)
+                clocks.append((max(0, timeout - now) if absolute else timeout, userdata))
+            else:  # fd_read / fd_write: no file descriptor to wait on
+                failed.append(struct.pack("<QHBx4xQQ", userdata, WASI_ERRNO_BADF, tag, 0, 0))
+        if failed:  # ready at once: no waiting
+            events = failed
+        else:
+            wait_ns = min(ns for ns, _ in clocks)
+            time.sleep(wait_ns / 1e9)
+            events = [struct.pack("<QHBx4xQQ", userdata, 0, 0, 0, 0) for ns, userdata in clocks if ns <= wait_ns]
+        return self._write(out_ptr, b"".join(events)) or self._write_u32(nevents_ptr, len(events))
+
+    def _write(self, ptr: int, data: bytes) -> int:
+        mem = self._runtime.get_memory(0)
+        if not 0 <= ptr <= len(mem) - len(data):
+            return WASI_ERRNO_BADF
+        mem[ptr:ptr + len(data)] = data
+        return 0
 
 
 def _u32(value: int) -> int:

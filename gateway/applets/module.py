@@ -46,6 +46,7 @@ class ModuleInfo:
     exports: dict[str, str] = field(default_factory=dict)  # name -> kind
     memory_min_pages: int = 0
     memory_max_pages: int | None = None  # None: the module declares no maximum
+    signatures: dict[str, str] = field(default_factory=dict)  # exported function -> pywasm3 signature, "i(i)"
 
 
 def _signature(params: list[str], results: list[str]) -> str:
@@ -146,6 +147,8 @@ def inspect(data: bytes) -> ModuleInfo:
     types: list[str] = []
     imports: list[Import] = []
     exports: dict[str, str] = {}
+    export_funcs: dict[str, int] = {}  # name -> function index
+    func_types: list[int] = []  # type index of each function the module defines
     mem_min, mem_max = 0, None
     kinds = {0: "func", 1: "table", 2: "memory", 3: "global"}
     while r.pos < len(data):
@@ -179,16 +182,27 @@ def inspect(data: bytes) -> ModuleInfo:
                 else:
                     raise ModuleError(f"unknown import kind {kind}")
                 imports.append(Import(module, name, kinds[kind], signature))
+        elif section == 3:  # functions: their type indices
+            func_types = [s.u32() for _ in range(s.u32())]
         elif section == 5:  # memory
             if s.u32():
                 mem_min, mem_max = s.limits()
         elif section == 7:  # exports
             for _ in range(s.u32()):
                 name, kind = s.name(), s.byte()
-                s.u32()
+                index = s.u32()
                 exports[name] = kinds.get(kind, "?")
+                if kind == 0:
+                    export_funcs[name] = index
         r.pos = end
-    return ModuleInfo(hashlib.sha256(data).hexdigest(), len(data), imports, exports, mem_min, mem_max)
+    imported = [i.signature for i in imports if i.kind == "func"]
+    signatures = {}
+    for name, index in export_funcs.items():
+        if index < len(imported):
+            signatures[name] = imported[index] or "?"
+        elif index - len(imported) < len(func_types) and func_types[index - len(imported)] < len(types):
+            signatures[name] = types[func_types[index - len(imported)]]
+    return ModuleInfo(hashlib.sha256(data).hexdigest(), len(data), imports, exports, mem_min, mem_max, signatures)
 
 
 GROW_REFUSALS = "w3gate_grow_refusals"  # the exported i32 global ``watch_memory_grow`` adds
@@ -329,11 +343,84 @@ def watch_memory_grow(data: bytes) -> bytes | None:
     return bytes(out)
 
 
+GLOBAL_PREFIX = "w3gate_global_"  # ``export_globals`` exports mutable global i as GLOBAL_PREFIX + str(i)
+_CONST_BYTES = {0x43: 4, 0x44: 8}  # f32.const, f64.const: fixed-size immediates
+
+
+def _skip_init_expr(r: _Reader) -> None:
+    """A constant expression: one instruction (i32/i64/f32/f64.const, global.get) and ``end``."""
+    op = r.byte()
+    if op in (0x41, 0x42, 0x23):  # i32.const, i64.const (signed LEB), global.get (index)
+        while r.byte() & 0x80:
+            pass
+    elif op in _CONST_BYTES:
+        r.pos += _CONST_BYTES[op]
+    elif op == 0xD0:  # ref.null t
+        r.byte()
+    elif op == 0xD2:  # ref.func idx
+        r.u32()
+    else:
+        raise ModuleError(f"unsupported constant expression opcode {op:#x} in a global")
+    if r.byte() != 0x0B:
+        raise ModuleError("a global's constant expression is longer than one instruction")
+
+
+def export_globals(data: bytes) -> tuple[bytes, list[str]]:
+    """The module with each mutable global it defines exported (as ``GLOBAL_PREFIX<index>``
+    unless the module exports it already), and the names to reach them by: the host can then read
+    and set them (pywasm3 reaches only exported globals), which is what restoring an instance to
+    its state right after instantiation needs. Nothing else changes (indices stay)."""
+    info = inspect(data)
+    imported = sum(i.kind == "global" for i in info.imports)
+    sections: list[tuple[int, bytes]] = []
+    r = _Reader(data, 8)
+    while r.pos < len(data):
+        section, size = r.byte(), r.u32()
+        sections.append((section, data[r.pos:r.pos + size]))
+        r.pos += size
+    body = {s: b for s, b in sections if s != 0}
+    if 6 not in body:
+        return data, []
+    g = _Reader(body[6])
+    mutable = []
+    for i in range(g.u32()):
+        g.byte()  # value type
+        if g.byte() & 1:
+            mutable.append(imported + i)
+        _skip_init_expr(g)
+    if not mutable:
+        return data, []
+    n_exports, exports = _entries(body.get(7, b"\0"))
+    exported: dict[int, str] = {}  # wasm3 keeps one name per global: reuse a global's own export
+    e = _Reader(exports)
+    for _ in range(n_exports):
+        name, kind, index = e.name(), e.byte(), e.u32()
+        if kind == 3:
+            exported.setdefault(index, name)
+    new = [(f"{GLOBAL_PREFIX}{i}", i) for i in mutable if i not in exported]
+    names = [exported.get(i) or f"{GLOBAL_PREFIX}{i}" for i in mutable]
+    if not new:
+        return data, names
+    added = b"".join(_leb_u32(len(n)) + n.encode() + b"\x03" + _leb_u32(i) for n, i in new)
+    payload = _leb_u32(n_exports + len(new)) + exports + added
+    ids = [s for s, _ in sections]
+    if 7 not in ids:  # exports come right after globals (6) in the binary format's order
+        sections.insert(ids.index(6) + 1, (7, b""))
+    out = bytearray(data[:8])
+    for section, content in sections:
+        content = payload if section == 7 else content
+        out += bytes([section]) + _leb_u32(len(content)) + content
+    return bytes(out), names
+
+
 @functools.lru_cache(maxsize=32)
-def runnable(data: bytes, max_pages: int | None) -> tuple[bytes, bool]:
-    """The module as the host loads it: memory capped at ``max_pages`` (when given) and its
-    ``memory.grow`` refusals counted (the bool: whether they are). Cached: instances of the same
-    module are rebuilt often (recycling, traps)."""
+def runnable(data: bytes, max_pages: int | None) -> tuple[bytes, bool, tuple[str, ...]]:
+    """The module as the host loads it: memory capped at ``max_pages`` (when given), its
+    ``memory.grow`` refusals counted (the bool: whether they are), and its mutable globals
+    exported (their names: ``export_globals``). Cached: instances of the same module are built
+    often (traps, memory that grew)."""
     capped = data if max_pages is None else cap_memory(data, max_pages)
     watched = watch_memory_grow(capped)
-    return (capped, False) if watched is None else (watched, True)
+    loaded = capped if watched is None else watched
+    exported, names = export_globals(loaded)
+    return exported, watched is not None, tuple(names)

@@ -66,8 +66,9 @@ class WorkerDied(W3gateError):
 class ProjectWorker:
     def __init__(self, project: str, *, modules_dir: Path, state_path: Path, schema: list[str] | None = None,
                  env: dict[str, str] | None = None, limits: Limits = Limits(), host_call: HostCall | None = None,
-                 stderr_path: Path | None = None, log_path: Path | None = None) -> None:
+                 stderr_path: Path | None = None, log_path: Path | None = None, reuse: bool = False) -> None:
         self.project = project
+        self.reuse = reuse  # instances keep their memory across events (the project's opt-in)
         self.modules_dir = modules_dir
         self.state_path = state_path
         self.schema = list(schema or [])
@@ -124,9 +125,13 @@ class ProjectWorker:
                 pass
         return AppletResult(event.id, -1, str(why))
 
-    async def configure(self, *, schema: list[str] | None = None, env: dict[str, str] | None = None) -> None:
-        """Apply a redeployed project's schema and env; the worker rebuilds instances lazily."""
+    async def configure(self, *, schema: list[str] | None = None, env: dict[str, str] | None = None,
+                        reuse: bool | None = None) -> None:
+        """Apply a redeployed project's schema, env and instance policy; the worker rebuilds
+        instances lazily."""
         async with self._lock:
+            if reuse is not None:
+                self.reuse = reuse
             if schema is not None:
                 self.schema = list(schema)
             if env is not None:
@@ -156,7 +161,7 @@ class ProjectWorker:
 
     def _project_message(self) -> dict:
         return {"op": "project", "state": str(self.state_path), "schema": self.schema, "env": self.env,
-                "log": str(self.log_path) if self.log_path else None}
+                "log": str(self.log_path) if self.log_path else None, "reuse": self.reuse}
 
     async def _stop(self) -> None:
         proc, self._proc = self._proc, None

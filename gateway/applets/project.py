@@ -91,6 +91,7 @@ class Project:
     cron: list[CronJob] = field(default_factory=list)
     monitors: list[dict] = field(default_factory=list)  # chain monitors (gateway/chain/monitors.py)
     operators: list[str] = field(default_factory=list)  # operator keys its applets send with; first = default
+    reuse_instances: bool = False  # opt-in: instances keep their memory across events (not W3bstream's rule)
 
     def takes(self, record: Record) -> bool:
         """Whether a buffered record is an event of this project."""
@@ -109,7 +110,8 @@ class Project:
         return cls(data["name"], dict(data["applets"]), [Strategy(**s) for s in data["strategies"]],
                    dict(data.get("env") or {}), list(data.get("schema") or []), bool(data.get("pebble")),
                    bool(data.get("legacy")), [CronJob(**c) for c in data.get("cron") or []],
-                   list(data.get("monitors") or []), list(data.get("operators") or []))
+                   list(data.get("monitors") or []), list(data.get("operators") or []),
+                   bool(data.get("reuse_instances")))
 
 
 class ProjectStore:
@@ -212,9 +214,14 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
                             str(entry.get("handler", "start")))
         if strategy.applet not in applets:
             raise ProjectError(f"{path}: a strategy names applet {strategy.applet!r}, which is not declared")
-        exports = inspect(modules[applets[strategy.applet]]).exports
-        if exports.get(strategy.handler) != "func":
+        info = inspect(modules[applets[strategy.applet]])
+        if info.exports.get(strategy.handler) != "func":
             raise ProjectError(f"{path}: applet {strategy.applet!r} exports no handler {strategy.handler!r}")
+        signature = info.signatures.get(strategy.handler)
+        if signature != HANDLER_SIGNATURE:
+            raise ProjectError(f"{path}: applet {strategy.applet!r}: handler {strategy.handler!r} is "
+                               f"{_describe(signature)}, but a handler is called as (i32 rid) -> i32: "
+                               + FLOW_OPERATORS_NOTE)
         strategies.append(strategy)
     env = _table(path, data, "env")
     if not all(isinstance(v, (str, int, float, bool)) for v in env.values()):
@@ -240,8 +247,27 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
     if not isinstance(operators, list) or not all(isinstance(o, str) and re.match(r"^[A-Za-z0-9_-]{1,32}$", o)
                                                   for o in operators):
         raise ProjectError(f"{path}: 'operators' is a list of operator key names (w3gate key new --operator NAME)")
+    instances = data.get("instances", "fresh")
+    if instances not in ("fresh", "reuse"):
+        raise ProjectError(f"{path}: 'instances' is \"fresh\" (every event sees a freshly instantiated module, "
+                           f"as on W3bstream) or \"reuse\" (memory carries over between events), not {instances!r}")
     return Project(name, applets, strategies, {str(k): str(v) for k, v in env.items()}, schema, pebble,
-                   legacy, cron, monitors, operators), modules
+                   legacy, cron, monitors, operators, instances == "reuse"), modules
+
+
+HANDLER_SIGNATURE = "i(i)"  # handler(rid i32) -> i32, as W3bstream calls every strategy's handler
+FLOW_OPERATORS_NOTE = ("a flow operator (filter, map, reduce, groupBy: two arguments) is not a handler, "
+                       "and w3gate runs strategies as W3bstream v1 does, without a flow pipeline")
+_WASM_TYPES = {"i": "i32", "I": "i64", "f": "f32", "F": "f64"}
+
+
+def _describe(signature: str | None) -> str:
+    """A pywasm3 signature ("i(ii)") as WebAssembly text: "(i32, i32) -> i32"."""
+    if not signature or "(" not in signature:
+        return "of an unknown type"
+    result, params = signature[0], signature[2:-1]
+    args = ", ".join(_WASM_TYPES.get(p, "?") for p in params)
+    return f"({args}) -> {_WASM_TYPES.get(result, 'nothing')}"
 
 
 def _read_module(file: Path) -> bytes | None:

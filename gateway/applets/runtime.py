@@ -120,10 +120,10 @@ class AppletRuntime:
                 self.workers[name] = ProjectWorker(
                     name, modules_dir=self.store.modules_dir, state_path=files.state,
                     schema=project.schema, env=project.env, limits=self.limits, host_call=self.host_call,
-                    stderr_path=files.worker_stderr, log_path=files.applet_log)
+                    stderr_path=files.worker_stderr, log_path=files.applet_log, reuse=project.reuse_instances)
                 log.info("project %s deployed: applets %s", name, ", ".join(project.applets))
             elif old != project:
-                await worker.configure(schema=project.schema, env=project.env)
+                await worker.configure(schema=project.schema, env=project.env, reuse=project.reuse_instances)
                 log.info("project %s redeployed", name)
         self.projects = current
         return True

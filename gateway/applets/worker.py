@@ -9,11 +9,16 @@ module is loaded with its memory maximum lowered to ``--max-pages`` (``module.ca
 ``memory.grow`` past it returns -1 inside the guest. A guest that copes with the -1 gets its own
 result; one that then traps or aborts in the same event gets code -1 and an error starting
 ``memory limit:`` (``abi.MemoryLimit``), as an overrun gets ``time limit:``. ``RLIMIT_AS`` stays
-as a backstop for the host's own allocations. An instance that served ``recycle_events`` events
-(the AssemblyScript SDK leaks) is rebuilt before the next event.
+as a backstop for the host's own allocations.
+
+Every event sees its module as freshly instantiated, as on W3bstream: the instance is restored
+to the snapshot taken right after instantiation (linear memory and mutable globals), or built
+again when its memory grew. A project may opt in to reuse (``instances = "reuse"``): memory then
+carries over between events, and an instance that served ``recycle_events`` events (the
+AssemblyScript SDK leaks) is rebuilt before the next.
 
 Protocol on stdin/stdout: frames of a u32be length and a JSON object.
-    parent → worker  {"op": "project", "state": path, "schema": [...], "env": {...}}
+    parent → worker  {"op": "project", "state": path, "schema": [...], "env": {...}, "reuse": bool}
                      {"op": "run", "events": [{"id", "module", "handler", "payload" (b64), "meta"}],
                       "cursor": [name, value] | null}  (committed with the batch's state)
                      {"op": "reply", "value": ..., "error": ...}       (answer to a "call")
@@ -120,6 +125,7 @@ class Worker:
         self.env: dict[str, str] = {}
         self.log_path: Path | None = None
         self._instances: dict[str, AppletInstance] = {}
+        self.reuse = False  # the project's opt-in: instances keep their memory across events
         self._host: _EventHost | None = None
         self._event_id = ""
 
@@ -165,12 +171,20 @@ class Worker:
         self.state = ProjectState(Path(message["state"]), schema=message.get("schema") or [])
         self.env = {str(k): str(v) for k, v in (message.get("env") or {}).items()}
         self.log_path = Path(message["log"]) if message.get("log") else None
+        self.reuse = bool(message.get("reuse"))
         self._instances.clear()  # a redeploy may change modules; rebuild lazily
 
     def _instance(self, sha: str) -> AppletInstance:
+        """The module's instance for the next event: as freshly instantiated (W3bstream's rule:
+        restored from its snapshot, or built anew when its memory grew), or, for a project that
+        opted in to reuse, as the last event left it (rebuilt every ``recycle_events``)."""
         inst = self._instances.get(sha)
-        if inst is not None and inst.events >= self.recycle_events:
-            inst = None  # leaks end here; state lives in the project, not the instance
+        if inst is not None and inst.events:
+            if self.reuse:
+                if inst.events >= self.recycle_events:
+                    inst = None  # leaks end here; state lives in the project, not the instance
+            elif not inst.restore():
+                inst = None
         if inst is None:
             wasm = module_file(self.modules_dir, sha).read_bytes()
             inst = self._instances[sha] = AppletInstance(wasm, self._host_proxy(), max_pages=self.max_pages)

@@ -152,6 +152,26 @@ def test_the_wasi_functions_tinygo_applets_import(tmp_path):
         applet.call("exit", b"")
 
 
+def test_the_rest_of_wasi_answers_as_a_sandbox_without_files_or_sockets(tmp_path):
+    import time
+
+    from gateway.applets.abi import HOST_FUNCTIONS
+
+    applet = AppletInstance(assemble("wasi_sandbox", tmp_path), DictHost())
+    assert applet.call("read_stdin", b"")[0] == 0  # empty standard input: 0 bytes, end of file
+    assert applet.call("no_preopens", b"")[0] == 8  # EBADF: no directory is preopened
+    assert applet.call("open_file", b"")[0] == 8  # so no path can be opened
+    assert applet.call("stdout_is_a_terminal", b"")[0] == 2  # a character device
+    assert applet.call("seek_stdout", b"")[0] == 70  # ESPIPE
+    assert applet.call("close_file", b"")[0] == 8
+    assert applet.call("accept", b"")[0] == 8  # no sockets
+    assert applet.call("raise", b"")[0] == 52  # ENOSYS
+    started = time.monotonic()
+    assert applet.call("sleep", b"")[0] == 42 and time.monotonic() - started >= 0.02
+    preview1 = {name for module, name in HOST_FUNCTIONS if module == "wasi_snapshot_preview1"}
+    assert len(preview1) == 46  # every function of WASI preview1 (sock_accept included) links
+
+
 # --- the memory cap holds while the guest runs --------------------------------------------------
 
 def _wat(source: str, tmp_path) -> bytes:

@@ -117,6 +117,28 @@ def test_a_strategy_naming_a_missing_handler_is_refused(tmp_path):
         ProjectStore(DataDir(tmp_path / "data")).deploy(path)
 
 
+def test_a_handler_of_another_type_is_refused_at_deploy_with_the_reason(tmp_path):
+    path = _project_file(tmp_path, extra='[[strategies]]\nevent = "X"\napplet = "probe"\nhandler = "reduce"\n')
+    with pytest.raises(ProjectError, match=r"handler 'reduce' is \(i32, i32\) -> i32, but a handler is called "
+                                           r"as \(i32 rid\) -> i32: a flow operator .* is not a handler"):
+        ProjectStore(DataDir(tmp_path / "data")).deploy(path)
+
+
+@pytest.mark.parametrize("value, reuse", [('"fresh"', False), ('"reuse"', True), (None, False)])
+def test_a_project_chooses_fresh_instances_or_opts_in_to_reuse(tmp_path, value, reuse):
+    path = _project_file(tmp_path)
+    if value is not None:
+        path.write_text(f"instances = {value}\n" + path.read_text())
+    assert ProjectStore(DataDir(tmp_path / "data")).deploy(path).reuse_instances is reuse
+
+
+def test_an_unknown_instance_policy_is_refused(tmp_path):
+    path = _project_file(tmp_path)
+    path.write_text('instances = "pooled"\n' + path.read_text())
+    with pytest.raises(ProjectError, match="'instances' is \"fresh\""):
+        ProjectStore(DataDir(tmp_path / "data")).deploy(path)
+
+
 def test_cron_jobs_deliver_upstreams_payload_on_schedule(tmp_path):
     from gateway.applets.triggers import CronScheduler
 

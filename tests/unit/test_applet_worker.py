@@ -114,6 +114,24 @@ def test_memory_growth_stops_at_the_cap_inside_the_guest(modules, tmp_path):
     assert after.code == 1 and after.error is None and restarts == 0
 
 
+@pytest.mark.parametrize("reuse, expected", [
+    (False, [10101, 10101, 10101, 10101]),  # W3bstream: every event sees a freshly instantiated module
+    (True, [10101, 10202, 160303, 160404]),  # the project's opt-in: memory and globals carry over
+])
+def test_every_event_sees_a_fresh_instance_unless_the_project_reuses_them(modules, tmp_path, reuse, expected):
+    _, sha = modules
+
+    async def go():
+        worker = _worker(modules, tmp_path, limits=Limits(max_pages=16), reuse=reuse)
+        try:
+            return await worker.run(_events(sha, ["remember", "remember", "grow", "remember", "remember"]))
+        finally:
+            await worker.close()
+    results = _run(go())
+    assert [r.code for r in results[:2] + results[3:]] == expected and results[2].code == 16
+    assert all(r.error is None for r in results)
+
+
 def test_a_transaction_is_not_sent_twice_when_its_batch_is_run_again(modules, tmp_path):
     _, sha = modules
     sent = []

@@ -87,4 +87,14 @@
   (func (export "grow") (param $rid i32) (result i32)
     (loop $l (br_if $l (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
     (memory.size))
+  ;; a flow operator as the Go SDK writes one: two arguments, not a handler
+  (func (export "reduce") (param $acc i32) (param $rid i32) (result i32) (local.get $acc))
+  ;; what an instance remembers: a global and a word of memory, each counted up per call;
+  ;; returns 100 * the memory word + the global, and the memory size in pages * 10000
+  (global $calls (mut i32) (i32.const 0))
+  (func (export "remember") (param $rid i32) (result i32)
+    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (i32.store (i32.const 2048) (i32.add (i32.load (i32.const 2048)) (i32.const 1)))
+    (i32.add (i32.mul (memory.size) (i32.const 10000))
+             (i32.add (i32.mul (i32.load (i32.const 2048)) (i32.const 100)) (global.get $calls))))
 )
