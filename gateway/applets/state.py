@@ -77,6 +77,21 @@ def _json_value(value):
     return base64.b64encode(value).decode() if isinstance(value, bytes) else value
 
 
+# Results typed as upstream (PostgreSQL through Go's database/sql) returns them, whatever SQLite
+# stores: a column declared BOOLEAN comes back true/false, not 1/0, and a TIMESTAMP, DATE or TIME
+# column as the text it was written as (Python's own converters would make datetime objects).
+# SQLite applies these by a column's declared type (PARSE_DECLTYPES), so a bare expression keeps
+# SQLite's type.
+def _to_bool(raw: bytes) -> bool:
+    return raw.strip().lower() not in (b"0", b"", b"f", b"false", b"0.0")
+
+
+for _name in ("boolean", "bool"):
+    sqlite3.register_converter(_name, _to_bool)
+for _name in ("timestamp", "timestamptz", "date", "time", "timetz"):
+    sqlite3.register_converter(_name, lambda raw: raw.decode("utf-8", "replace"))
+
+
 class ProjectState:
     """KV and SQL of one project; used by one worker process at a time."""
 
@@ -85,7 +100,8 @@ class ProjectState:
         create_private(path)  # SQLite would make it 0644, and its -wal and -shm files take its mode
         self.path = path
         self.has_database = bool(schema)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                   detect_types=sqlite3.PARSE_DECLTYPES)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed batch survives power loss
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)")

@@ -96,13 +96,30 @@ def test_sql_with_w3bstream_statements_and_result_shaping(probe):
     assert applet.call("sql_roundtrip", b"", rid=7)[0] == 0
     row = json.loads(applet.call("sql_query", json.dumps({"statement": "SELECT * FROM t_probe WHERE f_id = ?",
                                                            "params": [{"int32": 7}]}).encode())[1])
-    assert row == {"f_id": 7, "f_name": "probe", "f_big": 9007199254740993, "f_value": 21.5, "f_flag": 1}
+    # typed as upstream's PostgreSQL returns them: the BOOLEAN written as true reads back true, not 1
+    assert row == {"f_id": 7, "f_name": "probe", "f_big": 9007199254740993, "f_value": 21.5, "f_flag": True}
     insert = {"statement": "INSERT INTO t_probe (f_id, f_name) VALUES (?, ?)", "params": [{"int32": 8}, {"string": "b"}]}
     assert applet.call("sql_exec", json.dumps(insert).encode())[0] == 0
     rows = json.loads(applet.call("sql_query", b'{"statement": "SELECT f_id FROM t_probe ORDER BY f_id"}')[1])
     assert rows == [{"f_id": 7}, {"f_id": 8}]  # several rows: an array
     assert applet.call("sql_query", b'{"statement": "SELECT * FROM t_probe WHERE f_id = 99"}') == (0, b"")  # none: empty
     assert applet.call("sql_exec", b'{"statement": "INSERT INTO nowhere VALUES (1)"}')[0] == -1
+
+
+def test_sql_results_keep_the_types_their_columns_declare(tmp_path):
+    state = ProjectState(tmp_path / "s.sqlite", schema=[
+        "CREATE TABLE t (id SERIAL, ok BOOLEAN, at TIMESTAMP, day DATE, v DOUBLE PRECISION, name VARCHAR(20), "
+        "raw BYTEA, n BIGINT, gone TEXT)"])
+    insert = {"statement": "INSERT INTO t (id, ok, at, day, v, name, raw, n, gone) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+              "params": [{"int32": 1}, {"bool": False}, {"time": "2026-11-30T18:00:00Z"}, {"string": "2026-11-30"},
+                         {"float64": 0.5}, {"string": "x"}, {"bytes": "AAE="}, {"int64": 2 ** 53 + 1}, {"string": "y"}]}
+    state.sql_exec(json.dumps(insert).encode())
+    state.sql_exec(b'{"statement": "UPDATE t SET gone = NULL"}')
+    row = json.loads(state.sql_query(b'{"statement": "SELECT * FROM t"}'))
+    assert row == {"id": 1, "ok": False, "at": "2026-11-30T18:00:00Z", "day": "2026-11-30", "v": 0.5, "name": "x",
+                   "raw": "AAE=", "n": 2 ** 53 + 1, "gone": None}
+    assert json.loads(state.sql_query(b'{"statement": "SELECT ok OR 1 AS e FROM t"}')) == {"e": 1}  # an expression: SQLite's
+    state.close()
 
 
 def test_sql_without_a_database_is_code_9(built_applets, tmp_path):
