@@ -25,6 +25,8 @@ PAGE = 65536
 class ModuleError(W3gateError):
     """The bytes are not a WebAssembly module we can run."""
 
+    reason = "bad_module"
+
 
 @dataclass(frozen=True)
 class Import:

@@ -61,6 +61,8 @@ MAX_MODULE_BYTES = 1 << 20  # upstream's upload limit
 class ProjectError(W3gateError):
     """A project file or deployment that cannot be used; the message says what to fix."""
 
+    reason = "bad_project"
+
 
 @dataclass(frozen=True)
 class Strategy:
@@ -203,7 +205,7 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
             info = inspect(wasm)
             check_module(info)
         except ModuleError as e:
-            raise ProjectError(f"applet {applet!r} ({file.name}) cannot run here: {e}") from None
+            raise ProjectError(f"applet {applet!r} ({file.name}) cannot run here: {e.detail}") from None
         applets[applet] = info.sha256
         modules[info.sha256] = wasm
     if not applets:

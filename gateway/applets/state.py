@@ -92,6 +92,39 @@ for _name in ("timestamp", "timestamptz", "date", "time", "timetz"):
     sqlite3.register_converter(_name, lambda raw: raw.decode("utf-8", "replace"))
 
 
+class StateView:
+    """A project's committed state, read-only, beside a running worker (``w3gate project state``):
+    SQLite opened read-only, so no statement can change it."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            raise FileNotFoundError(path)
+        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, detect_types=sqlite3.PARSE_DECLTYPES)
+
+    def kv(self, prefix: str = "") -> list[tuple[str, bytes]]:
+        rows = self._db.execute("SELECT key, value FROM kv WHERE key >= ? ORDER BY key", (prefix,))
+        return [(k, bytes(v)) for k, v in rows if k.startswith(prefix)]
+
+    def tables(self) -> dict[str, int]:
+        """The applets' own tables and their row counts."""
+        names = [r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                                "AND name NOT IN ('kv', ?) ORDER BY name", (META,))]
+        return {n: self._db.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
+
+    def query(self, statement: str) -> list[dict]:
+        """Rows as applets get them (typed as upstream returns them; bytes as base64)."""
+        try:
+            cursor = self._db.execute(statement)
+            rows = cursor.fetchall()
+        except sqlite3.Error as e:
+            raise HostError(f"{e} in {statement!r}") from None
+        names = [c[0] for c in cursor.description or []]
+        return [{n: _json_value(v) for n, v in zip(names, row)} for row in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class ProjectState:
     """KV and SQL of one project; used by one worker process at a time."""
 

@@ -73,6 +73,63 @@ def remove(name, keep_state, config_path, data_dir) -> None:
     click.echo(f"removed {name}")
 
 
+@project.command()
+@click.argument("name")
+@click.option("--kv", "kv_prefix", is_flag=False, flag_value="", default=None, metavar="[PREFIX]",
+              help="KV entries (those whose key starts with PREFIX).")
+@click.option("--sql", "statement", metavar="STATEMENT", help="Run a read-only SQL query on its database.")
+@json_option
+@config_option
+@data_dir_option
+def state(name, kv_prefix, statement, as_json, config_path, data_dir) -> None:
+    """Project NAME's state as its applets left it: a summary, its KV entries, or a SQL query's rows."""
+    from gateway.applets.abi import HostError
+    from gateway.applets.state import StateView
+
+    store = _store(config_path, data_dir)
+    if store.load(name) is None:
+        raise click.ClickException(f"no project named {name!r} (w3gate project list)")
+    try:
+        view = StateView(store.files(name).state)
+    except FileNotFoundError:
+        raise click.ClickException(f"project {name!r} has no state yet: no event has run") from None
+    try:
+        if statement is not None:
+            try:
+                rows = view.query(statement)
+            except HostError as e:
+                raise click.ClickException(f"the query fails (the state is opened read-only): {e}") from None
+            if as_json:
+                return emit_json(rows)
+            for row in rows:
+                click.echo(json.dumps(row))
+            click.echo(f"({len(rows)} rows)", err=True)
+        elif kv_prefix is not None:
+            entries = view.kv(kv_prefix)
+            if as_json:
+                return emit_json([{"key": k, **_kv_value(v)} for k, v in entries])
+            for key, value in entries:
+                shown = _kv_value(value)
+                click.echo(f"{key}  {shown.get('text', shown.get('base64'))}")
+        else:
+            summary = {"kv_entries": len(view.kv()), "tables": view.tables()}
+            if as_json:
+                return emit_json(summary)
+            click.echo(f"{summary['kv_entries']} KV entries (--kv [PREFIX] lists them)")
+            for table, rows in summary["tables"].items():
+                click.echo(f"table {table}: {rows} rows (--sql 'SELECT * FROM {table}')")
+    finally:
+        view.close()
+
+
+def _kv_value(value: bytes) -> dict:
+    try:
+        return {"text": value.decode("utf-8")}
+    except UnicodeDecodeError:
+        import base64
+        return {"base64": base64.b64encode(value).decode()}
+
+
 @click.group()
 def applet() -> None:
     """What applets do."""
