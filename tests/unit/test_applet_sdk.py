@@ -203,3 +203,26 @@ def test_hostile_handlers_are_contained_while_the_others_keep_running(built_appl
     assert outcome["deep_recursion7"] == (-1, "trap: [trap] stack overflow")
     assert outcome["trap8"] == (-1, "trap: [trap] unreachable executed")
     assert outcome["div_zero9"] == (-1, "trap: [trap] integer divide by zero")
+
+
+def test_in_a_mixed_batch_every_hostile_event_fails_alone(built_applets, tmp_path):
+    wasm = (built_applets / "hostile.wasm").read_bytes()
+    sha = hashlib.sha256(wasm).hexdigest()
+    (tmp_path / f"{sha}.wasm").write_bytes(wasm)
+    hostile = ["memory_bomb", "alloc_bomb", "deep_recursion", "trap", "div_zero"]
+    handlers = [hostile[i // 8 % len(hostile)] if i % 8 == 7 else "well_behaved" for i in range(200)]
+    handlers[50] = handlers[150] = "spin"  # each kills its worker: the others of its batch run again
+
+    async def go():
+        worker = ProjectWorker("hostile", modules_dir=tmp_path, state_path=tmp_path / "state.sqlite",
+                               limits=Limits(time_s=0.5, max_pages=256, address_space_mb=768),
+                               stderr_path=tmp_path / "worker.stderr")
+        try:
+            return await worker.run([AppletEvent(f"e{i}", sha, h, b"") for i, h in enumerate(handlers)])
+        finally:
+            await worker.close()
+    results = asyncio.run(go())
+    innocent = [(i, r.code, r.error) for i, (h, r) in enumerate(zip(handlers, results))
+                if h == "well_behaved" and (r.code, r.error) != (0, None)]
+    assert innocent == []
+    assert all(r.code == -1 for h, r in zip(handlers, results) if h not in ("well_behaved", "memory_bomb"))
