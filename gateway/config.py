@@ -79,7 +79,8 @@ tls_key = ""
 [chain]
 enabled = false                     # anchor batches of records in the proof registry
 network = "iotex-testnet"           # "iotex-mainnet" (4689), "iotex-testnet" (4690) or a JSON-RPC URL
-registry = ""                       # the ProofRegistry contract address (contracts/)
+registry = ""                       # the ProofRegistry contract address (contracts/); "": no anchoring,
+                                    # applets still send transactions and read the chain
 key_passphrase_file = ""            # the node key (w3gate key new) is unlocked with this file's first line
 confirmations = 2                   # blocks deep before records count as anchored
 resubmit_after_s = 60               # a transaction not mined this long is replaced with higher fees

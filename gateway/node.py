@@ -75,14 +75,16 @@ class Node:
             publish=lambda topic, payload: self.link.publish(topic, payload, qos=1), max_batch=a.batch)
         self.chain = self.anchoring = self.monitors = None  # the chain, anchoring, monitors: when [chain] is enabled
         if config.chain.enabled:
-            from gateway.chain.service import (
-                ChainService,  # web3 is imported only when used
-            )
-            from gateway.proofs.service import AnchorService
+            from gateway.chain.service import ChainService  # web3 is imported only when used
 
             self.chain = ChainService(config.chain, config.layout)
-            self.anchoring = AnchorService(self.chain, config.chain, config.layout, self.store, self.registry,
-                                           self.committer.call_blocking)
+            if config.chain.registry:  # without a proof registry, applets still reach the chain
+                from gateway.proofs.service import AnchorService
+
+                self.anchoring = AnchorService(self.chain, config.chain, config.layout, self.store, self.registry,
+                                               self.committer.call_blocking)
+            else:
+                log.info("[chain] has no proof registry: records are not anchored; applets reach the chain")
             self.monitors = MonitorScheduler(self.runtime, self.chain, interval_s=config.chain.poll_s)
         self.runtime.host_call = HostCalls(self.runtime, self.chain.applet_call if self.chain else None)
         self.event_api = EventAPI(
@@ -103,8 +105,8 @@ class Node:
         self.dispatcher = DeviceDispatcher(self.runtime, self.store, self.committer, self.registry,
                                            legacy_names=self.legacy.names if self.legacy else dict)
         self.cron = CronScheduler(self.runtime)
-        self.upkeep = BufferUpkeep(self.store, self.committer, expire_at=RecordState.ANCHORED if config.chain.enabled
-                                   else RecordState.PROCESSED)  # with a chain, records expire once anchored
+        self.upkeep = BufferUpkeep(self.store, self.committer, expire_at=RecordState.ANCHORED if self.anchoring
+                                   else RecordState.PROCESSED)  # when anchoring, records expire once anchored
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -132,8 +134,9 @@ class Node:
                  "dispatcher": self.dispatcher.run, "cron": self.cron.run, "mqtt": self.link.run}
         if self.config.api.enabled:
             tasks["event API"] = partial(self.event_api.serve, self.config.api.listen, self.config.api.port)
-        if self.chain is not None:
+        if self.anchoring is not None:
             tasks["anchoring"] = self.anchoring.run
+        if self.chain is not None:
             tasks["chain senders"] = self.chain.run
             tasks["chain monitors"] = self.monitors.run
         if self.legacy is not None:
@@ -159,8 +162,9 @@ class Node:
             await running["dispatcher"]  # it finishes the batch it is running, so nothing runs twice needlessly
             await self.event_api.drain_mqtt()
             await self.event_api.stop_http()
-            if self.chain is not None:
+            if self.anchoring is not None:
                 await running["anchoring"]  # ends after its current step
+            if self.chain is not None:
                 await running["chain senders"]
                 self.chain.close()
             await self.runtime.close()

@@ -18,16 +18,17 @@ from tests.support.gateway import GatewayProcess, cli, cli_json, w3gate_exe
 
 
 
-def chain_gateway(tmp_path, mosquitto, anvil, **settings):
+def chain_gateway(tmp_path, mosquitto, anvil, *, anchoring: bool = True, **settings):
     """A `w3gate run` with [chain] on anvil: the registry deployed (owner: dev key 0), the node key
-    (dev key 1) imported under a passphrase file. Returns (gateway, registry, identity, passphrase)."""
+    (dev key 1) imported under a passphrase file. Returns (gateway, registry, identity, passphrase).
+    Without ``anchoring`` the gateway is not told the registry: applets use the chain, nothing is anchored."""
     passphrase = tmp_path / "passphrase"
     passphrase.write_text("correct horse battery staple\n")
     key_file = tmp_path / "gateway.key"
     key_file.write_text(anvil.keys[1])
     registry = deploy_registry(anvil.url, anvil.keys[0], [Account.from_key(anvil.keys[1]).address])
     gw = GatewayProcess(tmp_path, mosquitto.port, chain__enabled=True, chain__network=anvil.url,
-                        chain__registry=registry, chain__key_passphrase_file=str(passphrase),
+                        chain__registry=registry if anchoring else "", chain__key_passphrase_file=str(passphrase),
                         chain__confirmations=1, chain__poll_s=0.2, **settings)
     identity = cli_json("key", "import", str(key_file), "--passphrase-file", str(passphrase), data_dir=gw.data_dir)
     return gw, registry, identity, passphrase
@@ -125,6 +126,35 @@ def test_applets_send_transactions_and_call_contracts_through_the_nodes_sender(t
         tx = json.loads(base64.b64decode(api["returnValue"]["Body"]))["transactionID"]
         w3.eth.wait_for_transaction_receipt(tx, timeout=10)
         assert w3.eth.get_balance(receiver) == 12345 + 7
+    finally:
+        gw.stop()
+
+
+def test_applets_reach_the_chain_without_a_proof_registry(tmp_path, mosquitto, anvil, built_applets):
+    import urllib.request
+
+    gw, _, _, _ = chain_gateway(tmp_path, mosquitto, anvil, anchoring=False)
+    project = tmp_path / "chain.toml"
+    project.write_text(f'name = "chain"\n[[applets]]\nname = "probe"\nwasm = "{built_applets / "abi-probe.wasm"}"\n'
+                       '[[strategies]]\nevent = "TX"\napplet = "probe"\nhandler = "send_tx"\n')
+    cli("project", "deploy", str(project), data_dir=gw.data_dir)
+    token = cli_json("publisher", "add", "chain", "tester", data_dir=gw.data_dir)["token"]
+    gw.start()
+    try:
+        url = gw.wait_for(lambda s: (s.get("api") or {}).get("url"), what="event API")["api"]["url"]
+        receiver = Account.create().address
+        request = urllib.request.Request(f"{url}/srv-applet-mgr/v0/event/chain?eventType=TX", method="POST",
+                                         data=json.dumps({"to": receiver, "value": "5", "data": ""}).encode(),
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=20) as response:
+            sent = json.loads(response.read())["results"][0]
+        assert sent["code"] == 0, sent
+        w3 = Web3(Web3.HTTPProvider(anvil.url))
+        w3.eth.wait_for_transaction_receipt(sent["returnValue"], timeout=10)
+        assert w3.eth.get_balance(receiver) == 5
+        status = gw.status()
+        assert status["chain"] is None and status["degraded"] == {}  # nothing to anchor, nothing wrong
+        assert "no proof registry: records are not anchored" in gw.log_text()
     finally:
         gw.stop()
 
