@@ -158,6 +158,8 @@ def inspect(data: bytes) -> ModuleInfo:
         end = r.pos + size
         if end > len(data):
             raise ModuleError("a section runs past the end of the module")
+        if section > 12:
+            raise ModuleError(f"unknown section id {section} (WebAssembly 1.0 and bulk memory define 0-12)")
         s = _Reader(data, r.pos, end)
         if section == 1:  # types
             for _ in range(s.u32()):

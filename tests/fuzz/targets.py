@@ -334,6 +334,49 @@ def run_project(data: bytes) -> object:
     return parse_project_file(path)
 
 
+# -- an applet's module, as the host reads and rewrites it before wasm3 runs it ----------------------
+
+_MODULE: list[bytes] = []
+
+
+def _probe_module() -> bytes:
+    if not _MODULE:
+        from tests.support.wat import assemble
+
+        _MODULE.append(assemble("probe", _workdir))
+    return _MODULE[0]
+
+
+@st.composite
+def wasm_module(draw) -> bytes:
+    """The probe applet damaged: bytes flipped, cut off, repeated or inserted (sections then
+    claim sizes, counts and indices they do not have)."""
+    data = bytearray(_probe_module())
+    for _ in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(8, len(data) - 1))
+        op = draw(st.sampled_from(["flip", "cut", "insert", "repeat"]))
+        if op == "flip":
+            data[at] = draw(st.integers(0, 255))
+        elif op == "cut":
+            del data[at:]
+        elif op == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        else:
+            data[at:at] = data[at:at + draw(st.integers(1, 16))]
+        if len(data) <= 9:
+            break
+    return bytes(data)
+
+
+def run_module(data: bytes) -> object:
+    """What deploy and the worker do to a module before wasm3 sees it: read its sections, cap its
+    memory, count its refused grows, export its globals (``runnable`` unwrapped: no cache)."""
+    from gateway.applets.module import inspect, runnable
+
+    inspect(data)
+    return runnable.__wrapped__(data, 64)
+
+
 # -- the record buffer's files, as a power cut or a failing SD card leaves them ----------------------
 
 def _record(seq: int, rx: str) -> str:
@@ -460,6 +503,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("legacy_frames", run_legacy, legacy_stream()),
     Target("config_file", run_config, config_toml()),
     Target("project_file", run_project, project_toml()),
+    Target("applet_module", run_module, wasm_module()),
     Target("buffer_segment", run_segment, segment_file()),
     Target("node_handler", run_node, node_input),
 )}
