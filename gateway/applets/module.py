@@ -275,6 +275,26 @@ def _rewrite_body(data: bytes, pos: int, end: int, call: bytes) -> bytes:
     return bytes(out + data[last:end])
 
 
+def _sections(data: bytes) -> list[tuple[int, bytes]]:
+    """The module's sections in order, as (id, payload)."""
+    sections = []
+    r = _Reader(data, 8)
+    while r.pos < len(data):
+        section, size = r.byte(), r.u32()
+        sections.append((section, data[r.pos:r.pos + size]))
+        r.pos += size
+    return sections
+
+
+def _assemble(header: bytes, sections: list[tuple[int, bytes]], replaced: dict[int, bytes]) -> bytes:
+    """The module again from its sections, those in ``replaced`` with their new payloads."""
+    out = bytearray(header)
+    for section, payload in sections:
+        payload = replaced.get(section, payload)
+        out += bytes([section]) + _leb_u32(len(payload)) + payload
+    return bytes(out)
+
+
 def _vec(items: list[bytes]) -> bytes:
     return _leb_u32(len(items)) + b"".join(items)
 
@@ -292,12 +312,7 @@ def watch_memory_grow(data: bytes) -> bytes | None:
     after its memory hit the cap from any other failure. Nothing is renumbered (the function and
     the global are appended), and a grow behaves as before. None when the code uses an
     instruction this reader does not know (wasm3 may still run it, without the count)."""
-    sections: list[tuple[int, bytes]] = []
-    r = _Reader(data, 8)
-    while r.pos < len(data):
-        section, size = r.byte(), r.u32()
-        sections.append((section, data[r.pos:r.pos + size]))
-        r.pos += size
+    sections = _sections(data)
     ids = [s for s, _ in sections]
     if 10 not in ids or 3 not in ids or 1 not in ids:
         return None  # no code: nothing grows
@@ -340,11 +355,7 @@ def watch_memory_grow(data: bytes) -> bytes | None:
             at = next(i for i, s in enumerate(ids) if s and order.index(s) > order.index(added))
             sections.insert(at, (added, b""))
             ids.insert(at, added)
-    out = bytearray(data[:8])
-    for section, payload in sections:
-        payload = new.get(section, payload)
-        out += bytes([section]) + _leb_u32(len(payload)) + payload
-    return bytes(out)
+    return _assemble(data[:8], sections, new)
 
 
 GLOBAL_PREFIX = "w3gate_global_"  # ``export_globals`` exports mutable global i as GLOBAL_PREFIX + str(i)
@@ -376,12 +387,7 @@ def export_globals(data: bytes) -> tuple[bytes, list[str]]:
     its state right after instantiation needs. Nothing else changes (indices stay)."""
     info = inspect(data)
     imported = sum(i.kind == "global" for i in info.imports)
-    sections: list[tuple[int, bytes]] = []
-    r = _Reader(data, 8)
-    while r.pos < len(data):
-        section, size = r.byte(), r.u32()
-        sections.append((section, data[r.pos:r.pos + size]))
-        r.pos += size
+    sections = _sections(data)
     body = {s: b for s, b in sections if s != 0}
     if 6 not in body:
         return data, []
@@ -410,11 +416,7 @@ def export_globals(data: bytes) -> tuple[bytes, list[str]]:
     ids = [s for s, _ in sections]
     if 7 not in ids:  # exports come right after globals (6) in the binary format's order
         sections.insert(ids.index(6) + 1, (7, b""))
-    out = bytearray(data[:8])
-    for section, content in sections:
-        content = payload if section == 7 else content
-        out += bytes([section]) + _leb_u32(len(content)) + content
-    return bytes(out), names
+    return _assemble(data[:8], sections, {7: payload}), names
 
 
 @functools.lru_cache(maxsize=32)

@@ -34,6 +34,17 @@ def chain_gateway(tmp_path, mosquitto, anvil, *, anchoring: bool = True, **setti
     return gw, registry, identity, passphrase
 
 
+def post_event(url: str, token: str, project: str, event_type: str, body: dict) -> dict:
+    """An event to the gateway's HTTP event API, as a W3bstream client sends it: the first result."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/srv-applet-mgr/v0/event/{project}?eventType={event_type}",
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=20) as response:
+        return json.loads(response.read())["results"][0]
+
+
 @pytest.fixture
 def fleet(tmp_path, mosquitto):
     fleet_dir = tmp_path / "fleet"
@@ -92,11 +103,7 @@ def test_applets_send_transactions_and_call_contracts_through_the_nodes_sender(t
         url = gw.wait_for(lambda s: (s.get("api") or {}).get("url"), what="event API")["api"]["url"]
 
         def event(event_type: str, body: dict) -> dict:
-            request = urllib.request.Request(f"{url}/srv-applet-mgr/v0/event/chain?eventType={event_type}",
-                                             data=json.dumps(body).encode(), method="POST",
-                                             headers={"Authorization": f"Bearer {token}"})
-            with urllib.request.urlopen(request, timeout=20) as response:
-                return json.loads(response.read())["results"][0]
+            return post_event(url, token, "chain", event_type, body)
 
         receiver = Account.create().address
         sent = event("TX", {"to": receiver, "value": "12345", "data": ""})
@@ -131,8 +138,6 @@ def test_applets_send_transactions_and_call_contracts_through_the_nodes_sender(t
 
 
 def test_applets_reach_the_chain_without_a_proof_registry(tmp_path, mosquitto, anvil, built_applets):
-    import urllib.request
-
     gw, _, _, _ = chain_gateway(tmp_path, mosquitto, anvil, anchoring=False)
     project = tmp_path / "chain.toml"
     project.write_text(f'name = "chain"\n[[applets]]\nname = "probe"\nwasm = "{built_applets / "abi-probe.wasm"}"\n'
@@ -143,11 +148,7 @@ def test_applets_reach_the_chain_without_a_proof_registry(tmp_path, mosquitto, a
     try:
         url = gw.wait_for(lambda s: (s.get("api") or {}).get("url"), what="event API")["api"]["url"]
         receiver = Account.create().address
-        request = urllib.request.Request(f"{url}/srv-applet-mgr/v0/event/chain?eventType=TX", method="POST",
-                                         data=json.dumps({"to": receiver, "value": "5", "data": ""}).encode(),
-                                         headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(request, timeout=20) as response:
-            sent = json.loads(response.read())["results"][0]
+        sent = post_event(url, token, "chain", "TX", {"to": receiver, "value": "5", "data": ""})
         assert sent["code"] == 0, sent
         w3 = Web3(Web3.HTTPProvider(anvil.url))
         w3.eth.wait_for_transaction_receipt(sent["returnValue"], timeout=10)

@@ -170,12 +170,11 @@ def test_without_alloc_returned_data_is_code_5(built_applets, tmp_path):
     state.close()
 
 
-def test_hostile_handlers_are_contained_while_the_others_keep_running(built_applets, tmp_path):
+def run_hostile(built_applets, tmp_path, handlers: list[str]) -> tuple[bytes, list]:
+    """The hostile applet's ``handlers`` as one batch in a worker with tight limits: (module, results)."""
     wasm = (built_applets / "hostile.wasm").read_bytes()
     sha = hashlib.sha256(wasm).hexdigest()
     (tmp_path / f"{sha}.wasm").write_bytes(wasm)
-    handlers = ["well_behaved", "spin", "well_behaved", "memory_bomb", "well_behaved", "alloc_bomb", "well_behaved",
-                "deep_recursion", "trap", "div_zero", "well_behaved"]
 
     async def go():
         worker = ProjectWorker("hostile", modules_dir=tmp_path, state_path=tmp_path / "state.sqlite",
@@ -185,7 +184,13 @@ def test_hostile_handlers_are_contained_while_the_others_keep_running(built_appl
             return await worker.run([AppletEvent(f"e{i}", sha, h, b"") for i, h in enumerate(handlers)])
         finally:
             await worker.close()
-    results = asyncio.run(go())
+    return wasm, asyncio.run(go())
+
+
+def test_hostile_handlers_are_contained_while_the_others_keep_running(built_applets, tmp_path):
+    handlers = ["well_behaved", "spin", "well_behaved", "memory_bomb", "well_behaved", "alloc_bomb", "well_behaved",
+                "deep_recursion", "trap", "div_zero", "well_behaved"]
+    wasm, results = run_hostile(built_applets, tmp_path, handlers)
     outcome = {h + str(i): (r.code, r.error) for i, (h, r) in enumerate(zip(handlers, results))}
     for name in ("well_behaved0", "well_behaved2", "well_behaved4", "well_behaved6", "well_behaved10"):
         assert outcome[name] == (0, None), name  # nothing before them harmed them
@@ -206,22 +211,10 @@ def test_hostile_handlers_are_contained_while_the_others_keep_running(built_appl
 
 
 def test_in_a_mixed_batch_every_hostile_event_fails_alone(built_applets, tmp_path):
-    wasm = (built_applets / "hostile.wasm").read_bytes()
-    sha = hashlib.sha256(wasm).hexdigest()
-    (tmp_path / f"{sha}.wasm").write_bytes(wasm)
     hostile = ["memory_bomb", "alloc_bomb", "deep_recursion", "trap", "div_zero"]
     handlers = [hostile[i // 8 % len(hostile)] if i % 8 == 7 else "well_behaved" for i in range(200)]
     handlers[50] = handlers[150] = "spin"  # each kills its worker: the others of its batch run again
-
-    async def go():
-        worker = ProjectWorker("hostile", modules_dir=tmp_path, state_path=tmp_path / "state.sqlite",
-                               limits=Limits(time_s=0.5, max_pages=256, address_space_mb=768),
-                               stderr_path=tmp_path / "worker.stderr")
-        try:
-            return await worker.run([AppletEvent(f"e{i}", sha, h, b"") for i, h in enumerate(handlers)])
-        finally:
-            await worker.close()
-    results = asyncio.run(go())
+    _, results = run_hostile(built_applets, tmp_path, handlers)
     innocent = [(i, r.code, r.error) for i, (h, r) in enumerate(zip(handlers, results))
                 if h == "well_behaved" and (r.code, r.error) != (0, None)]
     assert innocent == []
