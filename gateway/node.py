@@ -30,7 +30,7 @@ from gateway.buffer.commit import GroupCommitter
 from gateway.buffer.sink import RecordSink
 from gateway.buffer.store import FullPolicy, RecordState, RecordStore, StoreConfig
 from gateway.buffer.upkeep import BufferUpkeep
-from gateway.codec.record import WIRES, Record
+from gateway.codec.record import Record
 from gateway.config import Config
 from gateway.ingest.mqtt import MqttLink
 from gateway.pebble.source import SUBSCRIPTIONS, PebbleSource
@@ -186,12 +186,10 @@ class Node:
         window (with a minute of slack for receive-order jitter)."""
         since = time.time() - self.verifier.policy.max_age_s - self.verifier.policy.max_future_s - 60
         docs = await self.committer.call(self.sink.recent, self.store, since)
+        sources = [s for s in (self.pebble, self.legacy) if s is not None]
         for record in map(Record, docs):  # oldest first, so each device keeps its latest nonces
-            family = record.wire.family if record.doc.get("wire") in WIRES else None  # None: edited by hand
-            if family == "pebble":
-                self.pebble.remember(record)
-            elif family == "legacy" and self.legacy is not None:
-                self.legacy.remember(record)
+            for source in sources:  # each takes its own family's records
+                source.remember(record)
         if docs:
             log.info("replay protection restored from %d recent records", len(docs))
 

@@ -151,6 +151,10 @@ class Record:
     def family(self) -> str:
         return self.wire.family
 
+    def of(self, family: str) -> bool:
+        """Whether the record came from that device family (False for a wire edited by hand)."""
+        return self.doc.get("wire", "protobuf") in WIRES and self.wire.family == family
+
     @property
     def kind(self) -> str:
         return self.doc["kind"]

@@ -67,8 +67,9 @@ class LegacySource:
         return {d.device_id: d.name for d in self.registry}
 
     def remember(self, record: Record) -> None:
-        """A record stored before a restart: its seq is spent."""
-        self.bridge.remember(record)
+        """A record stored before a restart: its seq is spent (a legacy sensor's only)."""
+        if record.of("legacy"):
+            self.bridge.remember(record)
 
     def reload(self) -> None:
         """Housekeeping: pick up registry changes (and push new settings), keep the seqs."""

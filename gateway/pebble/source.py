@@ -59,7 +59,9 @@ class PebbleSource:
             self._rejected(msg, self._failure(msg, e))
 
     def remember(self, record: Record) -> None:
-        """A record stored before a restart: replay protection must survive it."""
+        """A record stored before a restart: replay protection must survive it (a Pebble's only)."""
+        if not record.of("pebble"):
+            return
         doc = record.doc
         self.verifier.replay.remember(doc["device"], doc["ts"], bytes.fromhex(doc["digest"]), record.nonce())
 

@@ -72,6 +72,12 @@ def test_a_legacy_record_is_signed_by_the_gateways_attestation_and_reads_its_fra
     assert attested(wire.CONFIG_ACK, b'[1]').values() == {"value": [1]}
 
 
+def test_a_record_says_which_family_made_it_even_when_edited(vectors):
+    assert stored(vectors["A"]).of("pebble") and not stored(vectors["A"]).of("legacy")
+    assert attested(wire.READING, b"{}").of("legacy")
+    assert not stored(vectors["A"], wire="carrier-pigeon").of("pebble")  # no family: nobody's to remember
+
+
 def test_every_event_type_belongs_to_one_family():
     assert FAMILY_EVENTS == {"pebble": ["PEBBLE_CONFIG", "PEBBLE_CONFIRM", "PEBBLE_DATA"],
                              "legacy": ["LEGACY_CONFIG", "LEGACY_DATA", "LEGACY_HELLO"]}
