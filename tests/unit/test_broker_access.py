@@ -105,3 +105,37 @@ def test_the_managed_conf_has_no_anonymous_listener_and_every_listener_names_cli
     assert "password_file" in clients and "certfile" in clients
     assert "max_packet_size 65536" in conf and "per_listener_settings true" in conf
     assert str(tmp_path.resolve()) in conf  # absolute paths: mosquitto resolves from its own cwd
+
+
+def test_a_server_certificate_the_user_supplies_is_checked_then_kept_as_given(tmp_path):
+    from gateway.broker import certs
+
+    theirs = BrokerFiles(tmp_path / "their-ca")  # their own CA, as an organisation would have
+    issued = certs.issue_server(theirs, ["broker.example.org"])
+    files = BrokerFiles(tmp_path / "broker")
+    installed = certs.install_server(files, theirs.server_cert, theirs.server_key)
+    assert installed == issued and files.server_cert.read_bytes() == theirs.server_cert.read_bytes()
+    assert certs.describe(installed)["names"] == ["broker.example.org"]
+    assert stat.S_IMODE(os.stat(files.server_key).st_mode) == 0o600
+    other = BrokerFiles(tmp_path / "other")
+    certs.issue_server(other, ["elsewhere"])
+    with pytest.raises(certs.CertError, match="is not the key of"):
+        certs.install_server(files, theirs.server_cert, other.server_key)
+    with pytest.raises(certs.CertError, match="cannot use"):
+        certs.install_server(files, tmp_path / "missing.crt", theirs.server_key)
+
+
+def test_client_certificates_name_their_identity_and_refuse_names_that_would_break_the_rules(tmp_path):
+    from cryptography import x509
+
+    from gateway.broker import certs
+
+    files = BrokerFiles(tmp_path / "broker")
+    bundle = certs.issue_client(files, "nrf-351358815439952")
+    cert = x509.load_pem_x509_certificate(bundle.cert.read_bytes())
+    assert cert.subject.rfc4514_string() == "CN=nrf-351358815439952"
+    assert cert.issuer == x509.load_pem_x509_certificate(files.ca_cert.read_bytes()).subject
+    assert bundle.ca.read_bytes() == files.ca_cert.read_bytes()
+    for name in ("", "a b", "dev#", "x/y", "a" * 65):
+        with pytest.raises(certs.CertError):
+            certs.issue_client(files, name)
