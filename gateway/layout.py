@@ -60,6 +60,11 @@ class ProjectFiles:
         return self.dir / "metrics.log"
 
     @property
+    def txs(self) -> Path:
+        """txs.log: the applets' transactions, a JSON line per status change (the chain thread, `project txs`)."""
+        return self.dir / "txs.log"
+
+    @property
     def publishers(self) -> Path:
         """publishers.json: the event API's publisher tokens, hashed (`w3gate publisher add/remove`)."""
         return self.dir / "publishers.json"

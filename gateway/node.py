@@ -87,6 +87,8 @@ class Node:
                 log.info("[chain] has no proof registry: records are not anchored; applets reach the chain")
             self.monitors = MonitorScheduler(self.runtime, self.chain, interval_s=config.chain.poll_s)
         self.runtime.host_call = HostCalls(self.runtime, self.chain.applet_call if self.chain else None)
+        if self.chain is not None:
+            self.runtime.settle, self.runtime.void_unclaimed = self.chain.settle_applet_txs, self.chain.void_held
         self.event_api = EventAPI(
             self.runtime, Publishers(projects), max_bytes=config.api.max_event_bytes,
             body_timeout_s=config.api.body_timeout_s, max_connections=config.api.max_connections,
@@ -119,6 +121,7 @@ class Node:
         await self.checker.start()
         await self.upkeep.refresh()
         await step(self.health, "projects", self.runtime.reload)
+        await step(self.health, "applet effects", self.runtime.recover)  # before any event runs
         # Everything made so far lives as long as the process: keep it out of the collector's
         # full passes, which otherwise walk it again and again while thousands of records wait
         # for the disk (measured: 5-6 us of the loop's ~35 us per message under load).

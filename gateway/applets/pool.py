@@ -4,8 +4,13 @@ Events go to the worker in batches (one pipe round trip for many events). When a
 the middle of a batch (an event overran its time limit, or crashed wasm3; the memory cap does not
 kill it), nothing of that batch was committed; its events are run again one by one in a fresh
 worker, so the culprit is named in its own result and every other event still runs. Chain calls
-an applet made are remembered per event and call number, so running an event again never sends
+an applet made are remembered per event and call number, so running an event again never signs
 a transaction twice.
+
+Effects (MQTT messages, transactions) come back with the results once the worker committed them
+to the project's outbox; ``on_effects`` carries them out, and the transactions held for events
+that did not commit are voided with them. What was carried out is dropped from the outbox with
+the worker's next commit; ``recover`` carries out what a crash left in it.
 """
 from __future__ import annotations
 
@@ -27,7 +32,17 @@ from gateway.storage import open_private
 
 log = logging.getLogger("w3gate.applets")
 
-HostCall = Callable[[str, dict], Awaitable[Any]]  # (fn, args) -> value; raises for an error
+HostCall = Callable[[str, dict], Awaitable[Any]]  # (fn, args) -> value or HostAnswer; raises for an error
+OnEffects = Callable[[list[dict], list[dict]], Awaitable[None]]  # (committed effects, voided transactions)
+
+
+@dataclass(frozen=True)
+class HostAnswer:
+    """A host call's value with the effect it prepared (a held transaction), which the event's
+    commit decides: carried out if the event is kept, voided if not."""
+
+    value: Any
+    effect: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,7 @@ class AppletResult:
     code: int
     error: str | None = None
     return_value: bytes | None = None
-    mqtt: list[tuple[str, bytes]] = field(default_factory=list)
+    effects: list[dict] = field(default_factory=list)  # committed; see the worker's protocol
     metrics: list[dict] = field(default_factory=list)
     ms: float = 0.0
 
@@ -66,7 +81,8 @@ class WorkerDied(W3gateError):
 class ProjectWorker:
     def __init__(self, project: str, *, modules_dir: Path, state_path: Path, schema: list[str] | None = None,
                  env: dict[str, str] | None = None, limits: Limits = Limits(), host_call: HostCall | None = None,
-                 stderr_path: Path | None = None, log_path: Path | None = None, reuse: bool = False) -> None:
+                 stderr_path: Path | None = None, log_path: Path | None = None, reuse: bool = False,
+                 on_effects: OnEffects | None = None) -> None:
         self.project = project
         self.reuse = reuse  # instances keep their memory across events (the project's opt-in)
         self.modules_dir = modules_dir
@@ -81,7 +97,10 @@ class ProjectWorker:
         self.events = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
-        self._call_cache: dict[tuple[str, int], Any] = {}
+        self._call_cache: dict[tuple[str, int], dict] = {}
+        self.on_effects = on_effects
+        self._held: list[dict] = []  # transactions prepared during the current run
+        self._done: list[str] = []  # effects carried out, not yet dropped from the outbox
 
     async def run(self, events: list[AppletEvent], *, cursor: tuple[str, int] | None = None) -> list[AppletResult]:
         """Run ``events`` in order; every event gets a result, whatever its applet does.
@@ -111,7 +130,37 @@ class ProjectWorker:
                                   self.project, e)
             self._call_cache.clear()
             self.events += len(events)
+            committed = [e for r in results for e in r.effects]
+            kept = {e.get("hash") for e in committed if e.get("kind") == "tx"}
+            held, self._held = self._held, []
+            await self._carry_out(committed, [e for e in held if e["hash"] not in kept])
             return results
+
+    async def recover(self) -> int:
+        """Carry out what the project's outbox still holds (committed before a crash, not yet
+        done); returns how many effects that was."""
+        async with self._lock:
+            if self._proc is None or self._proc.returncode is not None:
+                await self._start()
+            await self._send({"op": "outbox", "done": self._done})
+            message = await self._receive()
+            if message is None:
+                raise WorkerDied(await self._death())
+            self._done = []
+            effects = message.get("effects") or []
+            await self._carry_out(effects, [])
+            return len(effects)
+
+    async def _carry_out(self, committed: list[dict], voided: list[dict]) -> None:
+        if not (committed or voided) or self.on_effects is None:
+            return
+        try:
+            await self.on_effects(committed, voided)
+        except Exception as e:  # noqa: BLE001 - they stay in the outbox: carried out at the next start
+            log.error("project %s: %d effect(s) not carried out (%s); they are kept and tried again at "
+                      "the next start", self.project, len(committed) + len(voided), e)
+            return
+        self._done += [e["id"] for e in committed]
 
     def _died(self, event: AppletEvent, why: WorkerDied) -> AppletResult:
         """The event killed its worker: the worker could not log it, so we do."""
@@ -141,6 +190,10 @@ class ProjectWorker:
 
     async def close(self) -> None:
         async with self._lock:
+            if self._done and self._proc is not None and self._proc.returncode is None:
+                await self._send({"op": "outbox", "done": self._done})  # committed before it exits
+                if await self._receive() is not None:
+                    self._done = []
             await self._stop()
 
     # -- internals ---------------------------------------------------------------------------------
@@ -194,7 +247,8 @@ class ProjectWorker:
     async def _run_batch(self, events: list[AppletEvent], cursor: tuple[str, int] | None) -> list[AppletResult]:
         if self._proc is None or self._proc.returncode is not None:
             await self._start()
-        await self._send({"op": "run", "cursor": list(cursor) if cursor else None, "events": [
+        done = list(self._done)
+        await self._send({"op": "run", "cursor": list(cursor) if cursor else None, "done": done, "events": [
             {"id": e.id, "module": e.module, "handler": e.handler, "applet": e.applet,
              "payload": base64.b64encode(e.payload).decode(), "meta": e.meta.__dict__} for e in events]})
         # the worker's own timer stops an event; this only guards against a worker stuck elsewhere
@@ -213,14 +267,16 @@ class ProjectWorker:
                 n = calls[message["event"]] = calls.get(message["event"], 0) + 1
                 await self._send(await self._answer(message, (message["event"], n)))
                 continue
+            self._done = self._done[len(done):]  # committed with this batch
             return [AppletResult(r["id"], r["code"], r["error"],
                                  base64.b64decode(r["return"]) if r["return"] is not None else None,
-                                 [(t, base64.b64decode(p)) for t, p in r["mqtt"]], r["metrics"], r["ms"])
+                                 r["effects"], r["metrics"], r["ms"])
                     for r in message["results"]]
 
     async def _answer(self, message: dict, cache_key: tuple[str, int]) -> dict:
+        """The reply to a host call; the same one when an event runs again after a crash."""
         if cache_key in self._call_cache:
-            return {"op": "reply", "value": self._call_cache[cache_key]}
+            return self._call_cache[cache_key]
         if self.host_call is None:
             return {"op": "reply", "error": f"no chain is configured for {message['fn']}"}
         try:
@@ -228,8 +284,13 @@ class ProjectWorker:
                                                          "project": self.project})
         except Exception as e:  # noqa: BLE001 - any failure becomes the guest's error code
             return {"op": "reply", "error": str(e) or type(e).__name__}
-        self._call_cache[cache_key] = value
-        return {"op": "reply", "value": value}
+        reply = {"op": "reply", "value": value}
+        if isinstance(value, HostAnswer):
+            reply = {"op": "reply", "value": value.value, **({"effect": value.effect} if value.effect else {})}
+            if value.effect and value.effect.get("kind") == "tx":
+                self._held.append(value.effect)
+        self._call_cache[cache_key] = reply
+        return reply
 
     async def _death(self) -> str:
         proc = self._proc

@@ -223,7 +223,8 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
         if signature != HANDLER_SIGNATURE:
             raise ProjectError(f"{path}: applet {strategy.applet!r}: handler {strategy.handler!r} is "
                                f"{_describe(signature)}, but a handler is called as (i32 rid) -> i32: "
-                               + FLOW_OPERATORS_NOTE)
+                               + FLOW_OPERATORS_NOTE + f" (W3bstream's main answers every such event with "
+                               f"code -1, {_upstream_answer(signature)!r})")
         strategies.append(strategy)
     env = _table(path, data, "env")
     if not all(isinstance(v, (str, int, float, bool)) for v in env.values()):
@@ -258,8 +259,9 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
 
 
 HANDLER_SIGNATURE = "i(i)"  # handler(rid i32) -> i32, as W3bstream calls every strategy's handler
-FLOW_OPERATORS_NOTE = ("a flow operator (filter, map, reduce, groupBy: two arguments) is not a handler, "
-                       "and w3gate runs strategies as W3bstream v1 does, without a flow pipeline")
+FLOW_OPERATORS_NOTE = ("a flow operator (filter, map, groupBy: one argument; reduce: two) is not a handler: "
+                       "flows (PROJECT_FLOW) were a proof of concept W3bstream fed events to only from v1.4.6 "
+                       "to v1.5.5, dead code on its main since #738, and w3gate runs strategies as main does")
 _WASM_TYPES = {"i": "i32", "I": "i64", "f": "f32", "F": "f64"}
 
 
@@ -270,6 +272,20 @@ def _describe(signature: str | None) -> str:
     result, params = signature[0], signature[2:-1]
     args = ", ".join(_WASM_TYPES.get(p, "?") for p in params)
     return f"({args}) -> {_WASM_TYPES.get(result, 'nothing')}"
+
+
+def _upstream_answer(signature: str | None) -> str:
+    """What W3bstream's main (wasmtime) says when it calls a handler of this type with one i32."""
+    if not signature or "(" not in signature:
+        return "func not imported"
+    params = signature[2:-1]
+    if not params:
+        return "too many arguments provided"
+    if len(params) > 1:
+        return f"expected {len(params)} arguments, got 1"
+    if params != "i":
+        return f"argument type mismatch: found i32 but expected {_WASM_TYPES.get(params, '?')}"
+    return "wait timeout"  # an i32 argument and no i32 result: the call panics and nothing answers
 
 
 def _read_module(file: Path) -> bytes | None:

@@ -5,7 +5,12 @@ Every source of events (verified Pebble data from the buffer, the HTTP and MQTT 
 triggers) hands ``Event`` lists to ``handle``. Projects run side by side, each in its own worker,
 so a slow or hostile applet delays only its own project. What applets log goes to
 ``<data>/projects/<name>/applet.log`` (JSON lines, written by the worker, read by ``w3gate applet
-logs``); MQTT messages they send are published after their event succeeded.
+logs``).
+
+Effects happen once, and only for events that are kept: MQTT messages an applet sends and the
+transactions it asks for are committed with its state (the project's outbox) and carried out
+after the commit; a transaction the chain signed for an event that failed is voided, never sent.
+``recover`` carries out what a crash left between a commit and its effects.
 """
 from __future__ import annotations
 
@@ -18,10 +23,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from functools import partial
+from typing import Awaitable, Callable
 
 from gateway.applets.abi import EventMeta
-from gateway.applets.pool import AppletEvent, AppletResult, HostCall, Limits, ProjectWorker
+from gateway.applets.pool import AppletEvent, AppletResult, HostCall, Limits, ProjectWorker, WorkerDied
 from gateway.applets.project import Project, ProjectStore
 from gateway.storage import create_private, open_private
 
@@ -31,6 +37,11 @@ LOG_ROTATE_BYTES = 5 << 20
 # event IDs the node makes: unique like upstream's "<uuid>_w3b", without a uuid4 per event
 _RUN_ID = uuid.uuid4().hex[:20]
 _EVENT_NUMBERS = itertools.count(1)
+
+# (project, transactions to send, transactions to void): the chain's side of applet effects
+Settle = Callable[[str, list[dict], list[dict]], Awaitable[None]]
+# (operator names): void every transaction still held, once no outbox claims it
+VoidUnclaimed = Callable[[list[str]], Awaitable[None]]
 
 
 @dataclass
@@ -89,6 +100,8 @@ class AppletRuntime:
         self.limits = limits
         self.host_call = host_call
         self.publish = publish
+        self.settle: Settle | None = None
+        self.void_unclaimed: VoidUnclaimed | None = None
         self.max_batch = max_batch
         self.projects: dict[str, Project] = {}
         self.workers: dict[str, ProjectWorker] = {}
@@ -120,7 +133,8 @@ class AppletRuntime:
                 self.workers[name] = ProjectWorker(
                     name, modules_dir=self.store.modules_dir, state_path=files.state,
                     schema=project.schema, env=project.env, limits=self.limits, host_call=self.host_call,
-                    stderr_path=files.worker_stderr, log_path=files.applet_log, reuse=project.reuse_instances)
+                    stderr_path=files.worker_stderr, log_path=files.applet_log, reuse=project.reuse_instances,
+                    on_effects=partial(self._carry_out, name))
                 log.info("project %s deployed: applets %s", name, ", ".join(project.applets))
             elif old != project:
                 await worker.configure(schema=project.schema, env=project.env, reuse=project.reuse_instances)
@@ -131,6 +145,34 @@ class AppletRuntime:
     def device_projects(self) -> list[str]:
         """Projects that take buffered device records (Pebble or legacy) as events."""
         return [name for name, p in self.projects.items() if p.pebble or p.legacy]
+
+    async def recover(self) -> None:
+        """At start, before any event: carry out the effects every project committed but a crash
+        kept from happening, then void the transactions held for events that never committed."""
+        complete = True
+        for name, worker in self.workers.items():
+            try:
+                n = await worker.recover()
+            except WorkerDied as e:
+                complete = False
+                log.error("project %s: its outbox could not be read (%s); held transactions are kept", name, e)
+                continue
+            if n:
+                log.info("project %s: %d effect(s) committed before the last stop carried out now", name, n)
+        if complete and self.void_unclaimed is not None:
+            await self.void_unclaimed(sorted({op for p in self.projects.values() for op in p.operators}))
+
+    async def _carry_out(self, project: str, committed: list[dict], voided: list[dict]) -> None:
+        """A batch's effects, after its commit: transactions released (and those of events that
+        did not commit voided) first, then MQTT messages published."""
+        txs = [e for e in committed if e.get("kind") == "tx"]
+        if txs or voided:
+            if self.settle is None:
+                raise RuntimeError("transactions to settle, and no chain")
+            await self.settle(project, txs, voided)
+        for effect in committed:
+            if effect.get("kind") == "mqtt" and self.publish is not None:
+                self.publish(effect["topic"], base64.b64decode(effect["payload"]))
 
     async def close(self) -> None:
         for worker in self.workers.values():
@@ -189,9 +231,6 @@ class AppletRuntime:
             self.counters["events"] += 1
             if result.error:
                 self.counters["failed"] += 1
-            for topic, payload in result.mqtt:
-                if self.publish is not None:
-                    self.publish(topic, payload)
             if result.metrics:
                 self._append(self.store.files(name).metrics,
                              [{"t": now, "event": job.meta.event_id, "applet": applet, "metrics": m}

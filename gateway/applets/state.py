@@ -6,7 +6,10 @@ created from the project's schema. Each event is all or nothing (its KV writes a
 if it succeeds, its SQL runs in a savepoint), so a handler that traps or is killed leaves no
 half-written state; a batch of events is committed at once (one fsync),
 together with how far the project got in its feed of records, so a record's effects on the
-state happen exactly once.
+state happen exactly once. What an event asks of the world outside (transactions, MQTT
+messages) is written to the ``outbox`` table in the same commit and carried out by the gateway
+only after it; the gateway then removes it from the outbox (with a later commit), so after a
+crash it knows what is still to be done.
 
 SQL requests use W3bstream's JSON form: ``{"statement": "... ? ...", "params": [{"int32": 1},
 {"string": "x"}, {"bytes": "<base64>"}, {"time": "<RFC3339>"}, ...]}``, and results are shaped
@@ -56,6 +59,7 @@ def parse_sql_request(raw: bytes) -> tuple[str, list]:
 
 
 META = "w3gate_meta"
+OUTBOX = "w3gate_outbox"
 CACHE_ENTRIES = 100_000  # KV values kept in memory between batches
 
 
@@ -108,7 +112,7 @@ class StateView:
     def tables(self) -> dict[str, int]:
         """The applets' own tables and their row counts."""
         names = [r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                                "AND name NOT IN ('kv', ?) ORDER BY name", (META,))]
+                                                "AND name NOT IN ('kv', ?, ?) ORDER BY name", (META, OUTBOX))]
         return {n: self._db.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
 
     def query(self, statement: str) -> list[dict]:
@@ -139,6 +143,7 @@ class ProjectState:
         self._db.execute("PRAGMA synchronous=FULL")  # a committed batch survives power loss
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
         self._db.execute(f"CREATE TABLE IF NOT EXISTS {META} (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS {OUTBOX} (id TEXT PRIMARY KEY, effect TEXT NOT NULL)")
         for statement in schema or []:
             try:
                 self._db.execute(statement)
@@ -153,6 +158,8 @@ class ProjectState:
         self._batch_kv: dict[str, bytes] = {}
         self._cache: dict[str, bytes | None] = {}
         self._cursors: dict[str, int] = {}
+        self._outbox: list[tuple[str, str]] = []  # (id, effect JSON) of the batch's kept events
+        self._done: list[str] = []  # outbox entries the gateway has carried out
 
     def close(self) -> None:
         self._db.close()
@@ -166,9 +173,13 @@ class ProjectState:
 
     def commit_batch(self) -> None:
         """Write the batch's KV and cursors and commit: one fsync for the whole batch."""
-        if not (self._batch_kv or self._cursors or self._in_batch):
+        if not (self._batch_kv or self._cursors or self._in_batch or self._outbox or self._done):
             return
         self.begin_batch()
+        if self._outbox:
+            self._db.executemany(f"INSERT OR REPLACE INTO {OUTBOX} (id, effect) VALUES (?, ?)", self._outbox)
+        if self._done:
+            self._db.executemany(f"DELETE FROM {OUTBOX} WHERE id = ?", [(i,) for i in self._done])
         if self._batch_kv:
             self._db.executemany("INSERT INTO kv (key, value) VALUES (?, ?) "
                                  "ON CONFLICT(key) DO UPDATE SET value = excluded.value", self._batch_kv.items())
@@ -182,6 +193,8 @@ class ProjectState:
         self._cache.update(self._batch_kv)
         self._batch_kv.clear()
         self._cursors.clear()
+        self._outbox.clear()
+        self._done.clear()
 
     def begin_event(self) -> None:
         self._event_kv = {}
@@ -202,6 +215,18 @@ class ProjectState:
             self.begin_batch()
             self._db.execute("SAVEPOINT event")
             self._savepoint = True
+
+    def add_effects(self, effects: list[dict]) -> None:
+        """A kept event's effects (each with its ``id``), committed with the batch's state."""
+        self._outbox.extend((e["id"], json.dumps(e)) for e in effects)
+
+    def effects_done(self, ids: list[str]) -> None:
+        """Effects the gateway carried out: removed from the outbox with the next commit."""
+        self._done.extend(ids)
+
+    def pending_effects(self) -> list[dict]:
+        """Committed effects not yet reported carried out, in the order they were asked for."""
+        return [json.loads(e) for (e,) in self._db.execute(f"SELECT effect FROM {OUTBOX} ORDER BY rowid")]
 
     def set_cursor(self, name: str, value: int) -> None:
         """How far a feed of events got; committed with the state its events produced."""

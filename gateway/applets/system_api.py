@@ -4,7 +4,8 @@
 
 The chain is whatever ``applet_call(fn, args)`` the node wires in (``ChainService.applet_call``,
 gateway/chain/service.py), or none: then chain calls fail with the reason and the system API
-answers 503.
+answers 503. A transaction comes back signed and held, as ``{"hash", "operator"}``: the applet
+gets its hash now, and the event's commit decides whether it is sent (``HostAnswer.effect``).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import base64
 import json
 from typing import Awaitable, Callable
 
+from gateway.applets.pool import HostAnswer
+from gateway.applets.project import Project
 from gateway.applets.runtime import AppletRuntime
 
 ChainCall = Callable[[str, dict], Awaitable[object]]  # (fn, args) -> result
@@ -26,12 +29,16 @@ class HostCalls:
         project = self.runtime.projects.get(args.get("project", ""))
         operators = project.operators if project else []
         if fn == "api_call":
-            return await self.system_api(args.get("request") or {}, operators)
+            return await self.system_api(args.get("request") or {}, operators, project, args.get("event", ""))
         if self.chain is None:
             raise RuntimeError(f"{fn}: no chain is configured ([chain] enabled = false)")
-        return await self.chain(fn, {**args, "operators": operators})
+        result = await self.chain(fn, {**args, "operators": operators})
+        if fn == "send_tx":
+            return HostAnswer(result["hash"], _tx_effect(result))
+        return result
 
-    async def system_api(self, request: dict, operators: list[str]) -> dict:
+    async def system_api(self, request: dict, operators: list[str], project: Project | None = None,
+                         event: str = "") -> dict | HostAnswer:
         """An HTTP-like request from the applet, answered as upstream's Go ``http.Response`` JSON."""
         url = str(request.get("Url") or "").removeprefix("w3bstream://w3bstream.com")
         method = str(request.get("Method") or "GET").upper()
@@ -42,13 +49,18 @@ class HostCalls:
                 return _reply(503, {"error": "no chain is configured"})
             try:
                 body = json.loads(base64.b64decode(request.get("Body") or ""))
-                tx_hash = await self.chain("send_tx", {
+                tx = await self.chain("send_tx", {
                     "chain_id": None, "operator": body.get("operatorName"), "operators": operators,
+                    "project": project.name if project else "", "event": event,
                     "request": {"to": body.get("to"), "value": body.get("value"), "data": body.get("data")}})
             except Exception as e:  # noqa: BLE001 - the applet gets the reason in the response
                 return _reply(400, {"error": str(e)})
-            return _reply(200, {"transactionID": tx_hash, "state": "pending"})
+            return HostAnswer(_reply(200, {"transactionID": tx["hash"], "state": "pending"}), _tx_effect(tx))
         return _reply(404, {"error": f"no system route {method} {url}"})
+
+
+def _tx_effect(tx: dict) -> dict:
+    return {"kind": "tx", "hash": tx["hash"], "operator": tx.get("operator") or ""}
 
 
 def _reply(code: int, body: dict) -> dict:

@@ -20,14 +20,21 @@ AssemblyScript SDK leaks) is rebuilt before the next.
 Protocol on stdin/stdout: frames of a u32be length and a JSON object.
     parent → worker  {"op": "project", "state": path, "schema": [...], "env": {...}, "reuse": bool}
                      {"op": "run", "events": [{"id", "module", "handler", "payload" (b64), "meta"}],
-                      "cursor": [name, value] | null}  (committed with the batch's state)
-                     {"op": "reply", "value": ..., "error": ...}       (answer to a "call")
+                      "cursor": [name, value] | null,  (committed with the batch's state)
+                      "done": [effect ids]}  (carried out: dropped from the outbox with the batch)
+                     {"op": "reply", "value": ..., "error": ..., "effect": {...} | absent}
+                                                                   (answer to a "call")
+                     {"op": "outbox", "done": [effect ids]}  (commit those, then list the rest)
     worker → parent  {"op": "call", "fn": "send_tx" | "call_contract" | "api_call", "args": {...},
                       "event": id}
                      {"op": "done", "results": [...], "memory_pages": {...}}
-Each result: {"id", "code", "error", "return" (b64 or null), "mqtt": [[topic, payload b64]],
-"metrics": [...], "ms"}. State changes of a batch are committed together before "done"; an event
-that fails leaves none. What applets log, and their failures, the worker appends to the project's
+                     {"op": "outbox", "effects": [...]}
+Each result: {"id", "code", "error", "return" (b64 or null), "effects": [...], "metrics": [...],
+"ms"}. An effect is what the event asks of the world outside its state, to be carried out by the
+gateway after the commit: {"id", "kind": "mqtt", "topic", "payload" (b64)} or {"id", "kind":
+"tx", "hash", "operator"} (a transaction the gateway signed and holds). State changes and effects
+of a batch are committed together (effects in the project's outbox) before "done"; an event that
+fails leaves neither. What applets log, and their failures, the worker appends to the project's
 log itself (JSON lines ``{"t", "event", "applet", "level", "msg"}``): that work stays off the
 gateway's event loop and runs in parallel across projects.
 """
@@ -71,7 +78,7 @@ class _EventHost:
     def __init__(self, worker: "Worker") -> None:
         self.worker = worker
         self.logs: list[list[str]] = []
-        self.mqtt: list[list[str]] = []
+        self.effects: list[dict] = []  # carried out by the gateway once the event is committed
         self.metrics: list[dict] = []
 
     def log(self, level: str, message: str) -> None:
@@ -93,7 +100,7 @@ class _EventHost:
         return self.worker.env.get(key)
 
     def send_mqtt(self, topic: str, payload: bytes) -> None:
-        self.mqtt.append([topic, base64.b64encode(payload).decode()])  # published after the event
+        self.effects.append({"kind": "mqtt", "topic": topic, "payload": base64.b64encode(payload).decode()})
 
     def submit_metrics(self, metrics: dict) -> None:
         self.metrics.append(metrics)
@@ -136,7 +143,12 @@ class Worker:
                 break
             if message["op"] == "project":
                 self._project(message)
+            elif message["op"] == "outbox":
+                self.state.effects_done(message.get("done") or [])
+                self.state.commit_batch()
+                write_frame(self.stdout, {"op": "outbox", "effects": self.state.pending_effects()})
             elif message["op"] == "run":
+                self.state.effects_done(message.get("done") or [])
                 lines: list[str] = []
                 results = [self._run(event, lines) for event in message["events"]]
                 self._append_log(lines)
@@ -162,6 +174,8 @@ class Worker:
             raise SystemExit(0)  # the gateway went away
         if reply.get("error"):
             raise HostError(reply["error"])
+        if reply.get("effect") and self._host is not None:
+            self._host.effects.append(reply["effect"])  # e.g. a held transaction: sent after the commit
         return reply.get("value")
 
     def _project(self, message: dict) -> None:
@@ -223,9 +237,8 @@ class Worker:
                 code, returned = inst.call(event["handler"], base64.b64decode(event["payload"]), meta)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-        except KeyError:
-            error = f"the applet exports no handler {event['handler']!r}"
-            code = 1  # UnexportedHandler
+        except KeyError:  # deploy checks handlers: only a module replaced under a running project
+            error = f"func not imported: the applet exports no handler {event['handler']!r}"  # upstream's words
         except MemoryLimit as e:  # a trap or abort after memory.grow was refused at the cap
             error = f"memory limit: {e}"
             self._instances.pop(event["module"], None)
@@ -238,6 +251,10 @@ class Worker:
         except (OSError, ValueError, ModuleError) as e:
             error = f"the applet could not be loaded: {e}"
         self.state.end_event(keep=error is None)
+        if error is None and host.effects:
+            for n, effect in enumerate(host.effects):
+                effect["id"] = f"{event['id']}/{n}"
+            self.state.add_effects(host.effects)
         if host.logs or error is not None:
             head = f'{{"t": {time.time()}, "event": {json.dumps(meta.event_id)}, ' \
                    f'"applet": {json.dumps(event.get("applet", "?"))}, "level": '
@@ -247,7 +264,7 @@ class Worker:
                 lines.append(f'{head}"error", "msg": {json.dumps(event["handler"] + " failed: " + error)}}}\n')
         return {"id": event["id"], "code": code, "error": error,
                 "return": base64.b64encode(returned).decode() if returned is not None else None,
-                "mqtt": host.mqtt if error is None else [],
+                "effects": host.effects if error is None else [],
                 "metrics": host.metrics, "ms": round((time.perf_counter() - started) * 1000, 3)}
 
 

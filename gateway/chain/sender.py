@@ -20,6 +20,12 @@ Why it is shaped like this:
 - **Confirmations**: a transaction is reported once its block is ``confirmations`` deep. A
   receipt that vanishes (a reorg) puts it back to pending: it is rebroadcast if the node no
   longer knows it.
+- **Held transactions** (``submit(hold=True)``) are signed and journaled but not broadcast until
+  ``settle`` releases them: an applet gets its transaction's hash during its event, and the
+  transaction reaches the network only once the event's state is committed. A held transaction
+  whose event was rolled back is voided: its nonce is given back when no later nonce was taken,
+  and otherwise filled with a zero-value transfer to the node's own address (the cheapest
+  transaction that spends a nonce), so later transactions are not stuck behind a gap.
 
 Thread boundary: web3's HTTPProvider is synchronous and a TxSender is not thread-safe. One
 thread (the gateway's chain worker) owns it and calls ``submit`` and ``poll``; other code hands
@@ -128,6 +134,7 @@ class TxOutcome:
     block_number: int | None = None
     gas_used: int | None = None
     effective_gas_price: int | None = None
+    first_hash: str | None = None  # the hash ``submit`` returned (a replacement changes the mined one)
 
 
 @dataclass
@@ -142,16 +149,18 @@ class _Entry:
     tag: str | None
     created: float
     attempts: list[dict] = field(default_factory=list)  # {"hash", "raw", "fees", "sent"}
+    held: bool = False  # signed, not to be broadcast until released (see ``settle``)
     broadcast: bool = False  # in memory only: the node took the last attempt since we (re)started
 
     def to_dict(self) -> dict:
         return {"nonce": self.nonce, "to": self.to, "data": self.data, "value": self.value, "gas": self.gas,
-                "tag": self.tag, "created": self.created, "attempts": self.attempts}
+                "tag": self.tag, "created": self.created, "attempts": self.attempts,
+                **({"held": True} if self.held else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> _Entry:
         return cls(int(d["nonce"]), d.get("to"), d["data"], int(d.get("value", 0)), int(d["gas"]), d.get("tag"),
-                   float(d.get("created", 0.0)), list(d.get("attempts") or []))
+                   float(d.get("created", 0.0)), list(d.get("attempts") or []), bool(d.get("held", False)))
 
 
 def _rpc_message(e: Exception) -> str:
@@ -181,6 +190,7 @@ class TxSender:
         self._chain_checked = False
         self._next_nonce: int | None = None
         self._entries: dict[int, _Entry] = {}
+        self.on_final: Callable[[TxOutcome], None] | None = None  # told of every outcome poll reports
         self._load()
 
     # -- journal ---------------------------------------------------------------------------------
@@ -326,8 +336,9 @@ class TxSender:
         entry.broadcast = True
 
     def submit(self, to: str | None, data: bytes | str, *, value: int = 0, gas: int | None = None,
-               tag: str | None = None) -> str:
+               tag: str | None = None, hold: bool = False) -> str:
         """Sign a call with the next nonce, journal it, broadcast it; returns its first hash.
+        ``hold``: journal it only, until ``settle`` releases or voids it.
 
         Raises ChainUnavailable when the node cannot be reached *before* anything was journaled
         (nothing to undo), ChainError ``rejected`` when the node refuses the transaction for
@@ -343,11 +354,13 @@ class TxSender:
             except Web3Exception as e:
                 raise ChainError(f"estimating gas for {tag or 'a call'} failed: {e}", reason="rejected") from None
             gas = math.ceil(estimate * self.config.gas_margin)
-        entry = _Entry(nonce, to, data_hex, value, gas, tag, self._clock())
+        entry = _Entry(nonce, to, data_hex, value, gas, tag, self._clock(), held=hold)
         entry.attempts.append(self._sign(entry, self.market_fees()))
         self._entries[nonce] = entry
         self._save()  # journaled before the network can see it
         self._next_nonce = nonce + 1
+        if hold:
+            return entry.attempts[-1]["hash"]
         try:
             self._broadcast(entry)
         except Web3RPCError as e:
@@ -358,6 +371,40 @@ class TxSender:
             raise ChainError(f"{tag or 'transaction'} refused by the node: {_rpc_message(e)}",
                              reason="rejected") from None
         return entry.attempts[-1]["hash"]
+
+    def settle(self, release: list[str], void: list[str]) -> None:
+        """Broadcast the held transactions in ``release`` and void those in ``void`` (by first
+        hash). Voids go first, highest nonce first, so a run of voided nonces at the top is given
+        back whole. Hashes not held (settled before a restart, or unknown) are skipped: settling
+        twice is harmless."""
+        by_hash = {e.attempts[0]["hash"]: e for e in self._entries.values() if e.held}
+        filled: list[_Entry] = []
+        for entry in sorted((by_hash[h] for h in set(void) if h in by_hash), key=lambda e: -e.nonce):
+            if entry.nonce == max(self._entries) and self._next_nonce in (None, entry.nonce + 1):
+                del self._entries[entry.nonce]
+                self._next_nonce = None if self._next_nonce is None else entry.nonce
+                log.info("tx nonce %d (%s) voided: its event was rolled back; the nonce is free again",
+                         entry.nonce, entry.tag)
+            else:
+                entry.to, entry.data, entry.value, entry.gas = self.address, "0x", 0, 21_000
+                entry.tag, entry.held = f"void:{entry.tag}", False
+                entry.attempts = [self._sign(entry, entry.attempts[-1]["fees"])]
+                filled.append(entry)
+                log.info("tx nonce %d voided: its event was rolled back; a zero-value transfer to ourselves "
+                         "takes the nonce, as later ones are in use", entry.nonce)
+        released = [by_hash[h] for h in dict.fromkeys(release) if h in by_hash and by_hash[h].held]
+        for entry in released:
+            entry.held = False
+        if not (released or filled or void):
+            return
+        self._save()  # released and voided, journaled before the network sees any of it
+        for entry in sorted(released + filled, key=lambda e: e.nonce):
+            entry.attempts[-1]["sent"] = self._clock()
+            self._broadcast_or_keep(entry)
+
+    def held(self) -> list[str]:
+        """First hashes of the transactions still held, lowest nonce first."""
+        return [e.attempts[0]["hash"] for e in sorted(self._entries.values(), key=lambda e: e.nonce) if e.held]
 
     # -- following up ----------------------------------------------------------------------------
 
@@ -391,6 +438,8 @@ class TxSender:
         changed = False
         for nonce in sorted(self._entries):
             entry = self._entries[nonce]
+            if entry.held:
+                continue  # not on the network until released
             receipt = self._receipt(entry)
             if receipt is not None:
                 depth = head - receipt["blockNumber"] + 1
@@ -398,7 +447,7 @@ class TxSender:
                     status = "confirmed" if receipt["status"] == 1 else "reverted"
                     outcomes.append(TxOutcome(entry.tag, nonce, status, "0x" + bytes(receipt["transactionHash"]).hex(),
                                               receipt["blockNumber"], receipt["gasUsed"],
-                                              receipt.get("effectiveGasPrice")))
+                                              receipt.get("effectiveGasPrice"), entry.attempts[0]["hash"]))
                     del self._entries[nonce]
                     changed = True
                 continue
@@ -408,7 +457,7 @@ class TxSender:
                 receipt = self._receipt(entry)  # mined between the two questions?
                 if receipt is None:
                     log.warning("tx nonce %d (%s) was spent by a transaction that is not ours", nonce, entry.tag)
-                    outcomes.append(TxOutcome(entry.tag, nonce, "dropped", None))
+                    outcomes.append(TxOutcome(entry.tag, nonce, "dropped", None, first_hash=entry.attempts[0]["hash"]))
                     del self._entries[nonce]
                     changed = True
                 continue
@@ -431,6 +480,9 @@ class TxSender:
             self._save()
         if self._entries and self._next_nonce is not None and spent is not None:
             self._next_nonce = max(self._next_nonce, spent)
+        if self.on_final is not None:
+            for outcome in outcomes:
+                self.on_final(outcome)
         return outcomes
 
     def _broadcast_or_keep(self, entry: _Entry) -> None:
@@ -446,7 +498,7 @@ class TxSender:
     def pending(self) -> list[dict]:
         """Journaled transactions not yet final, oldest nonce first (for status and tests)."""
         return [{"nonce": e.nonce, "tag": e.tag, "hashes": [a["hash"] for a in e.attempts],
-                 "fees": e.attempts[-1]["fees"]} for e in sorted(self._entries.values(), key=lambda e: e.nonce)]
+                 "fees": e.attempts[-1]["fees"], "held": e.held} for e in sorted(self._entries.values(), key=lambda e: e.nonce)]
 
     def find(self, tag: str) -> dict | None:
         """The pending transaction carrying ``tag``, if any."""

@@ -7,6 +7,11 @@ neither the event loop nor the group commit may wait for the chain. Everything t
 chain (the anchorer, the chain monitors, applets) runs there through ``call``, so one sender is
 only ever used from one thread. Anchors and applets share the node key's sender (one nonce
 sequence, one journal); projects may name operator keys of their own, each with its sender.
+
+An applet's transaction is signed and held when it asks (it gets the hash), and sent or voided
+by ``settle`` once its event's fate is committed. Every step of it is appended to the project's
+``txs.log`` (held, sent, voided, then confirmed, reverted or dropped), which `w3gate project txs`
+reads.
 """
 from __future__ import annotations
 
@@ -16,8 +21,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from gateway.chain import txlog
 from gateway.chain.keystore import load_key, operator_keystore_path, read_passphrase_file
-from gateway.chain.sender import ChainError, SenderConfig, TxSender, connect, resolve_network
+from gateway.chain.sender import ChainError, SenderConfig, TxOutcome, TxSender, connect, resolve_network
 from gateway.layout import DataDir
 
 log = logging.getLogger("w3gate.chain")
@@ -34,8 +40,10 @@ class ChainService:
         self._sender_config = SenderConfig(confirmations=c.confirmations, resubmit_after_s=c.resubmit_after_s)
         self.sender = TxSender(connect(self.network), account, layout.txjournal, self._sender_config,
                                network=self.network)
+        self.sender.on_final = self._tx_final
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="w3gate-chain")
         self.interval_s = c.poll_s
+        self.follow_node_key = not c.registry  # else the anchorer follows it, in its own step
         self._layout, self._passphrase_file = layout, c.key_passphrase_file
         self._operators: dict[str, TxSender] = {}  # operator keys' senders, opened when first used
 
@@ -49,8 +57,8 @@ class ChainService:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow the applets' transactions of operator keys (confirm, resubmit) every poll.
-        The node key's sender is followed by its user, the anchorer, in its own step."""
+        """Follow the applets' transactions of operator keys (confirm, resubmit) every poll, and
+        the node key's when no anchorer does."""
         while not stop.is_set():
             await self.call(self.poll_operators)
             try:
@@ -59,7 +67,8 @@ class ChainService:
                 pass
 
     def poll_operators(self) -> None:
-        for name, sender in list(self._operators.items()):
+        senders = list(self._operators.items()) + ([("node key", self.sender)] if self.follow_node_key else [])
+        for name, sender in senders:
             try:
                 sender.poll()
             except Exception as e:  # noqa: BLE001 - the anchoring status already says when the chain is down
@@ -72,6 +81,7 @@ class ChainService:
             sender = self._operators[name] = TxSender(
                 connect(self.network), account, self._layout.operator_txjournal(name), self._sender_config,
                 network=self.network)
+            sender.on_final = self._tx_final
             log.info("operator %s (%s) opened for applets' transactions", name, account.address)
         return sender
 
@@ -104,10 +114,72 @@ class ChainService:
             sender = self._operator(operator) if operator else self.sender
             value = request.get("value") or 0
             value = int(value, 0) if isinstance(value, str) else int(value)
-            return sender.submit(request.get("to"), data, value=value, tag=f"applet:{args.get('event', '')}")
+            project, event = args.get("project") or "", args.get("event") or ""
+            tx_hash = sender.submit(request.get("to"), data, value=value, tag=f"applet:{project}:{event}", hold=True)
+            self._tx_log(project, {"hash": tx_hash, "status": "held", "event": event, "operator": operator or "",
+                                   "to": request.get("to"), "value": str(value)})
+            return {"hash": tx_hash, "operator": operator or ""}
         if fn == "call_contract":
             return bytes(self.w3.eth.call({"to": self.w3.to_checksum_address(request["to"]), "data": data})).hex()
         raise ChainError(f"{fn} is not a chain call", reason="bad_call")
+
+    async def settle_applet_txs(self, project: str, release: list[dict], void: list[dict]) -> None:
+        """Send the held transactions of events the project committed, void those of events it
+        did not (effects ``{"hash", "operator"}``)."""
+        await self.call(self._settle, project, release, void)
+
+    def _settle(self, project: str, release: list[dict], void: list[dict]) -> None:
+        by_operator: dict[str, tuple[list[str], list[str]]] = {}
+        for n, effects in enumerate((release, void)):
+            for effect in effects:
+                by_operator.setdefault(effect.get("operator") or "", ([], []))[n].append(effect["hash"])
+        for operator, (sent, voided) in by_operator.items():
+            sender = self._operator(operator) if operator else self.sender
+            held = set(sender.held())
+            sender.settle(sent, voided)
+            for status, hashes in (("sent", sent), ("voided", voided)):
+                for tx_hash in hashes:
+                    if tx_hash in held:  # settled once: a second settle (after a restart) is silent
+                        self._tx_log(project, {"hash": tx_hash, "status": status})
+
+    async def void_held(self, operators: list[str]) -> None:
+        """Void every transaction still held by the node key and ``operators`` (at start, once
+        every project's outbox was carried out: no committed event claims them)."""
+        await self.call(self._void_held, operators)
+
+    def _void_held(self, operators: list[str]) -> None:
+        for name in [None, *operators]:
+            try:
+                sender = self._operator(name) if name else self.sender
+            except (ChainError, OSError) as e:
+                log.warning("operator %s: held transactions not checked (%s)", name, e)
+                continue
+            held = sender.held()
+            if held:
+                log.info("%d transaction(s) held for events that never committed are voided", len(held))
+                tags = {p["hashes"][0]: p["tag"] for p in sender.pending()}
+                sender.settle([], held)
+                for tx_hash in held:
+                    project = (tags.get(tx_hash) or "").split(":")[1:2]
+                    if project:
+                        self._tx_log(project[0], {"hash": tx_hash, "status": "voided"})
+
+    def _tx_final(self, outcome: TxOutcome) -> None:
+        """A sender's report on a transaction: an applet's is added to its project's txs.log."""
+        tag = outcome.tag or ""
+        if tag.startswith("applet:") and outcome.first_hash:
+            project = tag.split(":")[1]
+            self._tx_log(project, {"hash": outcome.first_hash, "status": outcome.status,
+                                   "mined_hash": outcome.tx_hash, "block": outcome.block_number,
+                                   "gas_used": outcome.gas_used})
+
+    def _tx_log(self, project: str, entry: dict) -> None:
+        if not project:
+            return
+        try:
+            txlog.append(self._layout.project(project).txs, entry)
+        except OSError as e:  # the project was removed meanwhile, or the disk is full: the journal has it
+            log.warning("could not record transaction %s of project %s: %s", entry.get("hash"), project, e)
 
     def close(self) -> None:
         """After every task using the chain has ended: wait for the chain thread's last call."""

@@ -1,4 +1,4 @@
-"""``w3gate project deploy|list|remove``, ``w3gate applet logs``, ``w3gate publisher add|list|remove``.
+"""``w3gate project deploy|list|remove|state|txs``, ``w3gate applet logs``, ``w3gate publisher add|list|remove``.
 
 A running gateway picks up deployments within a second; nothing needs a restart.
 """
@@ -120,6 +120,32 @@ def state(name, kv_prefix, statement, as_json, config_path, data_dir) -> None:
                 click.echo(f"table {table}: {rows} rows (--sql 'SELECT * FROM {table}')")
     finally:
         view.close()
+
+
+@project.command()
+@click.argument("name")
+@json_option
+@config_option
+@data_dir_option
+def txs(name, as_json, config_path, data_dir) -> None:
+    """Project NAME's transactions: the hash each applet was given, and what became of it
+    (held until its event committed, then sent or voided; confirmed, reverted or dropped)."""
+    from gateway.chain import txlog
+
+    store = _store(config_path, data_dir)
+    if store.load(name) is None:
+        raise click.ClickException(f"no project named {name!r} (w3gate project list)")
+    rows = txlog.read(store.files(name).txs)
+    if as_json:
+        return emit_json(rows)
+    if not rows:
+        click.echo(f"project {name!r} has sent no transaction")
+    for row in rows:
+        asked = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["asked"])) if row.get("asked") else "?"
+        where = f"  block {row['block']}" if row.get("block") is not None else ""
+        mined = f"  mined as {row['mined_hash']}" if row.get("mined_hash") not in (None, row["hash"]) else ""
+        click.echo(f"{asked}  {row['hash']}  {row.get('status', '?'):<9}  to {row.get('to') or '?'}  "
+                   f"event {row.get('event', '?')}{where}{mined}")
 
 
 def _kv_value(value: bytes) -> dict:

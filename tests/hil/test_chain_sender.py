@@ -166,3 +166,26 @@ def test_an_unreachable_node_journals_nothing(tmp_path):
     with pytest.raises(ChainUnavailable):
         sender.submit("0x" + "11" * 20, b"", gas=21_000)
     assert sender.pending() == [] and not (tmp_path / "txjournal.json").exists()
+
+
+def test_held_transactions_wait_for_settle_and_a_voided_nonce_is_given_back_or_filled(anvil, tmp_path):
+    w3 = Web3(Web3.HTTPProvider(anvil.url))
+    receiver = Account.create().address
+    sender = make_sender(anvil, tmp_path)
+    held = lambda tag, value: sender.submit(receiver, b"", value=value, gas=21_000, tag=tag, hold=True)  # noqa: E731
+    a, b, c = held("a", 1), held("b", 2), held("c", 4)
+    assert sender.poll() == [] and sender.held() == [a, b, c]
+    for tx_hash in (a, b, c):  # signed and journaled, never shown to the network
+        with pytest.raises(Exception):
+            w3.eth.get_transaction(tx_hash)
+    restarted = make_sender(anvil, tmp_path)  # the holds survive a restart
+    assert restarted.held() == [a, b, c]
+    restarted.settle(release=[b], void=[a, c])  # c is the top nonce: given back; a is filled
+    assert restarted.held() == []
+    outcomes = {o.tag: o for o in restarted.poll()}
+    assert set(outcomes) == {"void:a", "b"} and all(o.status == "confirmed" for o in outcomes.values())
+    assert outcomes["b"].tx_hash == b and outcomes["b"].first_hash == b
+    assert w3.eth.get_balance(receiver) == 2  # only the released transfer moved value
+    assert w3.eth.get_transaction_count(restarted.address) == 2
+    restarted.settle(release=[a, b, c], void=[])  # settling again is harmless
+    assert transfer(restarted, anvil, "next") and w3.eth.get_transaction(restarted.pending()[0]["hashes"][0]).nonce == 2

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -120,3 +121,32 @@ def publish(broker, messages: list[tuple[str, bytes]], *, retain: bool = False) 
         client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
     client.disconnect()
     client.loop_stop()
+
+
+def chain_gateway(tmp_path, mosquitto, anvil, *, anchoring: bool = True, **settings):
+    """A `w3gate run` with [chain] on anvil: the registry deployed (owner: dev key 0), the node key
+    (dev key 1) imported under a passphrase file. Returns (gateway, registry, identity, passphrase).
+    Without ``anchoring`` the gateway is not told the registry: applets use the chain, nothing is anchored."""
+    from eth_account import Account
+
+    from rig.chain import deploy_registry
+
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("correct horse battery staple\n")
+    key_file = tmp_path / "gateway.key"
+    key_file.write_text(anvil.keys[1])
+    registry = deploy_registry(anvil.url, anvil.keys[0], [Account.from_key(anvil.keys[1]).address])
+    gw = GatewayProcess(tmp_path, mosquitto.port, chain__enabled=True, chain__network=anvil.url,
+                        chain__registry=registry if anchoring else "", chain__key_passphrase_file=str(passphrase),
+                        chain__confirmations=1, chain__poll_s=0.2, **settings)
+    identity = cli_json("key", "import", str(key_file), "--passphrase-file", str(passphrase), data_dir=gw.data_dir)
+    return gw, registry, identity, passphrase
+
+
+def post_event(url: str, token: str, project: str, event_type: str, body: dict) -> dict:
+    """An event to the gateway's HTTP event API, as a W3bstream client sends it: the first result."""
+    request = urllib.request.Request(f"{url}/srv-applet-mgr/v0/event/{project}?eventType={event_type}",
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=20) as response:
+        return json.loads(response.read())["results"][0]

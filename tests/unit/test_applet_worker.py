@@ -3,6 +3,7 @@ event gets a result, state survives restarts and failed events leave none."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import time
@@ -10,7 +11,7 @@ import time
 import pytest
 
 from gateway.applets.abi import EventMeta
-from gateway.applets.pool import AppletEvent, Limits, ProjectWorker
+from gateway.applets.pool import AppletEvent, HostAnswer, Limits, ProjectWorker
 from tests.support.wat import assemble
 
 
@@ -91,11 +92,11 @@ def test_traps_are_results_and_undo_the_events_state(modules, tmp_path):
         finally:
             await worker.close()
     results = _run(go())
-    assert [r.code for r in results] == [1, -1, -1, -1, 2, 1]  # the trapped increment is gone
+    assert [r.code for r in results] == [1, -1, -1, -1, 2, -1]  # the trapped increment is gone
     assert "unreachable" in results[1].error
     assert "divide by zero" in results[2].error
     assert "stack" in results[3].error.lower()
-    assert "no handler 'no_such_handler'" in results[5].error
+    assert results[5].error == "func not imported: the applet exports no handler 'no_such_handler'"  # upstream's words
 
 
 def test_memory_growth_stops_at_the_cap_inside_the_guest(modules, tmp_path):
@@ -155,13 +156,79 @@ def test_a_transaction_is_not_sent_twice_when_its_batch_is_run_again(modules, tm
     assert "time limit" in spin.error
 
 
-def test_mqtt_messages_come_back_with_the_result(modules, tmp_path):
+def _effects_log():
+    carried: list[tuple[list[dict], list[dict]]] = []
+
+    async def on_effects(committed, voided):
+        carried.append(([{k: v for k, v in e.items() if k != "id"} for e in committed], voided))
+    return carried, on_effects
+
+
+def test_mqtt_messages_are_sent_after_their_commit_and_only_for_kept_events(modules, tmp_path):
     _, sha = modules
+    carried, on_effects = _effects_log()
 
     async def go():
-        worker = _worker(modules, tmp_path)
+        worker = _worker(modules, tmp_path, on_effects=on_effects)
         try:
-            return await worker.run(_events(sha, ["mqtt"], b"geofence!"))
+            results = await worker.run(_events(sha, ["mqtt", "send_tx_then_trap"], b"geofence!"))
         finally:
             await worker.close()
-    assert _run(go())[0].mqtt == [("topic/out", b"geofence!")]
+        again = _worker(modules, tmp_path, on_effects=on_effects)  # after a clean stop: nothing is left to do
+        try:
+            return results, await again.recover()
+        finally:
+            await again.close()
+    results, left = _run(go())
+    assert results[0].code == 0 and "trap" in results[1].error
+    message = {"kind": "mqtt", "topic": "topic/out", "payload": base64.b64encode(b"geofence!").decode()}
+    assert carried == [([message], [])] and left == 0
+
+
+def test_effects_a_crash_kept_from_happening_are_carried_out_once_at_the_next_start(modules, tmp_path):
+    _, sha = modules
+    carried, on_effects = _effects_log()
+
+    async def crash(committed, voided):
+        raise OSError("the gateway died between the commit and the send")
+
+    async def go():
+        worker = _worker(modules, tmp_path, on_effects=crash)
+        try:
+            await worker.run(_events(sha, ["mqtt", "count"], b"once"))
+        finally:
+            await worker.close()
+        restarted = _worker(modules, tmp_path, on_effects=on_effects)
+        try:
+            first = await restarted.recover()
+            await restarted.run(_events(sha, ["count"]))  # its commit drops what recover carried out
+            second = await restarted.recover()
+        finally:
+            await restarted.close()
+        return first, second
+    assert _run(go()) == (1, 0)
+    assert [c[0][0]["payload"] for c in carried] == [base64.b64encode(b"once").decode()]
+
+
+def test_a_transaction_is_sent_only_if_its_event_is_kept_and_voided_otherwise(modules, tmp_path):
+    _, sha = modules
+    carried, on_effects = _effects_log()
+    signed = []
+
+    async def host_call(fn, args):  # the chain holds what it signs until the effects say (gateway/chain)
+        signed.append(args["event"])
+        tx_hash = "0x" + f"{len(signed):064x}"
+        return HostAnswer(tx_hash, {"kind": "tx", "hash": tx_hash, "operator": ""})
+
+    async def go():
+        worker = _worker(modules, tmp_path, host_call=host_call, on_effects=on_effects)
+        try:
+            payload = json.dumps({"to": "0x" + "22" * 20, "value": "0", "data": "00"}).encode()
+            return await worker.run([AppletEvent("kept", sha, "send_tx", payload),
+                                     AppletEvent("failed", sha, "send_tx_then_trap", payload)])
+        finally:
+            await worker.close()
+    kept, failed = _run(go())
+    assert kept.code == 0 and failed.code == -1 and "trap" in failed.error
+    tx = lambda n: {"kind": "tx", "hash": "0x" + f"{n:064x}", "operator": ""}  # noqa: E731
+    assert carried == [([tx(1)], [tx(2)])]

@@ -49,6 +49,7 @@ PROJECT = {
     "worker_stderr": "worker.stderr",
     "metrics": "metrics.log",
     "publishers": "publishers.json",
+    "txs": "txs.log",
     "monitors": "monitors.json",
 }
 # What the names of templated files (modules/<sha256>.wasm, operators/<name>.txjournal.json) end with.

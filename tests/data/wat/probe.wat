@@ -10,6 +10,7 @@
   (import "env" "ws_send_tx" (func $send_tx (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "ws_send_mqtt_msg" (func $mqtt (param i32 i32 i32 i32) (result i32)))
   (import "env" "ws_get_event_type" (func $event_type (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
   (memory (export "memory") 1 64)
   (global $heap (mut i32) (i32.const 4096))
   (data (i32.const 16) "count")        ;; 16..20
@@ -72,6 +73,26 @@
   (func (export "mqtt") (param $rid i32) (result i32)
     (drop (call $get_data (local.get $rid) (i32.const 0) (i32.const 4)))
     (call $mqtt (i32.const 32) (i32.const 9) (i32.load (i32.const 0)) (i32.load (i32.const 4))))
+  ;; send a transaction (on anvil's chain, 31337) with the payload as request, publish the
+  ;; payload, then trap: neither may happen
+  (func (export "send_tx_then_trap") (param $rid i32) (result i32)
+    (drop (call $get_data (local.get $rid) (i32.const 0) (i32.const 4)))
+    (drop (call $send_tx (i32.const 31337) (i32.load (i32.const 0)) (i32.load (i32.const 4))
+                         (i32.const 8) (i32.const 12)))
+    (drop (call $mqtt (i32.const 32) (i32.const 9) (i32.load (i32.const 0)) (i32.load (i32.const 4))))
+    unreachable)
+  ;; send a transaction on anvil's chain, then wait 600 ms (a window to stop the gateway in)
+  (func (export "send_tx_then_wait") (param $rid i32) (result i32)
+    (local $until i64)
+    (drop (call $get_data (local.get $rid) (i32.const 0) (i32.const 4)))
+    (drop (call $send_tx (i32.const 31337) (i32.load (i32.const 0)) (i32.load (i32.const 4))
+                         (i32.const 8) (i32.const 12)))
+    (drop (call $clock (i32.const 1) (i64.const 0) (i32.const 48)))
+    (local.set $until (i64.add (i64.load (i32.const 48)) (i64.const 600000000)))
+    (loop $wait
+      (drop (call $clock (i32.const 1) (i64.const 0) (i32.const 48)))
+      (br_if $wait (i64.lt_u (i64.load (i32.const 48)) (local.get $until))))
+    (i32.const 0))
   ;; the event type becomes the return value
   (func (export "event_type") (param $rid i32) (result i32)
     (local $rc i32)
