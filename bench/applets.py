@@ -6,11 +6,16 @@ Pebble readings as the gateway hands them to applets. A last line runs the examp
 pebble-validator, whose JSON parsing in the interpreter dominates its cost.
 
     python -m bench.applets [--events 50000] [--rate 5000] [--reuse]
+    python -m bench.applets --module tinygo-sized [--events 20000]
 
 Prints: saturation events/s with one project (one worker) and two (two workers, in parallel),
 p50/p99 latency from an event's arrival to its result at an offered rate (micro-batched the way
 the gateway feeds projects), the same while a third project's applet spins on every event, and
 how long a spinning event takes to be stopped at the 1 s default limit.
+
+``--module tinygo-sized`` measures a ~290 KB TinyGo-sized applet instead (bench/tinygo_sized.py,
+log + KV per event): events/s on two workers with fresh state per event and with reuse, and in
+one process what each costs per event: restoring the snapshot, instantiating anew, the call.
 """
 from __future__ import annotations
 
@@ -152,6 +157,69 @@ async def main_async(args: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+class _BenchHost:
+    """The ABI's services in-process, for timing an instance alone: KV in a dict, logs dropped."""
+
+    def __init__(self) -> None:
+        self.kv: dict[str, bytes] = {}
+
+    def log(self, level: str, message: str) -> None:
+        pass
+
+    def kv_get(self, key: str) -> bytes | None:
+        return self.kv.get(key)
+
+    def kv_set(self, key: str, value: bytes) -> None:
+        self.kv[key] = value
+
+
+def _per_call_ms(fn, n: int) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n * 1000
+
+
+async def tinygo_sized(args: argparse.Namespace) -> None:
+    """Fresh state per event (W3bstream's rule) against reuse, for a TinyGo-sized applet."""
+    from bench.tinygo_sized import build
+    from gateway.applets.abi import AppletInstance
+
+    work = Path(tempfile.mkdtemp(prefix="bench-applets-", dir=ROOT))
+    try:
+        wasm_path = build(work)
+        wasm = wasm_path.read_bytes()
+        n = min(args.events, 20_000)
+        store = ProjectStore(DataDir(work / "data"))
+        for name, reuse in (("fresh1", False), ("fresh2", False), ("reuse1", True), ("reuse2", True)):
+            store.deploy(project_file(work, name, str(wasm_path), "counter", reuse=reuse))
+        runtime = AppletRuntime(store, limits=Limits(time_s=args.limit))
+        await runtime.reload()
+        await runtime.handle([Event(p, payload(0)) for p in ("fresh1", "fresh2", "reuse1", "reuse2")])
+        print(f"{n} Pebble readings per project through a TinyGo-sized applet ({len(wasm) // 1024} KB: log + KV, "
+              f"the heap of TinyGo), 2 projects (2 workers) in parallel, batches of 200", flush=True)
+        fresh = await saturate(runtime, ["fresh1", "fresh2"], n, 200)
+        print(f"  fresh state for every event (default): {fresh:>8.0f} events/s", flush=True)
+        reused = await saturate(runtime, ["reuse1", "reuse2"], n, 200)
+        print(f"  instances reused (the opt-in):         {reused:>8.0f} events/s", flush=True)
+        await runtime.close()
+
+        inst = AppletInstance(wasm, _BenchHost(), max_pages=Limits().max_pages)
+        event = payload(1)
+        inst.call("counter", event)  # compiles what an event runs
+        instantiate = _per_call_ms(lambda: AppletInstance(wasm, _BenchHost(), max_pages=Limits().max_pages), 20)
+        assert inst.restore(), "the event grew memory: nothing to restore"
+        restore = _per_call_ms(inst.restore, 2000)
+        fresh_event = _per_call_ms(lambda: (inst.restore(), inst.call("counter", event)), 2000)
+        reused_event = _per_call_ms(lambda: inst.call("counter", event), 2000)
+        print(f"  per event, in one process: restore {restore * 1000:.0f} us ({len(inst._memory0) // 65536} pages), "
+              f"instantiate anew {instantiate:.2f} ms; restore + call {fresh_event * 1000:.0f} us, "
+              f"call on a reused instance {reused_event * 1000:.0f} us (its heap keeps every payload: "
+              f"{inst.memory_pages} pages after 2000)", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # the runaway's stops are expected, not news
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,7 +227,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5_000, help="offered rate of the latency phases")
     parser.add_argument("--limit", type=float, default=1.0, help="per-event time limit (s)")
     parser.add_argument("--reuse", action="store_true", help="projects opt in to reusing instances across events")
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--module", choices=["log-kv", "tinygo-sized"], default="log-kv",
+                        help="tinygo-sized: a ~290 KB TinyGo-sized applet, fresh state against reuse")
+    args = parser.parse_args()
+    asyncio.run(tinygo_sized(args) if args.module == "tinygo-sized" else main_async(args))
 
 
 if __name__ == "__main__":

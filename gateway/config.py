@@ -64,6 +64,8 @@ time_limit_s = 1.0                  # per event; an applet running longer is sto
 max_memory_pages = 1024             # 64 KiB pages of linear memory per instance (64 MiB)
 recycle_events = 10000              # projects with instances = "reuse": rebuild after this many events
 worker_memory_mb = 1024             # address-space cap of each project's worker process
+worker_recycle_mb = 96              # a worker is replaced after a batch past this resident size, once it
+                                    # discarded instances (pywasm3 never frees their memory)
 batch = 200                         # events per round trip to a worker
 
 [api]
@@ -217,6 +219,7 @@ SETTINGS: dict[str, Setting] = {
     "applets.max_memory_pages": _count(1, 65536),  # wasm32's limit
     "applets.recycle_events": _count(),
     "applets.worker_memory_mb": _count(),
+    "applets.worker_recycle_mb": _count(),
     "applets.batch": _count(),
     "api.enabled": Setting(bool),
     "api.listen": Setting(str, nonempty=True),
@@ -303,6 +306,7 @@ class AppletsConfig:
     max_memory_pages: int
     recycle_events: int
     worker_memory_mb: int
+    worker_recycle_mb: int
     batch: int
 
 

@@ -71,7 +71,8 @@ class Node:
                              SUBSCRIPTIONS, lambda msg: None)
         projects = ProjectStore(config.layout)
         self.runtime = AppletRuntime(
-            projects, limits=Limits(a.time_limit_s, a.max_memory_pages, a.recycle_events, a.worker_memory_mb),
+            projects, limits=Limits(a.time_limit_s, a.max_memory_pages, a.recycle_events, a.worker_memory_mb,
+                                    a.worker_recycle_mb),
             publish=lambda topic, payload: self.link.publish(topic, payload, qos=1), max_batch=a.batch)
         self.chain = self.anchoring = self.monitors = None  # the chain, anchoring, monitors: when [chain] is enabled
         if config.chain.enabled:

@@ -20,6 +20,7 @@ import json
 import os
 import struct
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -181,6 +182,18 @@ def _sandboxed(name: str, on_stdio: int):
     return refuse
 
 
+def _weak_method(instance: object, name: str) -> Callable:
+    """``instance.name`` for wasm3 to call, without keeping the instance alive: pywasm3 keeps a
+    linked function for the life of the process, so a bound method would keep every instance a
+    worker ever built (and its linear memory) in memory."""
+    ref = weakref.ref(instance)
+
+    def call(*args):
+        return getattr(ref(), name)(*args)
+    call.__name__ = name
+    return call
+
+
 def check_module(info: ModuleInfo, *, max_memory_pages: int | None = None) -> None:
     """Refuse, naming every reason, what this host cannot run: unknown imports, imports with a
     signature other than the ABI's, no memory export."""
@@ -230,8 +243,9 @@ class AppletInstance:
         self._env = env  # keep the environment alive with its runtime
         for imp in self.info.imports:
             sandboxed = WASI_SANDBOXED.get(imp.name) if imp.module == "wasi_snapshot_preview1" else None
-            fn = _sandboxed(imp.name, sandboxed[1]) if sandboxed else getattr(self, f"_{imp.name}")
+            fn = _sandboxed(imp.name, sandboxed[1]) if sandboxed else _weak_method(self, f"_{imp.name}")
             self._module.link_function(imp.module, imp.name, HOST_FUNCTIONS[(imp.module, imp.name)], fn)
+        self._alloc_trap: Exception | None = None  # the guest's alloc trapped while the host handed it data
         self._alloc = self._find("alloc")
         self._handlers: dict[str, object] = {}
         self._refusals = (lambda: self._module.get_global(GROW_REFUSALS)) if watched else (lambda: 0)
@@ -274,6 +288,7 @@ class AppletInstance:
         resource = self._resources[rid] = _Resource(payload, meta)
         self.events += 1
         refusals = self._refusals()
+        self._alloc_trap = None
         try:
             code = fn(rid)
         except (RuntimeError, GuestAbort) as e:
@@ -282,6 +297,10 @@ class AppletInstance:
             raise
         finally:
             del self._resources[rid]
+        if self._alloc_trap is not None and self._refusals() > refusals:
+            # the guest could not take data the host handed it (a payload, a KV value) because its
+            # memory reached the cap: whatever the handler made of the failed copy, the event failed
+            raise MemoryLimit(self.memory_cap, self._alloc_trap)
         return _i32(code), resource.returned
 
     @property
@@ -311,7 +330,8 @@ class AppletInstance:
             return TRANS_DATA_TO_VM_FAILED
         try:
             ptr = _u32(self._alloc(len(data)))
-        except Exception:  # noqa: BLE001 - a trap inside the guest's alloc
+        except Exception as e:  # noqa: BLE001 - a trap inside the guest's alloc
+            self._alloc_trap = e  # ``call`` makes it the event's failure if memory hit the cap
             return TRANS_DATA_TO_VM_FAILED
         mem = self._runtime.get_memory(0)  # alloc may have grown (and moved) memory
         size = len(mem)

@@ -51,6 +51,7 @@ class Limits:
     max_pages: int = 1024  # 64 MiB of linear memory per instance
     recycle_events: int = 10_000  # rebuild an instance after this many events (SDK leaks)
     address_space_mb: int = 1024  # RLIMIT_AS of the worker process
+    recycle_mb: int = 96  # a worker that discarded instances is replaced past this resident size
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,12 @@ class ProjectWorker:
         self.host_call = host_call
         self.stderr_path = stderr_path
         self.log_path = log_path
-        self.restarts = 0
+        self.restarts = 0  # deaths (time limit, crash)
+        self.recycles = 0  # replaced after a batch because discarded instances kept memory
+        self.resident_mb = 0.0  # the worker's resident memory after its last batch
+        self.peak_mb = 0.0  # the most any of this project's worker processes held
         self.events = 0
+        self._recycle = False
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
         self._call_cache: dict[tuple[str, int], dict] = {}
@@ -134,6 +139,12 @@ class ProjectWorker:
             kept = {e.get("hash") for e in committed if e.get("kind") == "tx"}
             held, self._held = self._held, []
             await self._carry_out(committed, [e for e in held if e["hash"] not in kept])
+            if self._recycle:
+                self._recycle = False
+                self.recycles += 1
+                log.info("project %s: worker replaced after its batch: past %d MB resident, kept by the instances "
+                         "it discarded (pywasm3 never frees them)", self.project, self.limits.recycle_mb)
+                await self._stop()  # the next batch starts a new one
             return results
 
     async def recover(self) -> int:
@@ -206,6 +217,7 @@ class ProjectWorker:
                 "--time-limit", str(self.limits.time_s), "--max-pages", str(self.limits.max_pages),
                 "--recycle-events", str(self.limits.recycle_events),
                 "--address-space-mb", str(self.limits.address_space_mb),
+                "--recycle-mb", str(self.limits.recycle_mb),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr)
         finally:
             if self.stderr_path:
@@ -268,6 +280,9 @@ class ProjectWorker:
                 await self._send(await self._answer(message, (message["event"], n)))
                 continue
             self._done = self._done[len(done):]  # committed with this batch
+            self._recycle = self._recycle or bool(message.get("recycle"))
+            self.resident_mb = message.get("resident_mb", 0.0)
+            self.peak_mb = max(self.peak_mb, message.get("peak_mb", 0.0))
             return [AppletResult(r["id"], r["code"], r["error"],
                                  base64.b64decode(r["return"]) if r["return"] is not None else None,
                                  r["effects"], r["metrics"], r["ms"])

@@ -4,7 +4,10 @@ the gateway.
 Why a process: a running wasm3 call holds the GIL and has no memory cap, so a spinning applet
 would freeze the node and a growing one could take all memory. Here each event runs under a
 real-time interval timer whose signal has no Python handler: the kernel ends the process when the
-event overruns its limit, whatever wasm3 is doing. Memory is capped while the guest runs: each
+event overruns its limit, whatever wasm3 is doing. pywasm3 (0.5) never frees a runtime: every
+instance a worker discards keeps its linear memory until the process ends. So a worker that
+discarded instances reports ``recycle`` once its resident memory passes ``--recycle-mb``, and the
+gateway replaces it after that batch. Memory is capped while the guest runs: each
 module is loaded with its memory maximum lowered to ``--max-pages`` (``module.cap_memory``), so a
 ``memory.grow`` past it returns -1 inside the guest. A guest that copes with the -1 gets its own
 result; one that then traps or aborts in the same event gets code -1 and an error starting
@@ -122,11 +125,13 @@ LOG_ROTATE_BYTES = 5 << 20
 
 class Worker:
     def __init__(self, stdin, stdout, *, time_limit_s: float, max_pages: int, recycle_events: int,
-                 modules_dir: Path) -> None:
+                 modules_dir: Path, recycle_mb: int = 96) -> None:
         self.stdin, self.stdout = stdin, stdout
         self.time_limit_s = time_limit_s
         self.max_pages = max_pages
         self.recycle_events = recycle_events
+        self.recycle_mb = recycle_mb
+        self.discarded = 0  # instances let go of: their memory stays with the process (pywasm3)
         self.modules_dir = modules_dir
         self.state: ProjectState | None = None
         self.env: dict[str, str] = {}
@@ -157,7 +162,10 @@ class Worker:
                     self.state.set_cursor(name, value)
                 self.state.commit_batch()
                 pages = {sha: inst.memory_pages for sha, inst in self._instances.items()}
-                write_frame(self.stdout, {"op": "done", "results": results, "memory_pages": pages})
+                resident, peak = _memory_mb()
+                write_frame(self.stdout, {"op": "done", "results": results, "memory_pages": pages,
+                                          "resident_mb": resident, "peak_mb": peak,
+                                          "recycle": self.discarded > 0 and resident > self.recycle_mb})
         if self.state is not None:
             self.state.commit_batch()
             self.state.close()
@@ -186,6 +194,7 @@ class Worker:
         self.env = {str(k): str(v) for k, v in (message.get("env") or {}).items()}
         self.log_path = Path(message["log"]) if message.get("log") else None
         self.reuse = bool(message.get("reuse"))
+        self.discarded += len(self._instances)
         self._instances.clear()  # a redeploy may change modules; rebuild lazily
 
     def _instance(self, sha: str) -> AppletInstance:
@@ -199,10 +208,15 @@ class Worker:
                     inst = None  # leaks end here; state lives in the project, not the instance
             elif not inst.restore():
                 inst = None
+            self.discarded += inst is None
         if inst is None:
             wasm = module_file(self.modules_dir, sha).read_bytes()
             inst = self._instances[sha] = AppletInstance(wasm, self._host_proxy(), max_pages=self.max_pages)
         return inst
+
+    def _discard(self, sha: str) -> None:
+        if self._instances.pop(sha, None) is not None:
+            self.discarded += 1
 
     def _host_proxy(self):
         worker = self
@@ -241,13 +255,13 @@ class Worker:
             error = f"func not imported: the applet exports no handler {event['handler']!r}"  # upstream's words
         except MemoryLimit as e:  # a trap or abort after memory.grow was refused at the cap
             error = f"memory limit: {e}"
-            self._instances.pop(event["module"], None)
+            self._discard(event["module"])
         except GuestAbort as e:
             error = str(e)
-            self._instances.pop(event["module"], None)
+            self._discard(event["module"])
         except (RuntimeError, MemoryError) as e:  # a wasm3 trap, or allocation refused by RLIMIT_AS
             error = f"trap: {e}"
-            self._instances.pop(event["module"], None)  # its memory and stack may be inconsistent
+            self._discard(event["module"])  # its memory and stack may be inconsistent
         except (OSError, ValueError, ModuleError) as e:
             error = f"the applet could not be loaded: {e}"
         self.state.end_event(keep=error is None)
@@ -268,6 +282,16 @@ class Worker:
                 "metrics": host.metrics, "ms": round((time.perf_counter() - started) * 1000, 3)}
 
 
+def _memory_mb() -> tuple[float, float]:
+    """This process's resident memory now and at its peak (VmRSS, VmHWM), in MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS", "VmHWM")))
+        return tuple(round(int(fields[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM"))
+    except (OSError, ValueError, KeyError):
+        return 0.0, 0.0
+
+
 def main() -> None:
     import argparse
 
@@ -277,6 +301,7 @@ def main() -> None:
     parser.add_argument("--max-pages", type=int, default=1024)
     parser.add_argument("--recycle-events", type=int, default=10_000)
     parser.add_argument("--address-space-mb", type=int, default=0)
+    parser.add_argument("--recycle-mb", type=int, default=96)
     args = parser.parse_args()
     # Ctrl-C reaches the whole process group; the gateway ends its workers (closing their input)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -286,7 +311,7 @@ def main() -> None:
         limit = args.address_space_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     Worker(sys.stdin.buffer, sys.stdout.buffer, time_limit_s=args.time_limit, max_pages=args.max_pages,
-           recycle_events=args.recycle_events, modules_dir=Path(args.modules)).serve()
+           recycle_events=args.recycle_events, modules_dir=Path(args.modules), recycle_mb=args.recycle_mb).serve()
 
 
 if __name__ == "__main__":
