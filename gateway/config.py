@@ -88,6 +88,8 @@ confirmations = 2                   # blocks deep before records count as anchor
 resubmit_after_s = 60               # a transaction not mined this long is replaced with higher fees
 batch_records = 1000                # records per batch (one transaction, one Merkle root) ...
 batch_age_s = 60                    # ... or fewer, once the oldest waits this long
+batch_records_max = 25000           # ... or more, up to this, when a backlog builds (keeps pace)
+max_inflight = 8                    # batches sent and not yet confirmed at once
 poll_s = 1.0                        # how often the anchorer looks at the buffer and the chain
 
 [serial]
@@ -238,6 +240,8 @@ SETTINGS: dict[str, Setting] = {
     "chain.resubmit_after_s": _positive(),
     "chain.batch_records": _count(),
     "chain.batch_age_s": _positive(),
+    "chain.batch_records_max": _count(1, 0xFFFFFFFF),
+    "chain.max_inflight": _count(1, 64),
     "chain.poll_s": _positive(),
     "serial.ports": Setting(list),
     "serial.baudrate": _count(1, 100_000_000),
@@ -332,6 +336,8 @@ class ChainConfig:
     resubmit_after_s: float
     batch_records: int
     batch_age_s: float
+    batch_records_max: int
+    max_inflight: int
     poll_s: float
 
 

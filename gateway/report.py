@@ -50,6 +50,9 @@ def degraded(node: Any, now: float) -> dict[str, str]:
     if damage:
         out["buffer"] = (f"{len(damage)} damaged file(s) set aside, see `w3gate buffer check`: "
                          f"{damage[0]['file']}: {damage[0]['reason']}")
+    trouble = node.anchoring.trouble() if node.anchoring is not None else None
+    if trouble:
+        out["anchoring"] = trouble
     if not node.link.connected:
         out["mqtt"] = f"not connected to {node.config.mqtt.host}:{node.config.mqtt.port}"
     waiting = node.checker.backlog + node.committer.backlog

@@ -71,10 +71,45 @@ def status(as_json, config_path, data_dir) -> None:
     for d in buf.get("damage") or []:
         click.echo(f"damaged    {d['file']}: {d['reason']}; {d['recovered']} records recovered"
                    + (f", the file kept as {d['moved_to']}" if d.get("moved_to") else ""))
+    chain = info.get("chain")
+    if running and chain:
+        for line in chain_lines(chain):
+            click.echo(line)
     for label, key in (("verified", "latency_receive_to_verified"), ("durable", "latency_receive_to_durable")):
         lat = info.get(key) or {}
         if lat:
             click.echo(f"latency    receive→{label:<8} p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+def chain_lines(chain: dict) -> list[str]:
+    """The anchoring status as ``w3gate status`` prints it (also used by ``w3gate chain status``)."""
+    state = ("STOPPED: " + chain["stopped"] if chain.get("stopped") else
+             "PAUSED: " + chain["paused"] if chain.get("paused") else
+             "RPC DOWN" if chain.get("chain") == "down" else "anchoring")
+    lines = [f"chain      {state}; {chain.get('network')} as {chain.get('gateway')}, registry {chain.get('registry')}"]
+    balance = chain.get("balance_wei")
+    if balance is not None:
+        spend = chain.get("spend_wei_per_day")
+        days = chain.get("days_left")
+        lines.append(f"funds      {balance / 1e18:.6f} on the node key"
+                     + (f"; spending {spend / 1e18:.6f} a day, about {days:g} days left" if spend and days is not None
+                        else ""))
+    lines.append(f"anchors    last {_age(chain.get('last_anchor_age_s'))}; {chain.get('anchored_batches', 0)} of "
+                 f"{chain.get('batches', 0)} batches anchored, last batch {chain.get('last_batch_records') or 0} records")
+    if chain.get("unanchored_records") is not None:
+        age = chain.get("unanchored_age_s")
+        lines.append(f"backlog    {chain['unanchored_records']} records not anchored yet"
+                     + (f", the oldest received {_age(age)}" if age is not None else ""))
+    return lines
 
 
 COMMANDS = [status]

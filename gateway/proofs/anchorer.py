@@ -3,7 +3,9 @@
 Exactly once per batch, whatever crashes (docs/proofs.md, "The gateway's batch journal"):
 
 1. **Seal.** Records are taken in seq order above the last sealed one, ``batch_size`` at a time,
-   or fewer once the oldest has waited ``max_age_s``. A sealed batch gets the next sequence
+   or fewer once the oldest has waited ``max_age_s``; more when a backlog builds (below). A
+   batch is sealed only when it can be sent: at most ``max_inflight`` batches are unanchored at
+   once. A sealed batch gets the next sequence
    number (the chain's ``nextSequence`` for the very first one), its leaves (device address and
    leaf hash per record) and its header (sequence, record range, count, root, time range) are
    written to the batch journal *before* anything is sent. A sealed batch never changes: its
@@ -14,6 +16,17 @@ Exactly once per batch, whatever crashes (docs/proofs.md, "The gateway's batch j
 3. **Confirm.** A batch is anchored when its ``Anchored`` event (this gateway, this root) is in a
    block ``confirmations`` deep. Only then is its header marked and the store's anchored cursor
    moved (over the gap-free prefix of anchored batches).
+
+**Keeping pace.** An anchor costs the same gas whatever its batch holds, and a chain confirms a
+bounded number of them per block time. So when records wait faster than ``batch_size``-record
+batches can be anchored, each new batch takes its share of the backlog: ``backlog / free
+slots``, up to ``batch_max``. Fewer, larger roots; gas per record falls as the backlog grows.
+
+**Stopping and resuming by itself.** Before it sends, the anchorer asks the registry whether
+this gateway is registered and the chain whether the node key can pay for an anchor; if not, it
+pauses (``paused`` in its report says why: ``not_gateway``, ``out_of_funds``, ``no_registry``,
+``wrong_chain``) and sends nothing, so a removed or unfunded gateway burns no gas, and asks again
+every step: it resumes once the owner adds it back or the key is funded.
 
 After a restart the same loop runs from the journals: a batch whose transaction is still in the
 sender's journal is waited for; one the chain already holds is marked; one it does not hold is
@@ -26,8 +39,10 @@ thread), which also owns the writable RecordStore or is handed it by its owner.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,17 +65,22 @@ ANCHORED_TOPIC = Web3.keccak(text=ANCHORED_EVENT)
 
 @dataclass(frozen=True)
 class AnchorConfig:
-    batch_size: int = 1000  # records per batch at most (a batch is sealed when this many wait)
+    batch_size: int = 1000  # records per batch (a batch is sealed when this many wait) ...
     max_age_s: float = 60.0  # ... or when the oldest waiting record is this old
-    max_inflight: int = 4  # anchor transactions pending at once
+    batch_max: int = 25_000  # records per batch when a backlog builds (backlog / free slots)
+    max_inflight: int = 8  # batches unanchored at once (sealed and sent, not yet confirmed)
     anchor_gas: int = 120_000  # gas limit of one anchor (measured 55,708; no estimation needed)
     max_seal_per_step: int = 16  # bounds one step's work when a backlog is sealed
     log_lookback: int = 0  # blocks before a batch's first submission searched for its event
 
     def __post_init__(self) -> None:
-        if not 1 <= self.batch_size <= 0xFFFFFFFF or self.max_age_s < 0 or self.max_inflight < 1:
-            raise AnchorError(f"batch_size must be 1..2^32-1, max_age_s >= 0, max_inflight >= 1: {self}",
-                              reason="bad_config")
+        if not (1 <= self.batch_size <= self.batch_max <= 0xFFFFFFFF and self.max_age_s >= 0
+                and self.max_inflight >= 1):
+            raise AnchorError(f"batch_size must be 1..batch_max, batch_max at most 2^32-1, max_age_s >= 0, "
+                              f"max_inflight >= 1: {self}", reason="bad_config")
+
+
+COST_WINDOW_S = 24 * 3600  # anchors' cost over this window gives the spending rate
 
 
 class Anchorer:
@@ -78,6 +98,10 @@ class Anchorer:
         self.address_of = address_of
         self.registry = self.w3.eth.contract(address=Web3.to_checksum_address(registry_address), abi=load_abi())
         self._clock = clock
+        self.paused: str | None = None  # "<reason>: <why>" while sending is held back (see module doc)
+        self.balance_wei: int | None = None
+        self._costs: deque[tuple[float, int]] = deque()  # (when, wei) of confirmed anchors
+        self._registry_checked = False
         self.journal = BatchJournal(journal_dir, store, writable=True)
         for key, mine in (("registry", self.registry.address), ("gateway", self.gateway)):
             if self.journal.meta.get(key, mine).lower() != mine.lower():
@@ -99,9 +123,20 @@ class Anchorer:
 
     def _next_sequence_on_chain(self) -> int:
         try:
+            if not self._registry_checked:
+                reason = self._no_registry()
+                if reason:
+                    raise ChainError(reason.partition(": ")[2], reason="no_registry")
             return int(self.registry.functions.nextSequence(self.gateway).call())
         except OSError as e:
             raise ChainUnavailable(str(e)) from None
+
+    def _no_registry(self) -> str | None:
+        if not bytes(self.w3.eth.get_code(self.registry.address)):
+            return (f"no_registry: there is no contract at {self.registry.address} on this chain "
+                    "(`w3gate chain deploy-registry` makes one)")
+        self._registry_checked = True
+        return None
 
     def _sealed_upto(self) -> int:
         anchored = self.store.stats()["anchored_upto"]
@@ -112,12 +147,12 @@ class Anchorer:
         """Records stored but not yet in a sealed batch."""
         return max(0, self.store.stats()["last_seq"] - self._sealed_upto())
 
-    def _seal_one(self, now: float) -> Batch | None:
+    def _seal_one(self, now: float, free: int) -> Batch | None:
         waiting = self.backlog()
         if waiting == 0:
             return None
-        docs = list(self.store.iter_records(newest_first=False, after_seq=self._sealed_upto(),
-                                            limit=self.config.batch_size))
+        size = min(self.config.batch_max, max(self.config.batch_size, math.ceil(waiting / free)))
+        docs = list(self.store.iter_records(newest_first=False, after_seq=self._sealed_upto(), limit=size))
         if not docs:
             return None
         if len(docs) < self.config.batch_size and now - docs[0]["rx"] < self.config.max_age_s:
@@ -145,11 +180,15 @@ class Anchorer:
         return batch
 
     def seal(self, now: float | None = None) -> list[Batch]:
-        """Seal every batch that is due (at most max_seal_per_step)."""
+        """Seal every batch that is due and can be sent (see the module doc), at most
+        max_seal_per_step."""
         now = self._clock() if now is None else now
         sealed = []
         while len(sealed) < self.config.max_seal_per_step:
-            batch = self._seal_one(now)
+            free = self.config.max_inflight - sum(b.status != "anchored" for b in self.journal.batches)
+            if free <= 0:
+                break
+            batch = self._seal_one(now, free)
             if batch is None:
                 break
             sealed.append(batch)
@@ -189,7 +228,7 @@ class Anchorer:
         log.info("submitted batch %d (%d records)", batch.sequence, batch.count)
 
     def _mark_anchored(self, batch: Batch, tx: str, block: int) -> None:
-        batch.status, batch.tx, batch.block = "anchored", tx, block
+        batch.status, batch.tx, batch.block, batch.anchored_at = "anchored", tx, block, self._clock()
         self.journal.write_header(batch)
         upto = None
         for b in self.journal.batches:
@@ -206,31 +245,74 @@ class Anchorer:
         Never raises for an unreachable chain (``"chain": "down"`` in the report: sealing goes
         on, everything else waits); raises AnchorError when it must not go on."""
         now = self._clock() if now is None else now
-        report = {"chain": "up", "sealed": 0, "submitted": 0, "anchored": 0}
+        report = {"chain": "up", "sealed": 0, "submitted": 0, "anchored": 0, "paused": None}
         try:
-            outcomes = self.sender.poll()
-            for o in outcomes:
-                if o.tag and o.tag.startswith(TAG_PREFIX) and o.status != "confirmed":
+            for o in self.sender.poll():
+                if not (o.tag and o.tag.startswith(TAG_PREFIX)):
+                    continue
+                if o.gas_used is not None and o.effective_gas_price is not None:
+                    self._costs.append((now, o.gas_used * o.effective_gas_price))
+                if o.status != "confirmed":
                     log.warning("anchor tx of batch %s %s; checking the chain", o.tag[len(TAG_PREFIX):], o.status)
         except ChainUnavailable:
             report["chain"] = "down"
+        except ChainError as e:  # e.g. the RPC serves another chain than the journal's
+            report["paused"] = str(e)
+        while self._costs and self._costs[0][0] < now - COST_WINDOW_S:
+            self._costs.popleft()
         try:
             report["sealed"] = len(self.seal(now))
         except ChainUnavailable:  # the first batch needs nextSequence
             report["chain"] = "down"
-        if report["chain"] == "down":
-            return report
-        try:
-            self._advance(report)
-        except (ChainUnavailable, OSError):
-            report["chain"] = "down"
+        except ChainError as e:  # ... from a registry that is there
+            report["paused"] = str(e)
+        if report["chain"] == "up" and report["paused"] is None:
+            try:
+                self._advance(report)
+            except (ChainUnavailable, OSError):
+                report["chain"] = "down"
+            except ChainError as e:
+                report["paused"] = str(e)
+        self._note_pause(report["paused"])
         return report
+
+    def _note_pause(self, paused: str | None) -> None:
+        if paused != self.paused:
+            if paused:
+                log.warning("anchoring paused, nothing is sent: %s", paused)
+            else:
+                log.info("anchoring resumed")
+        self.paused = paused
+
+    def _cannot_send(self) -> str | None:
+        """Why an anchor sent now would fail or could not be paid (``reason: why``), or None."""
+        missing = None if self._registry_checked else self._no_registry()
+        if missing:
+            return missing
+        if not self.registry.functions.isGateway(self.gateway).call():
+            return (f"not_gateway: {self.gateway} is not a registered gateway of the registry at "
+                    f"{self.registry.address} (its owner runs `w3gate chain add-gateway {self.gateway}`)")
+        fees = self.sender.market_fees()
+        need = self.config.anchor_gas * max(fees.values())
+        if self.balance_wei is not None and self.balance_wei < need:
+            return (f"out_of_funds: the node key {self.gateway} holds {self.balance_wei / 1e18:.6f}, an anchor "
+                    f"needs up to {need / 1e18:.6f} at the current gas price: fund it")
+        return None
+
+    def spend_rate(self) -> float | None:
+        """Wei per second spent on anchors over the last day (None before two anchors)."""
+        if len(self._costs) < 2:
+            return None
+        span = self._costs[-1][0] - self._costs[0][0]
+        return sum(c for _, c in self._costs) / span if span > 0 else None
 
     def _advance(self, report: dict) -> None:
         self.journal.write_meta({"chain_id": self.sender.chain_id, "registry": self.registry.address,
                                  "gateway": self.gateway})
         head = int(self.w3.eth.block_number)
+        self.balance_wei = int(self.w3.eth.get_balance(self.gateway))
         inflight = {p["tag"] for p in self.sender.pending() if p["tag"] and p["tag"].startswith(TAG_PREFIX)}
+        checked = False
         budget = self.config.max_inflight - len(inflight)
         next_seq = None
         batches = self.journal.batches
@@ -256,6 +338,11 @@ class Anchorer:
             if any(b.tag not in inflight for b in batches
                    if next_seq <= b.sequence < batch.sequence and b.status != "anchored"):
                 break
+            if not checked:
+                report["paused"] = self._cannot_send()
+                checked = True
+                if report["paused"]:
+                    break
             try:
                 self._submit(batch, head)
             except ChainError as e:

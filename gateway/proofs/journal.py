@@ -44,6 +44,7 @@ class Batch:
     from_block: int | None = None  # chain head when first submitted (where to look for its event)
     tx: str | None = None
     block: int | None = None
+    anchored_at: float | None = None  # when this gateway saw the anchor confirmed (for status)
 
     @property
     def tag(self) -> str:
@@ -178,7 +179,8 @@ class BatchJournal:
             "gateway": self.meta.get("gateway"),
             "gateway_did": did_of(self.meta["gateway"]) if self.meta.get("gateway") else None,
             "record": {"seq": record_seq, "device": doc.get("device"), "device_did": did_of(address),
-                       "kind": doc.get("kind"), "rx": doc["rx"], "payload": doc["payload"], **fields},
+                       "kind": doc.get("kind"), "wire": doc.get("wire", "protobuf"), "rx": doc["rx"],
+                       "payload": doc["payload"], **fields},
             "leaf": "0x" + leaf.hex(),
             "index": index,
             "path": ["0x" + p.hex() for p in path],

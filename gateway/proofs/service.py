@@ -1,5 +1,7 @@
 """The running node's anchoring: the anchorer stepped on the chain thread (``ChainService``)
-every poll, its report and stop reason kept for the node's status.
+every poll, its report and stop reason kept for the node's status, with the chain's health as
+an owner needs it: the node key's balance and how long it lasts at the current spending, the
+last anchor's age, what is not anchored yet and since when, and why anchoring is paused.
 
 Why a view of the store: the store belongs to its writer thread, so the anchorer reaches it
 through ``StoreView``, which runs each call there. The view also shows the anchorer only records
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from gateway.buffer.store import RecordStore
@@ -54,9 +57,14 @@ class AnchorService:
             raise AnchorError("[chain] registry: the proof registry's contract address is not set",
                               reason="bad_config")
         self.chain = chain
-        self.anchorer = Anchorer(StoreView(store, run_on_writer), chain.sender, c.registry, layout.proofs,
-                                 addresses_from(registry),
-                                 AnchorConfig(batch_size=c.batch_records, max_age_s=c.batch_age_s))
+        self.store = StoreView(store, run_on_writer)
+        self.anchorer = Anchorer(self.store, chain.sender, c.registry, layout.proofs, addresses_from(registry),
+                                 AnchorConfig(batch_size=c.batch_records, max_age_s=c.batch_age_s,
+                                              batch_max=max(c.batch_records_max, c.batch_records),
+                                              max_inflight=c.max_inflight))
+        self.registry_address = c.registry
+        self.network = chain.network.name
+        self.backlog: dict = {}  # unanchored records and the oldest one's age, from the last step
         self.interval_s = c.poll_s
         self.last_report: dict = {}
         self.stopped: str | None = None  # why anchoring stopped, when it had to
@@ -69,8 +77,9 @@ class AnchorService:
         while not stop.is_set() and self.stopped is None:
             try:
                 self.last_report = await self.chain.call(self.anchorer.step)
+                self.backlog = await self.chain.call(self._backlog)
             except AnchorError as e:
-                self.stopped = f"{e.reason}: {e}"
+                self.stopped = str(e)
                 log.error("anchoring stopped: %s", self.stopped)
                 break
             except Exception:  # an unexpected failure: log it, try again later
@@ -85,9 +94,41 @@ class AnchorService:
             except TimeoutError:
                 pass
 
+    def trouble(self) -> str | None:
+        """Why anchoring is not working now, for the node's ``degraded`` list; None when it is."""
+        if self.stopped:
+            return f"stopped: {self.stopped}"
+        if self.anchorer.paused:
+            return f"paused: {self.anchorer.paused}"
+        if self.last_report.get("chain") == "down":
+            return f"rpc_down: {self.network} cannot be reached; records wait in the buffer"
+        return None
+
+    def _backlog(self) -> dict:
+        """Records processed but not anchored, and how old the oldest is (on the chain thread)."""
+        stats = self.store.stats()
+        first = stats["anchored_upto"] + 1
+        count = max(0, stats["last_seq"] - stats["anchored_upto"])
+        doc = self.store.get(first) if count else None
+        return {"unanchored_records": count, "oldest_unanchored_rx": doc["rx"] if doc else None}
+
     def status(self) -> dict:
+        """For ``w3gate status``: every figure an owner needs to know anchoring is healthy."""
         try:
             stats = self.anchorer.stats()
         except Exception:  # noqa: BLE001 - a status read never fails the node
             stats = {}
-        return {"gateway": self.chain.sender.address, "stopped": self.stopped, **self.last_report, **stats}
+        now = time.time()
+        anchorer, report = self.anchorer, self.last_report
+        balance, rate = anchorer.balance_wei, anchorer.spend_rate()
+        last = next((b for b in reversed(anchorer.batches) if b.anchored_at), None)
+        oldest = self.backlog.get("oldest_unanchored_rx")
+        return {"gateway": self.chain.sender.address, "network": self.network, "registry": self.registry_address,
+                "chain": report.get("chain"), "paused": anchorer.paused, "stopped": self.stopped,
+                "balance_wei": balance, "spend_wei_per_day": round(rate * 86400) if rate else None,
+                "days_left": round(balance / rate / 86400, 1) if rate and balance is not None else None,
+                "last_anchor_age_s": round(now - last.anchored_at, 1) if last else None,
+                "unanchored_records": self.backlog.get("unanchored_records"),
+                "unanchored_age_s": round(now - oldest, 1) if oldest else None,
+                "last_batch_records": anchorer.batches[-1].count if anchorer.batches else None,
+                **stats}

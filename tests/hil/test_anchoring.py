@@ -280,3 +280,65 @@ def test_the_proof_cli_prints_a_proof_and_verifies_it_against_the_chain(rig, anv
     assert down.exit_code == 3
 
     assert run("99999", "--data-dir", str(tmp_path)).exit_code != 0
+
+
+def test_a_backlog_is_anchored_in_fewer_larger_batches_as_it_grows(anvil, tmp_path):
+    rig = Rig(anvil, tmp_path, confirmations=1, batch_size=100, batch_max=1000, max_inflight=2)
+    rig.store.append(make_docs(3000))
+    anchorer = rig.anchorer()
+    report = anchorer.step()
+    assert report["sealed"] == 2 and [b.count for b in anchorer.batches] == [1000, 1000]  # 3000 / 2, capped
+    rig.drive(anchorer)
+    rig.assert_exactly_once(anchorer)
+    assert [b.count for b in anchorer.batches] == [1000, 1000, 500, 500]  # the rest, shared by the free slots
+    rig.store.append(make_docs(150, start=3000))
+    rig.now = T0 + 100  # every record has waited longer than max_age_s
+    rig.drive(anchorer)
+    assert [b.count for b in anchorer.batches][4:] == [100, 50]  # no backlog: batch_size again (50 once old)
+    rig.store.close()
+
+
+def test_a_removed_gateway_pauses_without_spending_and_resumes_when_added_back(rig, anvil):
+    owner = Account.from_key(anvil.keys[0])
+    rig._send(owner, rig.registry.functions.removeGateway(rig.gateway.address))
+    rig.store.append(make_docs(1000))
+    anchorer = rig.anchorer()
+    before = (rig.w3.eth.get_balance(rig.gateway.address), rig.w3.eth.get_transaction_count(rig.gateway.address))
+    for _ in range(3):
+        report = anchorer.step()
+        assert report["paused"].startswith(f"not_gateway: {rig.gateway.address} is not a registered gateway")
+        assert report["submitted"] == 0
+    assert anchorer.paused == report["paused"]
+    after = (rig.w3.eth.get_balance(rig.gateway.address), rig.w3.eth.get_transaction_count(rig.gateway.address))
+    assert after == before  # no reverting anchor, no gas burnt
+    rig._send(owner, rig.registry.functions.addGateway(rig.gateway.address))
+    report = anchorer.step()
+    assert report["paused"] is None and report["submitted"] == 1 and anchorer.paused is None
+    rig.drive(anchorer)
+    rig.assert_exactly_once(anchorer)
+
+
+def test_an_unfunded_node_key_pauses_and_resumes_once_funded(rig, anvil):
+    anvil.rpc("anvil_setBalance", rig.gateway.address, "0x0")
+    rig.store.append(make_docs(1000))
+    anchorer = rig.anchorer()
+    report = anchorer.step()
+    assert report["paused"].startswith(f"out_of_funds: the node key {rig.gateway.address} holds 0.000000")
+    assert report["submitted"] == 0 and rig.w3.eth.get_transaction_count(rig.gateway.address) == 0
+    anvil.rpc("anvil_setBalance", rig.gateway.address, hex(10**18))
+    rig.drive(anchorer)
+    rig.assert_exactly_once(anchorer)
+    assert anchorer.balance_wei < 10**18 and anchorer.paused is None
+
+
+def test_a_registry_address_with_no_contract_pauses_with_that_reason(rig, anvil, tmp_path):
+    rig.store.append(make_docs(10))
+    rig.now += 10
+    sender = TxSender(connect(anvil.url), rig.gateway, tmp_path / "other-journal.json", SenderConfig(confirmations=1))
+    nowhere = Account.create().address
+    anchorer = Anchorer(rig.store, sender, nowhere, tmp_path / "other-proofs", lambda d: d["address"],
+                        AnchorConfig(batch_size=10), clock=lambda: rig.now)
+    report = anchorer.step()
+    assert report["paused"] == (f"no_registry: there is no contract at {nowhere} on this chain "
+                                "(`w3gate chain deploy-registry` makes one)")
+    assert anchorer.batches == [] and rig.w3.eth.get_transaction_count(rig.gateway.address) == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 
@@ -14,6 +15,8 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
+from gateway.chain import txlog
+from gateway.layout import DataDir
 from tests.support.gateway import chain_gateway, cli, cli_json, post_event
 from tests.support.wat import assemble
 
@@ -38,13 +41,28 @@ def _txs(gw) -> list[dict]:
 
 
 def _wait_txs(gw, predicate, what: str, timeout: float = 20) -> list[dict]:
+    """The project's transactions once ``predicate`` holds (read from its log: the CLI's figures,
+    without a process start per look)."""
+    path = DataDir(gw.data_dir).project("fx").txs
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rows = _txs(gw)
+        rows = txlog.read(path)
         if predicate(rows):
-            return rows
-        time.sleep(0.2)
+            return _txs(gw)
+        time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}: {json.dumps(_txs(gw))}")
+
+
+def _wait_outbox(gw, timeout: float = 20) -> None:
+    """Until the project's state holds a committed effect (its worker finished the event)."""
+    path = DataDir(gw.data_dir).project("fx").state
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            if db.execute("SELECT count(*) FROM w3gate_outbox").fetchone()[0]:
+                return
+        time.sleep(0.05)
+    raise AssertionError("the worker never committed the event's effect")
 
 
 def test_a_transaction_asked_by_an_event_that_fails_never_reaches_the_chain(tmp_path, mosquitto, anvil,
@@ -73,7 +91,7 @@ def test_a_transaction_asked_by_an_event_that_fails_never_reaches_the_chain(tmp_
 @pytest.mark.parametrize("killed", ["the gateway, after the worker committed", "the whole service, mid-event"])
 def test_a_gateway_killed_around_the_commit_neither_loses_nor_repeats_a_transaction(
         tmp_path, mosquitto, anvil, built_applets, killed):
-    gw, _, identity, _ = chain_gateway(tmp_path, mosquitto, anvil, anchoring=False)
+    gw, _, identity, _ = chain_gateway(tmp_path, mosquitto, anvil, anchoring=False, applets__time_limit_s=10.0)
     token = _project(tmp_path, gw, built_applets)
     w3 = Web3(Web3.HTTPProvider(anvil.url))
     receiver = Account.create().address
@@ -87,7 +105,7 @@ def test_a_gateway_killed_around_the_commit_neither_loses_nor_repeats_a_transact
         if killed.startswith("the gateway"):
             os.kill(gw.proc.pid, signal.SIGKILL)  # its worker ends the event, commits, and finds no one
             gw.proc.wait()
-            time.sleep(1.5)
+            _wait_outbox(gw)
         gw.kill()  # the process group: the worker too, if it is still there
         asking.join(timeout=20)
         assert w3.eth.get_transaction_count(identity["address"]) == 0  # held: never broadcast
