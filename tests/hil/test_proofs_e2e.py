@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
+import time
 
 import pytest
 from eth_account import Account
@@ -41,7 +42,9 @@ def test_readings_are_anchored_and_a_proof_verifies_against_the_chain(tmp_path, 
                              and s["accepted"].get("data", 0) == sent, timeout=60, what="everything anchored")
     finally:
         gw.stop()
-    assert status["chain"]["stopped"] is None and status["chain"]["unanchored_batches"] == 0
+    chain = status["chain"]
+    assert chain["stopped"] is None and chain["paused"] is None and chain["unanchored_batches"] == 0
+    assert chain["balance_wei"] > 0 and chain["last_anchor_age_s"] is not None and chain["unanchored_records"] == 0
     records = cli_json("records", "--limit", "0", data_dir=gw.data_dir)
     assert {r["state"] for r in records} == {"anchored"}
     reading = next(r for r in records if r["kind"] == "data")
@@ -50,6 +53,41 @@ def test_readings_are_anchored_and_a_proof_verifies_against_the_chain(tmp_path, 
     verified = subprocess.run([*w3gate_exe(), "proof", "verify", str(proof_file), "--rpc", anvil.url,
                                "--registry", registry, "--gateway", identity["did"]], capture_output=True, text=True)
     assert verified.returncode == 0 and verified.stdout.startswith("valid"), verified.stdout + verified.stderr
+
+
+def test_a_gateway_removed_from_the_registry_is_shown_paused_and_resumes_when_added_back(tmp_path, mosquitto,
+                                                                                          anvil, fleet):
+    from web3 import Web3
+
+    from gateway.proofs.contract import artifact
+
+    gw, registry, identity, _ = chain_gateway(tmp_path, mosquitto, anvil, chain__batch_records=5,
+                                              chain__batch_age_s=0.5)
+    w3 = Web3(Web3.HTTPProvider(anvil.url))
+    contract = w3.eth.contract(address=registry, abi=artifact()["abi"])
+    owner = Account.from_key(anvil.keys[0])
+
+    def as_owner(call) -> None:
+        tx = call.build_transaction({"from": owner.address, "nonce": w3.eth.get_transaction_count(owner.address)})
+        w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(owner.sign_transaction(tx).raw_transaction))
+    as_owner(contract.functions.removeGateway(identity["address"]))
+    cli("device", "import", str(fleet / "devices.json"), data_dir=gw.data_dir)
+    gw.start()
+    try:
+        sim(mosquitto, fleet, "--messages", "2", "--time-scale", "300", "--qos", "1")
+        status = gw.wait_for(lambda s: (s["degraded"].get("anchoring") or "").startswith("paused: not_gateway"),
+                             what="anchoring paused")
+        nonce = w3.eth.get_transaction_count(identity["address"])
+        text = cli("status", data_dir=gw.data_dir).stdout
+        assert f"chain      PAUSED: not_gateway: {identity['address']} is not a registered gateway" in text, text
+        time.sleep(2)
+        assert w3.eth.get_transaction_count(identity["address"]) == nonce  # paused: nothing sent, no gas burnt
+        as_owner(contract.functions.addGateway(identity["address"]))
+        status = gw.wait_for(lambda s: s["buffer"]["anchored_upto"] >= s["buffer"]["last_seq"] > 0, timeout=60,
+                             what="everything anchored once added back")
+        assert "anchoring" not in status["degraded"] and status["chain"]["paused"] is None
+    finally:
+        gw.stop()
 
 
 def test_applets_send_transactions_and_call_contracts_through_the_nodes_sender(tmp_path, mosquitto, anvil,
