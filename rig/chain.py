@@ -110,21 +110,10 @@ def deploy_registry(url: str, owner_key: str, gateways: list[str]) -> str:
     from eth_account import Account
     from web3 import Web3
 
-    from gateway.proofs.contract import artifact as registry_artifact
+    from gateway.proofs import registry
 
-    artifact = registry_artifact()
-    w3 = Web3(Web3.HTTPProvider(url))
-    owner = Account.from_key(owner_key)
-    chain_id = w3.eth.chain_id
-
-    def send(call):
-        tx = call.build_transaction({"from": owner.address, "chainId": chain_id,
-                                     "nonce": w3.eth.get_transaction_count(owner.address)})
-        tx_hash = w3.eth.send_raw_transaction(owner.sign_transaction(tx).raw_transaction)
-        return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
-
-    address = send(w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"]).constructor()).contractAddress
-    registry = w3.eth.contract(address=address, abi=artifact["abi"])
+    w3, owner = Web3(Web3.HTTPProvider(url)), Account.from_key(owner_key)
+    address = registry.deploy(w3, owner).contract
     for gateway in gateways:
-        send(registry.functions.addGateway(gateway))
+        registry.add_gateway(w3, owner, address, gateway)
     return address
