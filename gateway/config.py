@@ -88,7 +88,7 @@ confirmations = 2                   # blocks deep before records count as anchor
 resubmit_after_s = 60               # a transaction not mined this long is replaced with higher fees
 batch_records = 1000                # records per batch (one transaction, one Merkle root) ...
 batch_age_s = 60                    # ... or fewer, once the oldest waits this long
-batch_records_max = 25000           # ... or more, up to this, when a backlog builds (keeps pace)
+batch_records_max = 50000           # ... or more, up to this, when a backlog builds (keeps pace)
 max_inflight = 8                    # batches sent and not yet confirmed at once
 poll_s = 1.0                        # how often the anchorer looks at the buffer and the chain
 

@@ -67,7 +67,7 @@ ANCHORED_TOPIC = Web3.keccak(text=ANCHORED_EVENT)
 class AnchorConfig:
     batch_size: int = 1000  # records per batch (a batch is sealed when this many wait) ...
     max_age_s: float = 60.0  # ... or when the oldest waiting record is this old
-    batch_max: int = 25_000  # records per batch when a backlog builds (backlog / free slots)
+    batch_max: int = 50_000  # records per batch when a backlog builds (backlog / free slots)
     max_inflight: int = 8  # batches unanchored at once (sealed and sent, not yet confirmed)
     anchor_gas: int = 120_000  # gas limit of one anchor (measured 55,708; no estimation needed)
     max_seal_per_step: int = 16  # bounds one step's work when a backlog is sealed
@@ -80,6 +80,7 @@ class AnchorConfig:
                               f"max_inflight >= 1: {self}", reason="bad_config")
 
 
+SEAL_CHUNK = 2000  # records read from the store at a time while a batch is sealed
 COST_WINDOW_S = 24 * 3600  # anchors' cost over this window gives the spending rate
 
 
@@ -152,28 +153,40 @@ class Anchorer:
         if waiting == 0:
             return None
         size = min(self.config.batch_max, max(self.config.batch_size, math.ceil(waiting / free)))
-        docs = list(self.store.iter_records(newest_first=False, after_seq=self._sealed_upto(), limit=size))
-        if not docs:
+        after, first, first_rx = self._sealed_upto(), None, None
+        entries, leaves, times = bytearray(), [], []
+        while len(leaves) < size:
+            # in chunks: each read holds the store's writer thread briefly, and only a chunk of
+            # records is in memory at once, however large the batch
+            chunk = list(self.store.iter_records(newest_first=False, after_seq=after,
+                                                 limit=min(SEAL_CHUNK, size - len(leaves))))
+            if not chunk:
+                break
+            if first is None:
+                first, first_rx = chunk[0]["seq"], chunk[0]["rx"]
+                if waiting < self.config.batch_size and now - first_rx < self.config.max_age_s:
+                    return None  # not enough records yet, and the oldest has not waited long enough
+            for doc in chunk:
+                if doc["seq"] != first + len(leaves):
+                    break  # a batch is a gap-free record range (records removed unanchored leave a gap)
+                address = self.address_of(doc)
+                try:
+                    leaf = record_leaf(doc, address)
+                except (CodecError, KeyError, ValueError) as e:
+                    raise AnchorError(f"record {doc['seq']} has no usable leaf: {e}", reason="bad_record") from None
+                entries += bytes.fromhex(address.removeprefix("0x")) + leaf
+                leaves.append(leaf)
+                times.append(received_ms(doc["rx"]))
+            else:
+                after = chunk[-1]["seq"]
+                continue
+            break
+        if not leaves:
             return None
-        if len(docs) < self.config.batch_size and now - docs[0]["rx"] < self.config.max_age_s:
-            return None
-        # a batch is a gap-free record range (records removed unanchored would leave a gap)
-        end = next((i for i in range(1, len(docs)) if docs[i]["seq"] != docs[i - 1]["seq"] + 1), len(docs))
-        docs = docs[:end]
         last = self.journal.last
         # the first batch continues the chain's count
         sequence = last.sequence + 1 if last else self._next_sequence_on_chain()
-        entries, leaves, times = bytearray(), [], []
-        for doc in docs:
-            address = self.address_of(doc)
-            try:
-                leaf = record_leaf(doc, address)
-            except (CodecError, KeyError, ValueError) as e:
-                raise AnchorError(f"record {doc['seq']} has no usable leaf: {e}", reason="bad_record") from None
-            entries += bytes.fromhex(address.removeprefix("0x")) + leaf
-            leaves.append(leaf)
-            times.append(received_ms(doc["rx"]))
-        batch = Batch(sequence, docs[0]["seq"], docs[-1]["seq"], len(docs), "0x" + merkle.root(leaves).hex(),
+        batch = Batch(sequence, first, first + len(leaves) - 1, len(leaves), "0x" + merkle.root(leaves).hex(),
                       min(times), max(times), now)
         self.journal.append(batch, bytes(entries))
         log.info("sealed batch %d: records %d..%d, root %s", sequence, batch.first, batch.last, batch.root)
