@@ -2,8 +2,9 @@
 
 ``w3gate proof RECORD_ID [--json]`` prints the record, its Merkle path, the batch root and the
 anchoring transaction (``--json`` prints the proof file, docs/proofs.md). ``w3gate proof verify
-FILE --rpc URL --registry ADDR`` checks such a file against the chain alone: exit 0 when valid,
-1 when not, 3 when the chain cannot be asked.
+FILE --rpc URL --registry ADDR`` checks such a file against the chain alone and prints what it
+proved apart from what it could not: exit 0 when valid, 1 when invalid (with the reason), 3 when
+it cannot tell (the chain cannot be reached).
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from gateway.buffer.store import RecordStore
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, iso, json_option
 from gateway.errors import W3gateError
 from gateway.proofs.journal import BatchJournal
-from gateway.proofs.verify import verify_proof
 
 EXIT_INVALID, EXIT_UNKNOWN = 1, 3
 
@@ -77,10 +77,16 @@ def show(record_id, as_json, config_path, data_dir) -> None:
 @click.option("--rpc", required=True, help="JSON-RPC URL of the chain, or iotex-mainnet / iotex-testnet.")
 @click.option("--registry", required=True, help="Address of the ProofRegistry contract (not taken from the file).")
 @click.option("--gateway", help="Expected gateway address or did:io DID (default: the one the file names).")
+@click.option("--any-gateway", is_flag=True,
+              help="Accept whichever gateway anchored the root when neither the file nor --gateway names one.")
 @json_option
-def verify(file, rpc, registry, gateway, as_json) -> None:
-    """Check a proof FILE (`w3gate proof RECORD_ID --json`) against the chain alone."""
+def verify(file, rpc, registry, gateway, any_gateway, as_json) -> None:
+    """Check a proof FILE (`w3gate proof RECORD_ID --json`) against the chain alone.
+
+    Exit 0: valid, every field printed under "proven" was checked. Exit 1: invalid, with the
+    reason. Exit 3: cannot tell (the chain could not be reached or refused to answer)."""
     from gateway.chain.sender import ChainError, resolve_network
+    from gateway.proofs.verify import CannotTell, verify_proof
 
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text()
@@ -93,16 +99,50 @@ def verify(file, rpc, registry, gateway, as_json) -> None:
         raise click.ClickException(str(e)) from None
     expected = gateway.removeprefix("did:io:") if gateway else None
     try:
-        verdict = verify_proof(data, url, registry, gateway=expected)
-    except (OSError, RuntimeError, ValueError) as e:
-        click.echo(f"cannot tell: {url}: {e}", err=True)
+        verdict = verify_proof(data, url, registry, gateway=expected, any_gateway=any_gateway)
+    except CannotTell as e:
+        if as_json:
+            emit_json({"valid": None, "reason": e.reason, "detail": e.detail, "notes": [],
+                       "proven": {}, "not_proven": {}})
+        click.echo(f"cannot tell ({e.reason}): {e.detail}", err=True)
         sys.exit(EXIT_UNKNOWN)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     if as_json:
         emit_json(verdict.to_dict())
+    elif verdict.ok:
+        _print_valid(verdict)
     else:
-        click.echo(f"{'valid' if verdict.ok else 'INVALID (' + verdict.reason + ')'}: {verdict.detail}")
+        click.echo(f"INVALID ({verdict.reason}): {verdict.detail}")
     if not verdict.ok:
         sys.exit(EXIT_INVALID)
+
+
+def _show(value) -> str:
+    if isinstance(value, list):
+        return f"{len(value)} hashes" if all(isinstance(v, str) for v in value) else json.dumps(value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return "null" if value is None else str(value)
+
+
+def _print_valid(verdict) -> None:
+    """The verdict line, the notes, then what was proven and, apart, what was not."""
+    click.echo(f"valid: {verdict.detail}")
+    for note in verdict.notes:
+        click.echo(f"note: {note}")
+    click.echo("proven:")
+    width = max(map(len, [*verdict.proven, *verdict.not_proven]))
+    for path, value in verdict.proven.items():
+        if path == "gateway.registration":
+            removed = value["removed_in_block"]
+            value = (f"added in block {value['added_in_block']}, anchor in block {value['anchor_block']}, "
+                     + (f"removed in block {removed}" if removed is not None else "not removed since"))
+        click.echo(f"  {path:<{width}}  {_show(value)}")
+    if verdict.not_proven:
+        click.echo("not proven (the gateway's word only):")
+        for path, entry in verdict.not_proven.items():
+            click.echo(f"  {path:<{width}}  {_show(entry['value'])}  ({entry['why']})")
 
 
 COMMANDS = [proof]

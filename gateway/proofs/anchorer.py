@@ -166,9 +166,10 @@ class Anchorer:
                 first, first_rx = chunk[0]["seq"], chunk[0]["rx"]
                 if waiting < self.config.batch_size and now - first_rx < self.config.max_age_s:
                     return None  # not enough records yet, and the oldest has not waited long enough
-            for doc in chunk:
-                if doc["seq"] != first + len(leaves):
-                    break  # a batch is a gap-free record range (records removed unanchored leave a gap)
+            # a batch is a gap-free record range (records removed unanchored leave a gap)
+            expected = first + len(leaves)
+            gap = next((i for i, d in enumerate(chunk) if d["seq"] != expected + i), len(chunk))
+            for doc in chunk[:gap]:
                 address = self.address_of(doc)
                 try:
                     leaf = record_leaf(doc, address)
@@ -177,10 +178,9 @@ class Anchorer:
                 entries += bytes.fromhex(address.removeprefix("0x")) + leaf
                 leaves.append(leaf)
                 times.append(received_ms(doc["rx"]))
-            else:
-                after = chunk[-1]["seq"]
-                continue
-            break
+            if gap < len(chunk):
+                break
+            after = chunk[-1]["seq"]
         if not leaves:
             return None
         last = self.journal.last
