@@ -1,4 +1,8 @@
-"""``w3gate records``: the buffered records, newest first, with their state."""
+"""``w3gate records``: the buffered records, newest first, with their state.
+
+``--json`` also gives, for every record of every wire, the four fields its proof leaf commits to
+(docs/proofs.md, "What `w3gate records --json` exports"): a third party rebuilds leaves and batch
+roots from this listing alone, without decoding payloads the way w3gate does."""
 from __future__ import annotations
 
 import click
@@ -6,7 +10,9 @@ import click
 from gateway.buffer.store import RecordStore
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, iso, json_option
 from gateway.codec.record import Record
-from gateway.errors import W3gateError
+from gateway.errors import CodecError, W3gateError
+from gateway.proofs import merkle
+from gateway.proofs.leaf import leaf_fields
 from gateway.verify.registry import Registry
 
 
@@ -86,10 +92,27 @@ def _read(config, imei: str | None, limit: int) -> tuple[list[dict], list]:
                 values = Record(doc).values(profile)
             except (KeyError, TypeError, ValueError) as e:  # a record edited by hand
                 values = {"error": f"cannot decode: {type(e).__name__}: {e}"}
-            rows.append({**doc, "values": values})
+            rows.append({**doc, "wire": doc.get("wire", "protobuf"), "values": values,
+                         **_leaf(doc, device.address if device else None)})
         return rows, store.damage
     finally:
         store.close()
+
+
+def _leaf(doc: dict, registered: str | None) -> dict:
+    """What the record's proof leaf hashes, in the leaf's own encodings (the signature as r||s
+    with G1's nibbles restored, the legacy attestation cut to 64 bytes), and the leaf itself, so
+    that a verifier needs no w3gate codec; ``leaf_error`` instead when it cannot be derived."""
+    address = doc.get("address") or registered  # the oldest records name no address
+    if not address:
+        return {"leaf_error": f"device {doc.get('device')} is not in the registry: its address is unknown"}
+    try:
+        fields = leaf_fields(doc, address)
+        leaf = merkle.leaf(fields["address"], bytes.fromhex(fields["signature"]),
+                           bytes.fromhex(fields["payload_sha256"]), fields["received_ms"])
+    except (CodecError, KeyError, TypeError, ValueError) as e:  # a record edited by hand
+        return {"leaf_error": f"{type(e).__name__}: {e}"}
+    return {**fields, "leaf": "0x" + leaf.hex()}
 
 
 COMMANDS = [records]

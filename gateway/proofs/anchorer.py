@@ -101,6 +101,7 @@ class Anchorer:
         self._clock = clock
         self.paused: str | None = None  # "<reason>: <why>" while sending is held back (see module doc)
         self.balance_wei: int | None = None
+        self.head, self.head_since = -1, 0.0  # the chain's last block number, and since when it is
         self._costs: deque[tuple[float, int]] = deque()  # (when, wei) of confirmed anchors
         self._registry_checked = False
         self.journal = BatchJournal(journal_dir, store, writable=True)
@@ -323,6 +324,8 @@ class Anchorer:
         self.journal.write_meta({"chain_id": self.sender.chain_id, "registry": self.registry.address,
                                  "gateway": self.gateway})
         head = int(self.w3.eth.block_number)
+        if head != self.head:
+            self.head, self.head_since = head, self._clock()
         self.balance_wei = int(self.w3.eth.get_balance(self.gateway))
         inflight = {p["tag"] for p in self.sender.pending() if p["tag"] and p["tag"].startswith(TAG_PREFIX)}
         checked = False
@@ -330,7 +333,10 @@ class Anchorer:
         next_seq = None
         batches = self.journal.batches
         for batch in batches:
-            if batch.status == "anchored" or batch.tag in inflight:
+            if batch.status == "anchored":
+                continue
+            if batch.tag in inflight:
+                report.setdefault("confirming", batch.sequence)  # sent: waits to be mined and confirmed
                 continue
             found = self._event(batch, head)
             if found is not None:
@@ -338,6 +344,8 @@ class Anchorer:
                 if head - block + 1 >= self.sender.config.confirmations:
                     self._mark_anchored(batch, tx, block)
                     report["anchored"] += 1
+                else:
+                    report.setdefault("confirming", batch.sequence)
                 continue  # on chain: anchored, or soon
             if next_seq is None:
                 next_seq = self._next_sequence_on_chain()

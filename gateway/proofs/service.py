@@ -24,6 +24,8 @@ from gateway.verify.registry import Registry
 
 log = logging.getLogger("w3gate.proofs")
 
+NO_BLOCKS_AFTER_S = 30.0  # a chain making no block this long while an anchor waits to be confirmed
+
 
 class StoreView:
     """The store as the anchorer sees it: processed records, each call run on the writer thread."""
@@ -102,6 +104,12 @@ class AnchorService:
             return f"paused: {self.anchorer.paused}"
         if self.last_report.get("chain") == "down":
             return f"rpc_down: {self.network} cannot be reached; records wait in the buffer"
+        confirming = self.last_report.get("confirming")
+        still = time.time() - self.anchorer.head_since
+        if confirming is not None and still > NO_BLOCKS_AFTER_S:
+            return (f"unconfirmed: batch {confirming} waits for {self.chain.sender.config.confirmations} "
+                    f"confirmations, and the chain has made no block for {still:.0f} s (a chain that mines only "
+                    "on transactions never confirms the last anchor: set [chain] confirmations = 1 for it)")
         return None
 
     def _backlog(self) -> dict:
