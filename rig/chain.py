@@ -73,11 +73,11 @@ class Anvil:
         stop_group(self.proc)
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float, chain_id: int = CHAIN_ID) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            return int(rpc(url, "eth_chainId", timeout=0.5), 16) == CHAIN_ID
+            return int(rpc(url, "eth_chainId", timeout=0.5), 16) == chain_id
         except (OSError, urllib.error.URLError):
             time.sleep(0.05)
     return False
@@ -95,7 +95,8 @@ def start_anvil(workdir: Path, *extra: str, timeout: float = 20.0) -> Anvil:
             proc = subprocess.Popen([str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--silent", *extra],
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         chain = Anvil(port, proc, log)
-        if _wait_ready(chain.url, proc, timeout):
+        chain_id = int(extra[extra.index("--chain-id") + 1]) if "--chain-id" in extra else CHAIN_ID
+        if _wait_ready(chain.url, proc, timeout, chain_id):
             accounts = chain.rpc("eth_accounts")
             if [a.lower() for a in accounts[:len(DEV_ADDRESSES)]] != [a.lower() for a in DEV_ADDRESSES]:
                 chain.stop()

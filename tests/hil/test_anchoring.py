@@ -362,3 +362,19 @@ def test_an_anchor_waiting_for_confirmations_on_a_chain_that_makes_no_blocks_is_
     assert (anchorer.head, anchorer.head_since) == (head, since)  # what status turns into "no block for 60 s"
     anvil.rpc("evm_mine")
     assert anchorer.step()["anchored"] == 1 and anchorer.head == head + 1
+
+
+def test_an_rpc_serving_another_chain_pauses_anchoring_with_that_reason(rig, anvil, tmp_path):
+    from rig.chain import start_anvil
+
+    rig.store.append(make_docs(1000))
+    rig.drive(rig.anchorer())
+    rig.store.append(make_docs(1000, start=1000))
+    other = start_anvil(tmp_path / "other", "--chain-id", "999")
+    try:
+        moved = rig.anchorer(other.url)  # a restart with [chain] network pointing at the wrong chain
+        report = moved.step()
+        assert report["paused"].startswith("journal_mismatch:") and "is chain 999" in report["paused"]
+        assert report["submitted"] == 0 and moved.paused == report["paused"]
+    finally:
+        other.stop()
