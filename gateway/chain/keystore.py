@@ -6,6 +6,12 @@ the format geth, MetaMask and ioPay import) protects it with a passphrase. The f
 with mode 0600 and replaced atomically, so a crash never leaves half a key, and it keeps the
 address in the clear so the address and DID can be shown without the passphrase.
 
+Why scrypt with n = 2^15 (32 MiB): eth_account's default, 2^18, takes 256 MiB to unlock, which
+put the gateway's start at 311 MB resident, too much beside everything else on a 512 MB
+Raspberry Pi Zero 2 W. 2^15 (r = 8, p = 1) unlocks in about 0.1 s here with 32 MiB, and is still
+a standard V3 keystore (geth's "light" setting is 2^12). A key saved with a costlier n is
+re-encrypted with these parameters the first time it is unlocked.
+
 DID form: IoTeX's DID method (``did:io``, iotex-DID spec and ioctl) names an account by its
 0x address after the lowercase prefix; ioID, and w3gate's device registry, write the address
 in lowercase: ``did:io:0x<40 lowercase hex digits>``.
@@ -13,6 +19,7 @@ in lowercase: ``did:io:0x<40 lowercase hex digits>``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -25,7 +32,10 @@ from gateway.errors import W3gateError
 from gateway.layout import DataDir
 from gateway.storage import atomic_write, private_dir
 
+log = logging.getLogger("w3gate.chain")
+
 MIN_PASSPHRASE = 8
+SCRYPT_N = 2 ** 15  # 128 * r * n bytes to unlock: 32 MiB (see the module doc)
 
 
 class KeystoreError(W3gateError):
@@ -90,7 +100,7 @@ def save_key(path: str | os.PathLike, private_key: bytes | str, passphrase: str,
              overwrite: bool = False, kdf: str = "scrypt", iterations: int | None = None) -> NodeIdentity:
     """Encrypt ``private_key`` into ``path`` (mode 0600). Refuses to replace an existing key
     unless ``overwrite``: losing the node key loses the gateway's identity and its anchors'
-    sequence. ``iterations`` lowers the KDF cost (tests only)."""
+    sequence. ``iterations`` sets the KDF cost (scrypt's n, ``SCRYPT_N`` by default)."""
     path = Path(path)
     _check_passphrase(passphrase)
     if path.exists() and not overwrite:
@@ -99,6 +109,8 @@ def save_key(path: str | os.PathLike, private_key: bytes | str, passphrase: str,
         account = Account.from_key(private_key)
     except (ValueError, TypeError) as e:
         raise KeystoreError(f"not a secp256k1 private key: {e}", reason="bad_key") from None
+    if iterations is None and kdf == "scrypt":
+        iterations = SCRYPT_N
     blob = Account.encrypt(account.key, passphrase, kdf=kdf, iterations=iterations)
     private_dir(path.parent)
     try:
@@ -152,6 +164,14 @@ def load_key(path: str | os.PathLike, passphrase: str) -> LocalAccount:
     if isinstance(stored, str) and stored.lower().removeprefix("0x") != account.address.lower()[2:]:
         raise KeystoreError(f"{path} names address {stored} but holds the key of {account.address}",
                             reason="corrupt")
+    crypto = blob.get("crypto") or blob.get("Crypto") or {}
+    if crypto.get("kdf") == "scrypt" and int((crypto.get("kdfparams") or {}).get("n", 0)) > SCRYPT_N:
+        try:  # costlier than a small board can afford at every start: the same key, cheaper to unlock
+            save_key(path, account.key, passphrase, overwrite=True)
+            log.info("%s re-encrypted with scrypt n=%d (%d MiB to unlock, was %d MiB)", path, SCRYPT_N,
+                     128 * 8 * SCRYPT_N >> 20, 128 * 8 * int(crypto["kdfparams"]["n"]) >> 20)
+        except KeystoreError as e:  # e.g. a read-only file system: it still unlocks, at the old cost
+            log.warning("could not re-encrypt %s with cheaper parameters: %s", path, e)
     return account
 
 

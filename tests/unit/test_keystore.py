@@ -132,3 +132,20 @@ def test_cli_import_a_hex_key_and_a_v3_keystore(tmp_path):
 def test_cli_show_without_a_key_says_how_to_make_one(tmp_path):
     result = run("show", "--data-dir", str(tmp_path))
     assert result.exit_code != 0 and "w3gate key new" in result.output
+
+
+def test_a_new_key_is_a_standard_scrypt_keystore_a_small_board_unlocks_with_32_mib(tmp_path):
+    identity = new_key(tmp_path / "node-key.json", "correct horse")
+    blob = json.loads((tmp_path / "node-key.json").read_text())
+    assert blob["version"] == 3 and blob["crypto"]["kdf"] == "scrypt"
+    assert {k: blob["crypto"]["kdfparams"][k] for k in ("n", "r", "p")} == {"n": 2 ** 15, "r": 8, "p": 1}
+    assert Account.from_key(Account.decrypt(blob, "correct horse")).address == identity.address  # any V3 reader
+
+
+def test_a_key_saved_with_a_costlier_scrypt_is_re_encrypted_cheaper_when_first_unlocked(tmp_path):
+    path = tmp_path / "node-key.json"
+    path.write_text(json.dumps(Account.encrypt(DEV_KEY, "correct horse", kdf="scrypt", iterations=2 ** 16)))
+    account = load_key(path, "correct horse")
+    blob = json.loads(path.read_text())
+    assert blob["crypto"]["kdfparams"]["n"] == 2 ** 15 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_key(path, "correct horse").address == account.address == Account.from_key(DEV_KEY).address
