@@ -145,32 +145,21 @@ def _owner_call(action: str, address: str, registry_address, network, owner_keys
                f"in block {sent.block} (tx {sent.tx})")
 
 
-@chain.command("add-gateway")
-@click.argument("address", type=_address)
-@registry_option
-@network_option
-@_owner_options
-@json_option
-@config_option
-@data_dir_option
-def add_gateway(address, registry, network, owner_keystore, passphrase_file, as_json, config_path, data_dir) -> None:
-    """Let the gateway ADDRESS (or did:io:0x…) anchor in the registry (its owner signs)."""
-    _owner_call("add", address, registry, network, owner_keystore, passphrase_file, config_path, data_dir, as_json)
+def _gateway_admin(action: str, help_text: str):
+    """``add-gateway`` / ``remove-gateway``: the same options, one owner transaction."""
+    def command(address, registry, network, owner_keystore, passphrase_file, as_json, config_path, data_dir):
+        _owner_call(action, address, registry, network, owner_keystore, passphrase_file, config_path, data_dir,
+                    as_json)
+    command.__doc__ = help_text
+    for decorate in reversed([chain.command(f"{action}-gateway"), click.argument("address", type=_address),
+                              registry_option, network_option, _owner_options, json_option, config_option,
+                              data_dir_option]):
+        command = decorate(command)
+    return command
 
 
-@chain.command("remove-gateway")
-@click.argument("address", type=_address)
-@registry_option
-@network_option
-@_owner_options
-@json_option
-@config_option
-@data_dir_option
-def remove_gateway(address, registry, network, owner_keystore, passphrase_file, as_json, config_path,
-                   data_dir) -> None:
-    """Stop the gateway ADDRESS from anchoring; its anchors so far stay valid."""
-    _owner_call("remove", address, registry, network, owner_keystore, passphrase_file, config_path, data_dir,
-                as_json)
+add_gateway = _gateway_admin("add", "Let the gateway ADDRESS (or did:io:0x…) anchor in the registry (its owner signs).")
+remove_gateway = _gateway_admin("remove", "Stop the gateway ADDRESS from anchoring; its anchors so far stay valid.")
 
 
 @chain.command("status")

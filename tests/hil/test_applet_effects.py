@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from eth_account import Account
@@ -65,15 +66,23 @@ def _wait_outbox(gw, timeout: float = 20) -> None:
     raise AssertionError("the worker never committed the event's effect")
 
 
-def test_a_transaction_asked_by_an_event_that_fails_never_reaches_the_chain(tmp_path, mosquitto, anvil,
-                                                                          built_applets):
-    gw, _, identity, _ = chain_gateway(tmp_path, mosquitto, anvil, anchoring=False)
+@contextmanager
+def _running(tmp_path, mosquitto, anvil, built_applets, **settings):
+    """A running gateway with [chain] on anvil (no anchoring) and project "fx": (gateway, event
+    API URL, token, web3, the node key's address, a fresh receiver address)."""
+    gw, _, identity, _ = chain_gateway(tmp_path, mosquitto, anvil, anchoring=False, **settings)
     token = _project(tmp_path, gw, built_applets)
-    w3 = Web3(Web3.HTTPProvider(anvil.url))
-    receiver = Account.create().address
     gw.start()
     try:
         url = gw.wait_for(lambda s: (s.get("api") or {}).get("url"), what="event API")["api"]["url"]
+        yield gw, url, token, Web3(Web3.HTTPProvider(anvil.url)), identity["address"], Account.create().address
+    finally:
+        gw.stop()
+
+
+def test_a_transaction_asked_by_an_event_that_fails_never_reaches_the_chain(tmp_path, mosquitto, anvil,
+                                                                          built_applets):
+    with _running(tmp_path, mosquitto, anvil, built_applets) as (gw, url, token, w3, node, receiver):
         failed = post_event(url, token, "fx", "FAIL", {"to": receiver, "value": "5", "data": ""})
         assert failed["code"] == -1 and "trap" in failed["error"]
         kept = post_event(url, token, "fx", "TX", {"to": receiver, "value": "7", "data": ""})
@@ -83,21 +92,14 @@ def test_a_transaction_asked_by_an_event_that_fails_never_reaches_the_chain(tmp_
                          "the voided and the confirmed transaction")
         assert rows[1]["hash"] == kept["returnValue"] and rows[1]["block"] >= 1
         assert w3.eth.get_balance(receiver) == 7  # the failed event's 5 wei never left
-        assert w3.eth.get_transaction_count(identity["address"]) == 1  # its nonce was given back
-    finally:
-        gw.stop()
+        assert w3.eth.get_transaction_count(node) == 1  # its nonce was given back
 
 
 @pytest.mark.parametrize("killed", ["the gateway, after the worker committed", "the whole service, mid-event"])
 def test_a_gateway_killed_around_the_commit_neither_loses_nor_repeats_a_transaction(
         tmp_path, mosquitto, anvil, built_applets, killed):
-    gw, _, identity, _ = chain_gateway(tmp_path, mosquitto, anvil, anchoring=False, applets__time_limit_s=10.0)
-    token = _project(tmp_path, gw, built_applets)
-    w3 = Web3(Web3.HTTPProvider(anvil.url))
-    receiver = Account.create().address
-    gw.start()
-    try:
-        url = gw.wait_for(lambda s: (s.get("api") or {}).get("url"), what="event API")["api"]["url"]
+    with _running(tmp_path, mosquitto, anvil, built_applets, applets__time_limit_s=10.0) as (
+            gw, url, token, w3, node, receiver):
         asking = threading.Thread(target=lambda: _ignore_errors(post_event, url, token, "fx", "WAIT",
                                                                 {"to": receiver, "value": "9", "data": ""}))
         asking.start()
@@ -108,7 +110,7 @@ def test_a_gateway_killed_around_the_commit_neither_loses_nor_repeats_a_transact
             _wait_outbox(gw)
         gw.kill()  # the process group: the worker too, if it is still there
         asking.join(timeout=20)
-        assert w3.eth.get_transaction_count(identity["address"]) == 0  # held: never broadcast
+        assert w3.eth.get_transaction_count(node) == 0  # held: never broadcast
         gw.start()
         if killed.startswith("the gateway"):  # committed: sent once now
             rows = _wait_txs(gw, lambda r: [x.get("status") for x in r] == ["confirmed"], "the confirmed transaction")
@@ -120,9 +122,7 @@ def test_a_gateway_killed_around_the_commit_neither_loses_nor_repeats_a_transact
         gw.start()  # and a second restart does nothing more
         time.sleep(1.5)
         assert _txs(gw) == rows
-        assert w3.eth.get_transaction_count(identity["address"]) == (1 if killed.startswith("the gateway") else 0)
-    finally:
-        gw.stop()
+        assert w3.eth.get_transaction_count(node) == (1 if killed.startswith("the gateway") else 0)
 
 
 def _ignore_errors(fn, *args) -> None:
