@@ -36,6 +36,7 @@ from gateway.ingest.mqtt import MqttLink
 from gateway.pebble.source import SUBSCRIPTIONS, PebbleSource
 from gateway.layout import check_permissions
 from gateway.report import node_status
+from gateway.service.notify import Notifier
 from gateway.status import Counters, read_status, write_status
 from gateway.storage import open_private, private_dir
 from gateway.supervisor import Health, periodic, step, supervise
@@ -54,6 +55,7 @@ class Node:
             log.warning("%s", line)
         self.started = time.time()
         self.health = Health()  # what is degraded now, shown in status
+        self.notifier = Notifier()  # systemd's Type=notify (READY, WATCHDOG, STOPPING); a no-op outside systemd
         self._trace = open_private(trace_path, "a", buffering=1 << 16) if trace_path else None
         b, v, a = config.buffer, config.verify, config.applets
         self.registry = Registry(config.layout.devices)
@@ -133,6 +135,7 @@ class Node:
             every_second["legacy devices"] = self.legacy.reload
         every_second["status"] = self._write_status
         every_second["trace"] = self.sink.flush_trace
+        every_second["watchdog"] = self.notifier.watchdog  # on the loop: a wedged loop stops the pings
         tasks = {"housekeeping": lambda stop: periodic(1.0, every_second, stop, self.health),
                  "expiry": lambda stop: periodic(60.0, {"expiry": self.upkeep.expire}, stop, self.health, first_s=1.0),
                  "dispatcher": self.dispatcher.run, "cron": self.cron.run, "mqtt": self.link.run}
@@ -153,9 +156,12 @@ class Node:
         log.info("w3gate running: %d devices registered, %d records buffered, broker %s:%d",
                  len(self.registry), self.upkeep.stats.get("records", 0),
                  self.config.mqtt.host, self.config.mqtt.port)
+        self.notifier.ready(f"running: {len(self.registry)} devices, broker {self.config.mqtt.host}:"
+                            f"{self.config.mqtt.port}")
         try:
             await stop.wait()
         finally:
+            self.notifier.stopping("stopping: writing what is in flight")
             self.link.pause()  # take no more; what is unacknowledged stays with the broker
             await self.checker.drain()
             await self.committer.drain()
@@ -183,6 +189,7 @@ class Node:
             self.checker.close()
             if self._trace:
                 self._trace.close()
+            self.notifier.close()
             log.info("w3gate stopped: everything received is on disk or still with the broker")
 
     async def _restore_replay_memory(self) -> None:
