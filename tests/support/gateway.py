@@ -133,6 +133,7 @@ def chain_gateway(tmp_path, mosquitto, anvil, *, anchoring: bool = True, **setti
 
     passphrase = tmp_path / "passphrase"
     passphrase.write_text("correct horse battery staple\n")
+    passphrase.chmod(0o600)  # as a user keeps it (w3gate doctor fails a passphrase anyone can read)
     key_file = tmp_path / "gateway.key"
     key_file.write_text(anvil.keys[1])
     registry = deploy_registry(anvil.url, anvil.keys[0], [Account.from_key(anvil.keys[1]).address])
