@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(mosquitto mosquitto-clients python3-venv python3-dev build-essential wabt socat)
+APT_PACKAGES=(mosquitto mosquitto-clients python3-venv python3-dev build-essential wabt socat systemd)
 VENV=.venv
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -21,6 +21,7 @@ setup() {
   command -v gcc >/dev/null || missing+=(build-essential python3-dev)
   command -v wat2wasm >/dev/null || missing+=(wabt)  # the runtime's hand-written test modules
   command -v socat >/dev/null || missing+=(socat)  # a MicroPython REPL on a pty, for pairing benches
+  command -v systemd-analyze >/dev/null || missing+=(systemd)  # the service units are verified in the tests
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}" >&2
     as_root apt-get update -qq
