@@ -80,9 +80,9 @@ def current_program(w3gate: str | None = None) -> Program:
     exe = shutil.which("w3gate", path=os.path.dirname(sys.executable))
     command = (os.path.abspath(exe),) if exe else (os.path.abspath(sys.executable), "-m", "gateway")
     import gateway
-    import hardware  # the CLI imports it too
 
-    dirs = {os.path.abspath(sys.prefix)} | {str(Path(m.__file__).resolve().parent.parent) for m in (gateway, hardware)}
+    # gateway/ and hardware/ (which the CLI imports) sit side by side: in the checkout or in site-packages
+    dirs = {os.path.abspath(sys.prefix), str(Path(gateway.__file__).resolve().parent.parent)}
     return Program(command, mosquitto=_which("mosquitto", "/usr/sbin/mosquitto"), code_dirs=tuple(sorted(dirs)))
 
 
