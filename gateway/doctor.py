@@ -158,16 +158,6 @@ def _read_pid(path: Path) -> int | None:
     return pid if pid > 1 else None
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-        return True
-    except PermissionError:  # another account's process: it exists
-        return True
-    except (ProcessLookupError, OverflowError):
-        return False
 
 
 def cmdline(pid: int) -> str:
@@ -201,7 +191,7 @@ class Facts:
     def gather(cls, config: Config) -> Facts:
         layout = config.layout
         try:
-            from gateway.status import read_status
+            from gateway.status import pid_alive, read_status
 
             status = read_status(layout.status) or {}
         except OSError:

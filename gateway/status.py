@@ -99,6 +99,19 @@ def write_status(path: Path, status: dict) -> None:
     os.replace(tmp, path)
 
 
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` exists (one of another account, e.g. the w3gate service user's, does)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except PermissionError:  # another account's process: it exists
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+
+
 def read_status(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())

@@ -11,14 +11,13 @@ then ``[chain] key_passphrase_file``, then a prompt.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import click
 
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
 from gateway.errors import W3gateError
-from gateway.status import read_status
+from gateway.status import pid_alive, read_status
 
 network_option = click.option("--network", help="iotex-mainnet, iotex-testnet or an http(s) JSON-RPC URL "
                                                 "(default: [chain] network).")
@@ -59,7 +58,7 @@ def _owner(config, owner_keystore: str | None, passphrase_file: str | None):
     path = owner_keystore or config.layout.node_key
     if not owner_keystore:
         info = read_status(config.layout.status) or {}
-        if info.get("chain") and _alive(info.get("pid")) and time.time() - info.get("time", 0) < 10:
+        if info.get("chain") and pid_alive(info.get("pid")) and time.time() - info.get("time", 0) < 10:
             raise click.ClickException("the gateway is running and sends with the node key: stop it first "
                                        "(`w3gate chain` would take the same nonces), or sign with --owner-keystore")
     source = passphrase_file or config.chain.key_passphrase_file
@@ -67,11 +66,6 @@ def _owner(config, owner_keystore: str | None, passphrase_file: str | None):
     return load_key(path, passphrase)
 
 
-def _alive(pid: int | None) -> bool:
-    try:
-        return bool(pid) and os.kill(pid, 0) is None
-    except (ProcessLookupError, PermissionError):
-        return False
 
 
 def _address(value: str) -> str:
@@ -195,7 +189,7 @@ def status(registry, network, as_json, config_path, data_dir) -> None:
         except W3gateError as e:
             out["registry"] = {"registry": registry, "error": str(e)}
     info = read_status(config.layout.status) or {}
-    if _alive(info.get("pid")) and time.time() - info.get("time", 0) < 10:
+    if pid_alive(info.get("pid")) and time.time() - info.get("time", 0) < 10:
         out["anchoring"] = info.get("chain")
     if as_json:
         return emit_json(out)

@@ -1,24 +1,15 @@
 """``w3gate status``: counters and buffer state of the (running or last) gateway."""
 from __future__ import annotations
 
-import os
 import time
 
 import click
 
 from gateway.buffer.store import RecordStore
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
-from gateway.status import read_status
+from gateway.status import pid_alive, read_status
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
 
 
 @click.command()
@@ -33,7 +24,7 @@ def status(as_json, config_path, data_dir) -> None:
                                    f"is --data-dir or W3GATE_DATA_DIR right?)")
     layout = config.layout
     info = read_status(layout.status) or {}
-    alive = _alive(info.get("pid"))
+    alive = pid_alive(info.get("pid"))
     age = time.time() - info.get("time", 0)
     running = alive and age < 10
     if alive and not running:  # the process is there but has not written its status for a while
