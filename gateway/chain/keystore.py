@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +124,28 @@ def save_key(path: str | os.PathLike, private_key: bytes | str, passphrase: str,
 def new_key(path: str | os.PathLike, passphrase: str, **kwargs) -> NodeIdentity:
     """A fresh random key (os.urandom via eth_account), saved as ``save_key`` does."""
     return save_key(path, Account.create().key, passphrase, **kwargs)
+
+
+def ensure_key(path: str | os.PathLike, passphrase_file: str | os.PathLike) -> tuple[NodeIdentity, bool]:
+    """The node key at ``path``, made with a random passphrase written to ``passphrase_file``
+    when there is none yet; returns it and whether it was made now.
+
+    Why: an appliance's gateway must unlock its key unattended, and its key must be made on the
+    device (at first start), never carried in the image. The passphrase file (0600, random,
+    256 bits) protects copies of the key file taken without it, such as a backup of the key
+    alone. A key that exists is never touched, and a passphrase file is never replaced: it may
+    be the only way into an existing key.
+    """
+    path, passphrase_file = Path(path), Path(passphrase_file)
+    if path.exists():
+        return read_identity(path), False
+    if passphrase_file.exists():
+        passphrase = read_passphrase_file(passphrase_file)
+    else:
+        passphrase = secrets.token_urlsafe(32)
+        private_dir(passphrase_file.parent)
+        atomic_write(passphrase_file, (passphrase + "\n").encode(), mode=0o600)
+    return new_key(path, passphrase), True
 
 
 def _read(path: Path) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from gateway.chain.keystore import (OPERATOR_NAME, KeystoreError, load_key, new_key,
+from gateway.chain.keystore import (OPERATOR_NAME, KeystoreError, ensure_key, load_key, new_key,
                                     operator_keystore_path, read_identity, read_passphrase_file, save_key)
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
 
@@ -71,6 +71,24 @@ def new(operator, passphrase_file, force, as_json, config_path, data_dir) -> Non
     except KeystoreError as e:
         raise click.ClickException(str(e)) from None
     _report(identity, as_json, "created")
+
+
+@key.command("ensure")
+@click.option("--passphrase-file", required=True, type=click.Path(dir_okay=False),
+              help="Unlocks the key; written (random, 0600) when the key is made now and the file is missing.")
+@json_option
+@config_option
+@data_dir_option
+def ensure(passphrase_file, as_json, config_path, data_dir) -> None:
+    """Make the node key if there is none, with a random passphrase in --passphrase-file (what
+    the service does at its first start: each device makes its own identity). An existing key
+    or passphrase file is never changed."""
+    path = _path(config_path, data_dir)
+    try:
+        identity, made = ensure_key(path, passphrase_file)
+    except KeystoreError as e:
+        raise click.ClickException(str(e)) from None
+    _report(identity, as_json, "created" if made else "kept")
 
 
 @key.command("import")

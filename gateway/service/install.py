@@ -29,6 +29,7 @@ from gateway.service.units import (
     CONFIG_PATH,
     DEBIAN_BROKER_UNIT,
     GATEWAY_UNIT,
+    PASSPHRASE_PATH,
     SERVICE_USER,
     STATE_DIR,
     Program,
@@ -52,10 +53,13 @@ Echo = Callable[[str], None]
 
 
 def config_text() -> str:
-    """The defaults (``w3gate config --defaults``) with the service's data directory."""
+    """The defaults (``w3gate config --defaults``) with the service's data directory and the
+    passphrase file its first start makes with the node key."""
     text, count = re.subn(r'^data_dir = "[^"]*"', f'data_dir = "{STATE_DIR}"', DEFAULTS_TOML, count=1, flags=re.MULTILINE)
-    if count != 1:
-        raise ServiceError("the built-in defaults have no data_dir line to set (a bug in w3gate)")
+    text, keys = re.subn(r'^key_passphrase_file = "[^"]*"', f'key_passphrase_file = "{PASSPHRASE_PATH}"', text,
+                         count=1, flags=re.MULTILINE)
+    if count != 1 or keys != 1:
+        raise ServiceError("the built-in defaults have no data_dir or key_passphrase_file line to set (a bug in w3gate)")
     return (f"# {CONFIG_PATH}: w3gate as a service (`w3gate service install`). After a change:\n"
             "#   sudo systemctl restart w3gate-broker w3gate\n" + text)
 

@@ -41,6 +41,7 @@ SERVICE_USER = "w3gate"
 CONFIG_PATH = PurePosixPath("/etc/w3gate/w3gate.toml")
 STATE_DIR = PurePosixPath("/var/lib/w3gate")  # systemd's StateDirectory=w3gate; the user's home
 STATE_NAME = "w3gate"
+PASSPHRASE_PATH = STATE_DIR / "node-key.pass"  # made with the node key at first start
 WATCHDOG_S = 30  # the gateway pings every second from its housekeeping; 30 s rides out a slow disk
 START_TIMEOUT_S = 300  # opening a large buffer and unlocking the node key on a Pi Zero take a while
 STOP_TIMEOUT_S = 90  # draining in-flight records, the applet batch, the anchorer's current step
@@ -210,7 +211,11 @@ def gateway_unit(config: Config, program: Program, *, user: str = SERVICE_USER,
     if wants:
         unit.append("Wants=" + " ".join(wants))
     unit.append("After=" + " ".join(after))
+    # the node key is made on the device, at the first start, never shipped in an image
+    passphrase = config.chain.key_passphrase_file or str(PASSPHRASE_PATH)
     service = ["[Service]", "Type=notify", "NotifyAccess=main",
+               "ExecStartPre=" + exec_line(*program.w3gate, "key", "ensure", "--config", str(config_path),
+                                           "--passphrase-file", passphrase),
                "ExecStart=" + exec_line(*program.w3gate, "run", "--config", str(config_path)),
                f"Environment=W3GATE_CONFIG={exec_arg(str(config_path))}",
                f"WatchdogSec={WATCHDOG_S}s", f"TimeoutStartSec={START_TIMEOUT_S}s",

@@ -149,3 +149,33 @@ def test_a_key_saved_with_a_costlier_scrypt_is_re_encrypted_cheaper_when_first_u
     blob = json.loads(path.read_text())
     assert blob["crypto"]["kdfparams"]["n"] == 2 ** 15 and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_key(path, "correct horse").address == account.address == Account.from_key(DEV_KEY).address
+
+
+def test_ensure_makes_a_key_and_a_random_passphrase_once_and_then_keeps_both(tmp_path):
+    """What the service runs before every start: the first makes this device's identity, the
+    others change nothing (neither the key nor the passphrase that opens it)."""
+    secret = tmp_path / "state" / "node-key.pass"
+    made = run("ensure", "--data-dir", str(tmp_path / "state"), "--passphrase-file", str(secret), "--json")
+    assert made.exit_code == 0, made.output
+    path = DataDir(tmp_path / "state").node_key
+    assert mode(path) == mode(secret) == 0o600
+    passphrase = secret.read_text().strip()
+    assert len(passphrase) >= 40  # 256 random bits, URL-safe
+    account = load_key(path, passphrase)
+    assert json.loads(made.output)["address"] == account.address
+
+    key_bytes, secret_bytes = path.read_bytes(), secret.read_bytes()
+    kept = run("ensure", "--data-dir", str(tmp_path / "state"), "--passphrase-file", str(secret))
+    assert kept.exit_code == 0 and kept.output.startswith("kept") and account.address in kept.output
+    assert (path.read_bytes(), secret.read_bytes()) == (key_bytes, secret_bytes)
+
+
+def test_ensure_uses_a_passphrase_file_that_exists_and_two_devices_get_two_identities(tmp_path):
+    secret = tmp_path / "pass"
+    secret.write_text("chosen by the owner\n")
+    first = run("ensure", "--data-dir", str(tmp_path / "a"), "--passphrase-file", str(secret), "--json")
+    second = run("ensure", "--data-dir", str(tmp_path / "b"), "--passphrase-file", str(tmp_path / "b.pass"), "--json")
+    assert first.exit_code == second.exit_code == 0
+    assert secret.read_text() == "chosen by the owner\n"
+    load_key(DataDir(tmp_path / "a").node_key, "chosen by the owner")
+    assert json.loads(first.output)["address"] != json.loads(second.output)["address"]

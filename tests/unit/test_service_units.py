@@ -55,6 +55,9 @@ def test_the_gateway_unit_is_a_watched_notify_service_hardened_without_devices()
     unit = units.gateway_unit(config(), PROGRAM)
     assert value(unit, "Type") == "notify" and value(unit, "NotifyAccess") == "main"
     assert value(unit, "ExecStart") == "/opt/w3gate/bin/w3gate run --config /etc/w3gate/w3gate.toml"
+    # the device makes its own identity at its first start, never an image
+    assert value(unit, "ExecStartPre") == ("/opt/w3gate/bin/w3gate key ensure --config /etc/w3gate/w3gate.toml "
+                                           "--passphrase-file /var/lib/w3gate/node-key.pass")
     assert value(unit, "WatchdogSec") == "30s" and value(unit, "Restart") == "on-failure"
     assert value(unit, "User") == value(unit, "Group") == "w3gate"
     assert value(unit, "StateDirectory") == "w3gate" and value(unit, "StateDirectoryMode") == "0700"
@@ -229,7 +232,10 @@ def test_install_into_a_staging_root_lays_out_the_tree_and_runs_nothing(cli, tmp
                 "etc/sysusers.d/w3gate.conf": 0o644, "etc/tmpfiles.d/w3gate.conf": 0o644}
     for rel, mode in expected.items():
         assert _mode(root / rel) == mode, rel
-    assert load_config(root / "etc/w3gate/w3gate.toml", env={}).data_dir == Path("/var/lib/w3gate")
+    staged = load_config(root / "etc/w3gate/w3gate.toml", env={})
+    assert staged.data_dir == Path("/var/lib/w3gate")
+    assert staged.chain.key_passphrase_file == "/var/lib/w3gate/node-key.pass"  # made with the key at first start
+    assert not (root / "var/lib/w3gate/node-key.json").exists()  # a staged image holds no identity
     unit = (root / "etc/systemd/system/w3gate.service").read_text()
     assert value(unit, "ExecStart") == "/opt/w3gate/bin/w3gate run --config /etc/w3gate/w3gate.toml"
     assert 'u w3gate - "w3gate edge node" /var/lib/w3gate /usr/sbin/nologin' in (root / "etc/sysusers.d/w3gate.conf").read_text()
