@@ -5,6 +5,9 @@
 #   ./dev.sh soak    the slow soak tests (not part of `test`)
 #   ./dev.sh bench   the benchmarks in bench/ (prints figures)
 #   ./dev.sh fuzz    the long fuzzing run (atheris, 1,000,000 inputs per target; grows tests/fuzz/corpus)
+#   ./dev.sh image   build the Raspberry Pi SD-card image into build/image (root; docs/image.md)
+#   ./dev.sh image-test [IMAGE]   boot the image under QEMU and check the gateway in it
+#   ./dev.sh image-flash IMAGE DEVICE   write the image to an SD card
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -49,14 +52,33 @@ setup() {
   node applets/build.js --quiet
 }
 
+# The image tools: the test suite checks the w3gate layer in an arm64 root (mmdebstrap, qemu-user
+# through binfmt_misc); `image` assembles partitions without mounting (genimage, mtools, dosfstools);
+# `image-test` boots it (qemu-system-aarch64, ssh).
+image_tools() {
+  local want=(mmdebstrap qemu-user-static binfmt-support arch-test) missing=()
+  [ "${1:-}" = full ] && want+=(genimage mtools dosfstools e2fsprogs xz-utils qemu-system-arm openssh-client)
+  for p in "${want[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  # arm64 programs run through binfmt_misc (a container may not have it mounted)
+  [ -e /proc/sys/fs/binfmt_misc/register ] || as_root mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
   demo)  setup; exec "$VENV/bin/w3gate" demo "$@" ;;
-  test)  setup; exec "$VENV/bin/python" -m pytest "$@" ;;
+  test)  setup; image_tools; exec "$VENV/bin/python" -m pytest "$@" ;;
   soak)  setup; exec "$VENV/bin/python" -m pytest -m slow "$@" ;;
   bench) setup; exec "$VENV/bin/python" -m bench "$@" ;;
   fuzz)  setup; "$VENV/bin/pip" install -q "atheris>=2.3"; exec "$VENV/bin/python" -m tests.fuzz "$@" ;;
+  image) setup; image_tools full; as_root "$VENV/bin/python" -m image build "$@"; exit $? ;;
+  image-test) setup; image_tools full; as_root "$VENV/bin/python" -m image test "$@"; exit $? ;;
+  image-flash) setup; as_root "$VENV/bin/python" -m image flash "$@"; exit $? ;;
   setup) setup ;;
-  *) sed -n '2,8p' "$0"; exit 2 ;;
+  *) sed -n '2,11p' "$0"; exit 2 ;;
 esac

@@ -34,9 +34,14 @@ BASE_PACKAGES = (
     "systemd-resolved", "systemd-sysv", "systemd-timesyncd", "tzdata", "wpasupplicant",
 )
 
-# The arm64 build root for the wheelhouse: pywasm3 publishes no aarch64 wheel, so it is compiled
-# from its sdist here, under qemu-user, and never in the image (which carries no compiler).
-BUILDER_PACKAGES = ("build-essential", "ca-certificates", "python3-dev", "python3-pip", "python3-venv")
+# The arm64 build root: pywasm3 publishes no aarch64 wheel, so it is compiled from its sdist
+# here, under qemu-user, and never in the image (which carries no compiler). Its packages are
+# only unpacked (mmdebstrap's "extract" variant: no maintainer scripts under qemu, seconds
+# instead of minutes), which is all gcc and Python need.
+BUILDER_PACKAGES = ("build-essential", "python3-dev", "python3-setuptools", "python3-venv", "python3-wheel")
+
+# The fast check's arm64 root (the test suite): Debian's Python, unpacked, for the w3gate layer.
+CHECK_PACKAGES = ("python3", "python3-venv")
 
 BOOT_LABEL = "RASPIFIRM"
 ROOT_LABEL = "RASPIROOT"

@@ -71,7 +71,9 @@ def make(cache: Path, kind: str, packages: Sequence[str], variant: str, log: Log
            "--format=directory", f"--components={','.join(recipe.COMPONENTS)}",
            "--aptopt=Acquire::Languages \"none\"", "--dpkgopt=force-unsafe-io",
            f"--include={','.join(packages)}",
-           "--customize-hook=chroot \"$1\" apt-get clean",
+           # unpacked-only roots have no /bin/sh (dash makes it when configured)
+           *(["--customize-hook=ln -sf dash \"$1/bin/sh\""] if variant == "extract"
+             else ["--customize-hook=chroot \"$1\" apt-get clean"]),
            recipe.SUITE, str(scratch), *recipe.MIRRORS]
     log(f"{kind}: mmdebstrap {len(packages)} packages")
     run_logged(cmd, log, prefix=kind)
