@@ -35,8 +35,7 @@ def build(cache: Path, out: Path, xz: bool) -> Path:
     with steps.step("arm64 wheelhouse (cached)") as log:
         deps = wheels.dependencies(cache, compiled, own, log)
     with steps.step("w3gate layer: /opt/w3gate, the service, first boot") as log:
-        root, build_id = layer.build(base, deps, own, work, log)
-        version = (root / "etc/w3gate-image").read_text().split("W3GATE=", 1)[1].split()[-1]
+        root, build_id, version = layer.build(base, deps, own, work, log)
     name = f"w3gate-{version}-{build_id[:8]}-{recipe.ARCH}.img"
     with steps.step("boot and root partitions, the image") as log:
         kernel = sorted((root / "boot").glob("vmlinuz-*"))[-1]

@@ -39,7 +39,16 @@ CLOCK_DROPIN = """[Unit]
 After=time-sync.target systemd-timesyncd.service
 
 [Service]
-ExecStartPre=-/usr/bin/timeout 30 /lib/systemd/systemd-time-wait-sync
+# "+": outside the gateway's sandbox, which forbids reading the kernel's clock state
+ExecStartPre=-+/usr/bin/timeout 30 /lib/systemd/systemd-time-wait-sync
+"""
+
+# Boot waits for any one network, 30 s at most, and never fails for want of one: a gateway may be
+# offline (legacy sensors on serial and BLE need no network), and the stock wait fails the boot
+# after 2 minutes when no link comes up.
+ONLINE_DROPIN = """[Service]
+ExecStart=
+ExecStart=-/lib/systemd/systemd-networkd-wait-online --any --timeout=30
 """
 
 
@@ -110,6 +119,9 @@ def configure_system(root: Path, build_id: str, version: str, log: Log) -> None:
     cloud = etc / "cloud/cloud.cfg.d"
     cloud.mkdir(parents=True, exist_ok=True)
     shutil.copy2(HERE / "firstboot/99-w3gate.cfg", cloud / "99-w3gate.cfg")
+    online = etc / "systemd/system/systemd-networkd-wait-online.service.d"
+    online.mkdir(parents=True, exist_ok=True)
+    (online / "10-any.conf").write_text(ONLINE_DROPIN)
     ssh = etc / "systemd/system/ssh.service.d"
     ssh.mkdir(parents=True, exist_ok=True)
     (ssh / "10-host-keys.conf").write_text(SSH_KEYS_DROPIN)
@@ -150,8 +162,9 @@ def seeds(build_id: str) -> dict[str, str]:
                           f"instance-id: w3gate-{build_id}\n")}
 
 
-def build(base: Path, wheels: Path, own_wheel: Path, work: Path, log: Log) -> tuple[Path, str]:
-    """The image's root file system in ``work`` (base copy + w3gate); returns it and the version."""
+def build(base: Path, wheels: Path, own_wheel: Path, work: Path, log: Log) -> tuple[Path, str, str]:
+    """The image's root file system in ``work`` (base copy + w3gate); returns it, the build id and
+    w3gate's version."""
     root = work / "root"
     log("layer: copying the base")
     rootfs.copy_tree(base, root)
@@ -160,4 +173,4 @@ def build(base: Path, wheels: Path, own_wheel: Path, work: Path, log: Log) -> tu
     install_service(root, log)
     configure_system(root, build_id, version, log)
     strip_secrets(root, log)
-    return root, build_id
+    return root, build_id, version.rsplit(" ", 1)[-1]
