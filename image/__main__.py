@@ -21,11 +21,8 @@ CACHE = Path("/var/cache/w3gate-image")
 OUT = REPO / "build/image"
 
 
-def build(cache: Path, out: Path, xz: bool) -> Path:
-    steps = Steps(out / "build.log")
-    work = cache / "work"
-    with steps.step("arm64 base root file system (cached; about 45 min when its package list changes)") as log:
-        base = rootfs.make(cache, "base", recipe.BASE_PACKAGES, "apt", log)
+def wheelhouse(steps: Steps, cache: Path, work: Path) -> tuple[Path, Path]:
+    """w3gate's own wheel and the arm64 wheels of its dependencies (cached)."""
     with steps.step("arm64 build root (cached)") as log:
         builder = wheels.builder_root(cache, log)
     with steps.step("w3gate wheel") as log:
@@ -34,6 +31,15 @@ def build(cache: Path, out: Path, xz: bool) -> Path:
         compiled = wheels.pywasm3(cache, builder, log)
     with steps.step("arm64 wheelhouse (cached)") as log:
         deps = wheels.dependencies(cache, compiled, own, log)
+    return own, deps
+
+
+def build(cache: Path, out: Path, xz: bool) -> Path:
+    steps = Steps(out / "build.log")
+    work = cache / "work"
+    with steps.step("arm64 base root file system (cached; about 45 min when its package list changes)") as log:
+        base = rootfs.make(cache, "base", recipe.BASE_PACKAGES, "apt", log)
+    own, deps = wheelhouse(steps, cache, work)
     with steps.step("w3gate layer: /opt/w3gate, the service, first boot") as log:
         root, build_id, version = layer.build(base, deps, own, work, log)
     name = f"w3gate-{version}-{build_id[:8]}-{recipe.ARCH}.img"
@@ -62,14 +68,7 @@ def check(cache: Path, out: Path) -> tuple[str, Path]:
     there: returns what ``w3gate --version`` printed there, and the root."""
     steps = Steps(out / "check.log")
     work = cache / "work-check"
-    with steps.step("arm64 build root (cached)") as log:
-        builder = wheels.builder_root(cache, log)
-    with steps.step("w3gate wheel") as log:
-        own = wheels.w3gate_wheel(work / "wheel", log)
-    with steps.step("pywasm3 compiled for arm64 (cached)") as log:
-        compiled = wheels.pywasm3(cache, builder, log)
-    with steps.step("arm64 wheelhouse (cached)") as log:
-        deps = wheels.dependencies(cache, compiled, own, log)
+    own, deps = wheelhouse(steps, cache, work)
     with steps.step("arm64 Python root (cached)") as log:
         python = rootfs.make(cache, "check", recipe.CHECK_PACKAGES, "extract", log)
     with steps.step("w3gate layer in an arm64 chroot") as log:
