@@ -78,6 +78,15 @@ max_connections = 64                # open connections at most; beyond, the olde
 tls_cert = ""                       # PEM certificate chain and key: HTTPS; required when listen is not loopback
 tls_key = ""
 
+[dashboard]
+enabled = true                      # the gateway's web pages and Prometheus /metrics, served by `w3gate run`
+listen = "127.0.0.1"                # beyond loopback only with tls_cert, tls_key and password_file
+port = 8890                         # 0 picks a free one (status.json tells)
+tls_cert = ""                       # PEM certificate chain and key: HTTPS
+tls_key = ""
+password_file = ""                  # its first line is the password (HTTP Basic, any user name);
+                                    # set: every page but /healthz asks for it
+
 [chain]
 enabled = false                     # anchor batches of records in the proof registry
 network = "iotex-testnet"           # "iotex-mainnet" (4689), "iotex-testnet" (4690) or a JSON-RPC URL
@@ -231,6 +240,12 @@ SETTINGS: dict[str, Setting] = {
     "api.max_connections": _count(1),
     "api.tls_cert": Setting(str),
     "api.tls_key": Setting(str),
+    "dashboard.enabled": Setting(bool),
+    "dashboard.listen": Setting(str, nonempty=True),
+    "dashboard.port": _count(0, MAX_U16),  # 0: a free port
+    "dashboard.tls_cert": Setting(str),
+    "dashboard.tls_key": Setting(str),
+    "dashboard.password_file": Setting(str),
     "chain.enabled": Setting(bool),
     "chain.network": Setting(str, rule=_network, rule_text=(
         f"{' or '.join(NETWORK_PRESETS)} or an http(s) JSON-RPC URL")),
@@ -327,6 +342,16 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    enabled: bool
+    listen: str
+    port: int
+    tls_cert: str
+    tls_key: str
+    password_file: str
+
+
+@dataclass(frozen=True)
 class ChainConfig:
     enabled: bool
     network: str
@@ -377,6 +402,7 @@ class Config:
     buffer: BufferConfig
     applets: AppletsConfig
     api: ApiConfig
+    dashboard: DashboardConfig
     chain: ChainConfig
     serial: SerialConfig
     ble: BleConfig
@@ -390,8 +416,8 @@ class Config:
 
 
 _SECTIONS = {"mqtt": MqttConfig, "broker": BrokerConfig, "verify": VerifyConfig, "buffer": BufferConfig, "applets": AppletsConfig,
-             "api": ApiConfig, "chain": ChainConfig, "serial": SerialConfig, "ble": BleConfig,
-             "legacy": LegacyConfig, "log": LogConfig}
+             "api": ApiConfig, "dashboard": DashboardConfig, "chain": ChainConfig, "serial": SerialConfig,
+             "ble": BleConfig, "legacy": LegacyConfig, "log": LogConfig}
 
 
 class _Bad(ValueError):
@@ -478,18 +504,42 @@ def _read_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"config file {path}: {e}") from None
 
 
-def _check_api_tls(api: dict, sources: dict) -> None:
-    """The event API takes publisher tokens: beyond loopback only over TLS (both PEM files)."""
-    cert, key = api["tls_cert"], api["tls_key"]
+def _check_tls_files(section: str, values: dict, sources: dict) -> None:
+    """``<section>.tls_cert`` and ``tls_key``: both or neither, and files that exist."""
+    cert, key = values["tls_cert"], values["tls_key"]
     if bool(cert) != bool(key):
-        where = sources["api.tls_cert" if cert else "api.tls_key"]
-        raise ConfigError(f"{where}: api.tls_cert and api.tls_key go together (PEM certificate chain and its key)")
-    for name, file in (("api.tls_cert", cert), ("api.tls_key", key)):
+        where = sources[f"{section}.tls_cert" if cert else f"{section}.tls_key"]
+        raise ConfigError(f"{where}: {section}.tls_cert and {section}.tls_key go together "
+                          "(PEM certificate chain and its key)")
+    for name, file in ((f"{section}.tls_cert", cert), (f"{section}.tls_key", key)):
         if file and not Path(file).expanduser().is_file():
             raise ConfigError(f"{sources[name]}: {name}: no file {file}")
+
+
+def _check_api_tls(api: dict, sources: dict) -> None:
+    """The event API takes publisher tokens: beyond loopback only over TLS (both PEM files)."""
+    cert = api["tls_cert"]
+    _check_tls_files("api", api, sources)
     if api["enabled"] and not cert and not _loopback(api["listen"]):
         raise ConfigError(f"{sources['api.listen']}: api.listen {api['listen']!r} is beyond loopback: set api.tls_cert "
                           "and api.tls_key (PEM files) so publisher tokens never cross the network in clear")
+
+
+def _check_dashboard_access(dashboard: dict, sources: dict) -> None:
+    """The dashboard shows every device's readings and whereabouts: beyond loopback only over TLS
+    and behind a login (``password_file``), so neither the pages nor the password cross the
+    network in clear. A password file, once named, must exist (it is read when the server is made)."""
+    _check_tls_files("dashboard", dashboard, sources)
+    password_file = dashboard["password_file"]
+    if password_file and not Path(password_file).expanduser().is_file():
+        raise ConfigError(f"{sources['dashboard.password_file']}: dashboard.password_file: no file {password_file}")
+    if not dashboard["enabled"] or _loopback(dashboard["listen"]):
+        return
+    missing = [name for name in ("tls_cert", "tls_key", "password_file") if not dashboard[name]]
+    if missing:
+        raise ConfigError(f"{sources['dashboard.listen']}: dashboard.listen {dashboard['listen']!r} is beyond "
+                          f"loopback: set {', '.join('dashboard.' + m for m in missing)} (HTTPS and a login) so "
+                          "the readings and the password never cross the network in clear")
 
 
 def _loopback(host: str) -> bool:
@@ -545,6 +595,7 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
         raise ConfigError(f"{sources['mqtt.reconnect_min_s']}: mqtt.reconnect_min_s ({mqtt['reconnect_min_s']:g}) "
                           f"must not exceed mqtt.reconnect_max_s ({mqtt['reconnect_max_s']:g})")
     _check_api_tls(merged["api"], sources)
+    _check_dashboard_access(merged["dashboard"], sources)
     sections = {name: cls(**{f.name: merged[name][f.name] for f in fields(cls)})
                 for name, cls in _SECTIONS.items()}
     return Config(data_dir=Path(merged["data_dir"]).expanduser(), **sections)

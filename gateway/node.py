@@ -112,6 +112,13 @@ class Node:
         self.cron = CronScheduler(self.runtime)
         self.upkeep = BufferUpkeep(self.store, self.committer, expire_at=RecordState.ANCHORED if self.anchoring
                                    else RecordState.PROCESSED)  # when anchoring, records expire once anchored
+        self.dashboard = None  # the dashboard's HTTP server (/metrics, /healthz), when [dashboard] is enabled
+        if config.dashboard.enabled:
+            from gateway.dashboard.server import DashboardServer  # prometheus_client is imported only when used
+
+            d = config.dashboard
+            self.dashboard = DashboardServer(self, tls_cert=d.tls_cert, tls_key=d.tls_key,
+                                             password_file=d.password_file)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -141,6 +148,8 @@ class Node:
                  "dispatcher": self.dispatcher.run, "cron": self.cron.run, "mqtt": self.link.run}
         if self.config.api.enabled:
             tasks["event API"] = partial(self.event_api.serve, self.config.api.listen, self.config.api.port)
+        if self.dashboard is not None:  # closes itself when stop is set
+            tasks["dashboard"] = partial(self.dashboard.serve, self.config.dashboard.listen, self.config.dashboard.port)
         if self.anchoring is not None:
             tasks["anchoring"] = self.anchoring.run
         if self.chain is not None:

@@ -31,6 +31,7 @@ def node_status(node: Any) -> dict:
         "api": {"url": (f"{'https' if config.api.tls_cert else 'http'}://{config.api.listen}:{node.event_api.port}"
                         if node.event_api.port else None),
                 **node.event_api.counters},
+        "dashboard": _dashboard(node),
         "applets": {"projects": sorted(node.runtime.projects), "events": node.runtime.counters["events"],
                     "failed": node.runtime.counters["failed"], "pebble_cursor": node.dispatcher.dispatched,
                     "cron_events": node.cron.fired,
@@ -41,6 +42,12 @@ def node_status(node: Any) -> dict:
         "latency_receive_to_verified": node.pebble.verify_latency.percentiles(),
         "latency_receive_to_durable": node.sink.latency.percentiles(),
     }
+
+
+def _dashboard(node: Any) -> dict | None:
+    """Where the dashboard serves (its ``url`` tells the port picked for port 0); None when off."""
+    dashboard = getattr(node, "dashboard", None)  # None when [dashboard] is disabled
+    return dashboard.status() if dashboard is not None else None
 
 
 def degraded(node: Any, now: float) -> dict[str, str]:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from bisect import bisect_left
 from collections import Counter, deque
 from pathlib import Path
 
@@ -72,17 +73,61 @@ class Latencies:
                 "max_ms": round(ordered[-1] * 1000, 2), "samples": len(ordered)}
 
 
+class Buckets:
+    """Cumulative counts of durations in fixed buckets (a Prometheus histogram's data): adding
+    costs one bisect, and memory is fixed however many are added."""
+
+    BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BOUNDS) + 1)  # the last one: above every bound
+        self.sum = 0.0
+
+    def add(self, seconds: float, n: int = 1) -> None:
+        """``n`` events that each took ``seconds`` (a batch's events finish together)."""
+        self.counts[bisect_left(self.BOUNDS, seconds)] += n
+        self.sum += seconds * n
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``[(upper bound, events at or below it)]``, ending with ``("+Inf", all)``."""
+        out, running = [], 0
+        for bound, count in zip((*map(str, self.BOUNDS), "+Inf"), self.counts):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+# The device family whose counts predate counting rejections by family (an older status.json).
+UNKNOWN_FAMILY = "unknown"
+
+
 class Counters:
-    """Accepted by kind and rejected by reason, cumulative across restarts."""
+    """Accepted by kind and rejected by reason (and by device family and reason), cumulative
+    across restarts."""
 
     def __init__(self, previous: dict | None = None) -> None:
         previous = previous or {}
         self.accepted: Counter[str] = Counter(previous.get("accepted", {}))
         self.rejected: Counter[str] = Counter(previous.get("rejected", {}))
+        self.rejected_by_family: dict[str, Counter[str]] = {
+            family: Counter(reasons) for family, reasons in previous.get("rejected_by_family", {}).items()}
+        for reason, count in self.rejected.items():  # counted before families were: "unknown"
+            missing = count - sum(reasons.get(reason, 0) for reasons in self.rejected_by_family.values())
+            if missing > 0:
+                self.rejected_by_family.setdefault(UNKNOWN_FAMILY, Counter())[reason] += missing
         self.redelivered: int = previous.get("redelivered", 0)  # broker resent what was already stored
+
+    def reject(self, family: str, reason: str) -> None:
+        """One refused message or frame of ``family`` ("pebble", "legacy")."""
+        self.rejected[reason] += 1
+        by_reason = self.rejected_by_family.get(family)
+        if by_reason is None:
+            by_reason = self.rejected_by_family[family] = Counter()
+        by_reason[reason] += 1
 
     def snapshot(self) -> dict:
         return {"accepted": dict(self.accepted), "rejected": dict(self.rejected), "redelivered": self.redelivered,
+                "rejected_by_family": {family: dict(reasons) for family, reasons in self.rejected_by_family.items()},
                 "accepted_total": sum(self.accepted.values()),
                 "rejected_total": sum(self.rejected.values())}
 

@@ -29,6 +29,7 @@ from typing import Awaitable, Callable
 from gateway.applets.abi import EventMeta
 from gateway.applets.pool import AppletEvent, AppletResult, HostCall, Limits, ProjectWorker, WorkerDied
 from gateway.applets.project import Project, ProjectStore
+from gateway.status import Buckets
 from gateway.storage import create_private, open_private
 
 log = logging.getLogger("w3gate.applets")
@@ -42,6 +43,15 @@ _EVENT_NUMBERS = itertools.count(1)
 Settle = Callable[[str, list[dict], list[dict]], Awaitable[None]]
 # (operator names): void every transaction still held, once no outbox claims it
 VoidUnclaimed = Callable[[list[str]], Awaitable[None]]
+
+
+@dataclass
+class ProjectCounts:
+    """One project's applet runs since start: how many, how many failed, how long they took."""
+
+    events: int = 0
+    failed: int = 0
+    latency: Buckets = field(default_factory=Buckets)
 
 
 @dataclass
@@ -106,6 +116,7 @@ class AppletRuntime:
         self.projects: dict[str, Project] = {}
         self.workers: dict[str, ProjectWorker] = {}
         self.counters = {"events": 0, "failed": 0}
+        self.per_project: dict[str, ProjectCounts] = {}  # the same, by project, with their latencies
         self._version: tuple | None = None
 
     # -- projects ------------------------------------------------------------------------------------
@@ -218,25 +229,40 @@ class AppletRuntime:
                                          event.payload, meta, strategy.applet), response, strategy.applet,
                              strategy.handler))
         results: list[AppletResult] = []
+        started = time.monotonic()
         if cursor is not None:
             results = await worker.run([job[0] for job in jobs], cursor=cursor)
         else:
             for start in range(0, len(jobs), self.max_batch):
                 results += await worker.run([job[0] for job in jobs[start:start + self.max_batch]])
         now = time.time()
+        failed = 0
         for (job, response, applet, handler), result in zip(jobs, results):
             response.results.append({"appletName": applet, "instanceID": job.module[:16], "handler": handler,
                                      "returnValue": _return_value(result.return_value), "code": result.code,
                                      **({"error": result.error} if result.error else {})})
-            self.counters["events"] += 1
             if result.error:
-                self.counters["failed"] += 1
+                failed += 1
             if result.metrics:
                 self._append(self.store.files(name).metrics,
                              [{"t": now, "event": job.meta.event_id, "applet": applet, "metrics": m}
                               for m in result.metrics])
+        self._count(name, min(len(jobs), len(results)), failed, time.monotonic() - started)
         for response in responses:
             response.timestamp_ms = int(time.time() * 1000)
+
+    def _count(self, name: str, events: int, failed: int, seconds: float) -> None:
+        """Once per batch, not per event: the batch's events all took ``seconds`` (handed to the
+        worker until their results came back, earlier batches of the same call included)."""
+        self.counters["events"] += events
+        self.counters["failed"] += failed
+        counts = self.per_project.get(name)
+        if counts is None:
+            counts = self.per_project[name] = ProjectCounts()
+        counts.events += events
+        counts.failed += failed
+        if events:
+            counts.latency.add(seconds, events)
 
     @staticmethod
     def _append(path: Path, entries: list[dict]) -> None:

@@ -14,8 +14,9 @@ from typing import Callable, TextIO
 
 from gateway.buffer.commit import GroupCommitter
 from gateway.buffer.store import RecordStore
+from gateway.codec.record import WIRES
 from gateway.errors import Rejection
-from gateway.status import Counters, Latencies, RejectLog
+from gateway.status import UNKNOWN_FAMILY, Counters, Latencies, RejectLog
 
 Done = Callable[[int | None], None]  # called with the record's seq, or None when it was refused
 
@@ -47,8 +48,9 @@ class RecordSink:
     def _durable(self, doc: dict, kind: str, where: str, done: Done, seq: int | None) -> None:
         try:
             if seq is None:
+                wire = WIRES.get(doc.get("wire"))
                 self.rejected(Rejection("buffer_full", "the buffer is full (policy refuse)", device=doc["device"]),
-                              where)
+                              where, family=wire.family if wire else UNKNOWN_FAMILY)
             else:
                 now = time.time()
                 self.counters.accepted[kind] += 1
@@ -72,9 +74,10 @@ class RecordSink:
         self.last_handled = time.time()
         done()
 
-    def rejected(self, rejection: Rejection, where: str) -> None:
-        """Count and log a refused message or frame (``where``: its topic or link)."""
-        self.counters.rejected[rejection.reason] += 1
+    def rejected(self, rejection: Rejection, where: str, family: str = "pebble") -> None:
+        """Count and log a refused message or frame (``where``: its topic or link) of a device
+        ``family`` ("pebble", "legacy"): the source knows it, the rejection may not name a device."""
+        self.counters.reject(family, rejection.reason)
         if rejection.reason == "internal" and rejection.__cause__ is not None:
             self.reject_log.internal(rejection.__cause__, rejection.device, where)
         else:

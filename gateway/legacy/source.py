@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Awaitable, Callable
 
 from gateway.buffer.sink import RecordSink
@@ -35,7 +36,7 @@ class LegacySource:
         self.registry = LegacyRegistry(config.layout.legacy_devices)
         verifier = LegacyVerifier(self.registry, rate=config.legacy.rate, burst=config.legacy.burst)
         self.bridge = LegacyBridge(self.registry, verifier, Attester(bytes(account.key)), self._store,
-                                   sink.rejected, seq_path=config.layout.legacy_seq)
+                                   partial(sink.rejected, family="legacy"), seq_path=config.layout.legacy_seq)
         self.serial = None  # SerialLinks, when [serial] ports are set
         self.ble = None  # BleLinks, when [ble] is enabled
         s = config.serial

@@ -45,7 +45,7 @@ class GatewayProcess:
         self.log = workdir / "gateway.log"
         sections: dict[str, dict] = {"mqtt": {"host": "127.0.0.1", "port": broker_port,
                                               "client_id": f"w3gate-test-{broker_port}"},
-                                     "api": {"port": 0}}
+                                     "api": {"port": 0}, "dashboard": {"port": 0}}
         for key, value in settings.items():
             section, _, name = key.partition("__")
             sections.setdefault(section, {})[name] = value
