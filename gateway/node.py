@@ -30,6 +30,7 @@ from gateway.buffer.commit import GroupCommitter
 from gateway.buffer.sink import RecordSink
 from gateway.buffer.store import FullPolicy, RecordState, RecordStore, StoreConfig
 from gateway.buffer.upkeep import BufferUpkeep
+from gateway.catchup import CatchUp, Stage, view_for
 from gateway.codec.record import Record
 from gateway.config import Config
 from gateway.ingest.mqtt import MqttLink
@@ -112,6 +113,10 @@ class Node:
         self.cron = CronScheduler(self.runtime)
         self.upkeep = BufferUpkeep(self.store, self.committer, expire_at=RecordState.ANCHORED if self.anchoring
                                    else RecordState.PROCESSED)  # when anchoring, records expire once anchored
+        stages = [Stage("applets", "processed_upto")]
+        if self.anchoring is not None:
+            stages.append(Stage("anchoring", "anchored_upto", blocked=self.anchoring.trouble))
+        self.catchup = CatchUp(stages, lambda: self.upkeep.stats, view_for(status=self.notifier.status))
         self.dashboard = None  # the dashboard's HTTP server (/metrics, /healthz), when [dashboard] is enabled
         if config.dashboard.enabled:
             from gateway.dashboard.server import DashboardServer  # prometheus_client is imported only when used
@@ -145,7 +150,8 @@ class Node:
         every_second["watchdog"] = self.notifier.watchdog  # on the loop: a wedged loop stops the pings
         tasks = {"housekeeping": lambda stop: periodic(1.0, every_second, stop, self.health),
                  "expiry": lambda stop: periodic(60.0, {"expiry": self.upkeep.expire}, stop, self.health, first_s=1.0),
-                 "dispatcher": self.dispatcher.run, "cron": self.cron.run, "mqtt": self.link.run}
+                 "dispatcher": self.dispatcher.run, "cron": self.cron.run, "mqtt": self.link.run,
+                 "catch-up": self.catchup.run}
         if self.config.api.enabled:
             tasks["event API"] = partial(self.event_api.serve, self.config.api.listen, self.config.api.port)
         if self.dashboard is not None:  # closes itself when stop is set

@@ -37,6 +37,7 @@ def node_status(node: Any) -> dict:
                     "cron_events": node.cron.fired,
                     "monitor_events": node.monitors.fired if node.monitors else 0,
                     "worker_restarts": sum(w.restarts for w in node.runtime.workers.values())},
+        "catching_up": node.catchup.status(),
         "buffer": {**node.upkeep.stats, "pending": node.committer.backlog,
                    "commits": node.committer.commits, "write_failures": node.committer.failures},
         "latency_receive_to_verified": node.pebble.verify_latency.percentiles(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 import click
 
@@ -25,7 +26,7 @@ def run(config_path: str | None, data_dir: str | None, trace_path: str | None) -
     from gateway.node import Node
 
     config = get_config(config_path, data_dir)
-    logging.basicConfig(level=config.log.level.upper(),
+    logging.basicConfig(level=config.log.level.upper(), handlers=[logging.StreamHandler(_CurrentStderr())],
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     try:
         node = Node(config, trace_path=trace_path)
@@ -40,6 +41,17 @@ def run(config_path: str | None, data_dir: str | None, trace_path: str | None) -
         await node.run(stop)
 
     asyncio.run(main())
+
+
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is at each write: while a catch-up's progress bars show
+    (gateway/catchup.py), rich stands in for it and prints log lines above the bars."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 COMMANDS = [run]

@@ -51,6 +51,14 @@ def status(as_json, config_path, data_dir) -> None:
         age = ingest.get("last_handled_age_s")
         click.echo(f"ingest     {'no message handled yet' if age is None else f'last message handled {age:.0f} s ago'}"
                    f", {ingest.get('waiting', 0)} waiting")
+    for name, stage in sorted((info.get("catching_up") or {}).items() if running else ()):
+        eta = stage.get("eta_s")
+        click.echo(f"catching up {name}: {stage['left']:,} of {stage['total']:,} records left, {stage['per_s']:,.0f}/s"
+                   + (f", waiting: {stage['waiting']}" if stage.get("waiting") else
+                      f", about {eta} s" if eta is not None else ""))
+    dashboard = info.get("dashboard") or {}
+    if running and dashboard.get("url"):
+        click.echo(f"dashboard  {dashboard['url']}/  (metrics at /metrics)")
     click.echo(f"devices    {info.get('devices', '?')}")
     click.echo(f"accepted   {info.get('accepted_total', 0)}  " +
                "  ".join(f"{k}={v}" for k, v in sorted(info.get("accepted", {}).items())))

@@ -74,3 +74,32 @@ def test_the_gateway_tells_systemd_it_is_ready_alive_and_stopping(tmp_path, mosq
     while (got := receive(sock, time.monotonic() + 0.5)) is not None:
         rest.append(got[0])
     assert any(m.split("\n")[0] == "STOPPING=1" for m in rest), rest
+
+
+def test_a_gateway_starting_on_a_large_backlog_says_how_far_behind_it_is_until_caught_up(
+        tmp_path, mosquitto, notify_socket, monkeypatch):
+    from bench.buffer import make_docs
+    from gateway.buffer.store import RecordStore
+
+    with RecordStore(tmp_path / "data" / "records") as store:  # a week offline, in short
+        for first in range(0, 20_000, 5_000):
+            store.append(make_docs(first, 5_000))
+    path, sock = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    gw = GatewayProcess(tmp_path, mosquitto.port).start(wait=False)
+    try:
+        statuses: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any("caught up" in s for s in statuses):
+            got = receive(sock, deadline)
+            if got is None:
+                break
+            statuses += [f[len("STATUS="):] for f in got[0].split("\n") if f.startswith("STATUS=")]
+        assert "catching up: applets: 20,000 of 20,000 records left, 0/s" in statuses, statuses
+        assert statuses[-1].startswith("applets caught up: 20,000 records in "), statuses
+        assert gw.stop() == 0
+        log = gw.log_text()
+        assert "catching up: applets: 20,000 of 20,000 records left" in log
+        assert "applets caught up: 20,000 records in " in log
+    finally:
+        gw.kill()
