@@ -1107,6 +1107,9 @@ def wanted_ports(facts: Facts) -> list[PortWanted]:
     if config.api.enabled and config.api.port:
         out.append(PortWanted("event API", config.api.listen, config.api.port, facts.gateway_pid,
                               "the running gateway", "[api] port"))
+    if config.dashboard.enabled and config.dashboard.port:
+        out.append(PortWanted("dashboard", config.dashboard.listen, config.dashboard.port, facts.gateway_pid,
+                              "the running gateway", "[dashboard] port"))
     if config.broker.managed:
         b = config.broker
         out.append(PortWanted("broker local", "127.0.0.1", b.local_port, facts.broker_pid, "the managed broker",
@@ -1122,7 +1125,7 @@ def wanted_ports(facts: Facts) -> list[PortWanted]:
 def port_checks(facts: Facts) -> list[Check]:
     wanted = wanted_ports(facts)
     if not wanted:
-        return [skip("ports", "no event API port ([api] port = 0 or disabled) and no managed broker")]
+        return [skip("ports", "no event API or dashboard port (port = 0 or disabled) and no managed broker")]
     listeners = proc_listeners()
     return [check_port(w, listeners) for w in wanted]
 

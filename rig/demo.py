@@ -235,6 +235,7 @@ def gateway_env(rig: Rig) -> dict[str, str]:
     return {**os.environ, "W3GATE_MQTT_HOST": "127.0.0.1",
             "W3GATE_DATA_DIR": str(rig.gw_data), "W3GATE_MQTT_CLIENT_ID": "w3gate-demo",
             "W3GATE_API_PORT": "0",  # a free port: the demo never collides with a node on 8889
+            "W3GATE_DASHBOARD_PORT": "0",  # nor with one's dashboard on 8890; its URL is printed
             **rig.env}
 
 
@@ -246,11 +247,15 @@ def start_gateway(rig: Rig, timeout: float = 20.0) -> None:
                                    start_new_session=True)
     rig.procs.append(gateway)
     deadline = time.time() + timeout
-    while not (read_status(rig.layout.status) or {}).get("mqtt", {}).get("connected"):
+    while not (status := read_status(rig.layout.status) or {}).get("mqtt", {}).get("connected") \
+            or ((status.get("dashboard") or {"url": ""}).get("url") is None):  # None: not listening yet
         if time.time() > deadline or gateway.poll() is not None:
             raise click.ClickException(f"the gateway did not start; see {log}")
         time.sleep(0.1)
     rig.console.print(f"gateway running (log: {log})")
+    url = (status.get("dashboard") or {}).get("url")
+    if url:
+        rig.console.print(f"[bold]dashboard: {url}/[/] (open it in a browser; metrics at {url}/metrics)")
 
 
 def pair_sensor(rig: Rig, name: str, args: list[str]) -> None:

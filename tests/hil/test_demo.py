@@ -6,6 +6,7 @@ command each, their readings next to the Pebbles' with their trust level."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 from tests.support.gateway import w3gate_exe
@@ -18,6 +19,7 @@ def test_the_demo_shows_verified_readings_applets_proofs_and_paired_sensors(tmp_
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "project pebble-demo deployed" in out
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/ ", out)  # where to look, on a port of its own
     assert out.count("✔") >= 10  # verified readings as they became durable
     assert "applet geofence: geofence-alert:" in out  # the devices start outside the Munich fence
     assert "proven against the chain: valid" in out

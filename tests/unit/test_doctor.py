@@ -324,10 +324,10 @@ def test_a_port_is_free_ours_or_a_strangers():
 
 def test_the_ports_checked_follow_the_configuration(tmp_path):
     labels = [w.label for w in d.wanted_ports(Facts(config(tmp_path)))]
-    assert labels == ["event API", "broker local", "broker devices", "broker clients"]
-    off = config(tmp_path, api={"port": 0}, broker={"managed": False})
+    assert labels == ["event API", "dashboard", "broker local", "broker devices", "broker clients"]
+    off = config(tmp_path, api={"port": 0}, dashboard={"enabled": False}, broker={"managed": False})
     assert d.wanted_ports(Facts(off)) == [] and d.port_checks(Facts(off))[0].level is Level.SKIP
-    some = config(tmp_path, broker={"device_port": 0, "client_port": 0})
+    some = config(tmp_path, dashboard={"port": 0}, broker={"device_port": 0, "client_port": 0})
     assert [w.label for w in d.wanted_ports(Facts(some))] == ["event API", "broker local"]
 
 
