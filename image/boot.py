@@ -171,6 +171,16 @@ def check_gateway(m: Machine, log: Log) -> None:
         time.sleep(3)
     key = json.loads(m.ssh(f"{SERVICE} key show --json").stdout)
     log(f"node key made on the device: {key['did']}")
+    journal = m.ssh("sudo journalctl -b -u w3gate --no-pager -o cat", check=False).stdout
+    troubles = [line for line in journal.splitlines() if "time-wait-sync" in line or "not permitted" in line]
+    if troubles:  # the clock wait runs outside the unit's sandbox ("+"); it must not fail quietly ("-")
+        raise ImageError("the clock wait before w3gate failed:\n" + "\n".join(troubles))
+    healthz = m.ssh("/opt/w3gate/bin/python -c \"import urllib.request; "
+                    "print(urllib.request.urlopen('http://127.0.0.1:8890/healthz', timeout=10).read().decode())\"",
+                    check=False)
+    if healthz.stdout.strip() != "ok":
+        raise ImageError(f"the dashboard does not answer on 127.0.0.1:8890: {healthz.stdout}{healthz.stderr}")
+    log("dashboard answers on 127.0.0.1:8890 (reach it with ssh -L 8890:127.0.0.1:8890)")
     doctor = m.ssh(f"{SERVICE} doctor", check=False, timeout=300)
     for line in doctor.stdout.splitlines():
         log(f"doctor: {line}")

@@ -13,7 +13,10 @@ import hashlib
 import hmac
 import os
 import stat
+import time
+from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 from gateway.errors import ConfigError
 
@@ -59,3 +62,37 @@ class Login:
             return False
         _user, sep, password = decoded.partition(":")
         return bool(sep) and self.check(password)
+
+
+class Attempts:
+    """Wrong passwords per client address, so a LAN client cannot try passwords at line rate.
+
+    After ``free`` wrong passwords an address must wait before its next try: ``first_wait_s``,
+    doubling with each further wrong one up to ``max_wait_s``. A right password forgets the
+    address. At most ``max_tracked`` addresses are remembered (the least recently seen are
+    forgotten), so a flood of addresses costs bounded memory."""
+
+    def __init__(self, *, free: int = 5, first_wait_s: float = 1.0, max_wait_s: float = 300.0,
+                 max_tracked: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
+        self.free, self.first_wait_s, self.max_wait_s = free, first_wait_s, max_wait_s
+        self.max_tracked = max_tracked
+        self.clock = clock
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # address -> (count, last failure)
+        self.refused = 0  # tries refused for waiting, for the metrics
+
+    def wait_s(self, address: str) -> float:
+        """Seconds ``address`` must still wait before it may try a password; 0 when it may."""
+        count, last = self._failures.get(address, (0, 0.0))
+        if count < self.free:
+            return 0.0
+        wait = min(self.max_wait_s, self.first_wait_s * 2 ** (count - self.free))
+        return max(0.0, last + wait - self.clock())
+
+    def failed(self, address: str) -> None:
+        count, _ = self._failures.pop(address, (0, 0.0))
+        self._failures[address] = (count + 1, self.clock())
+        while len(self._failures) > self.max_tracked:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)
