@@ -68,11 +68,23 @@ image_tools() {
   [ -e /proc/sys/fs/binfmt_misc/register ] || as_root mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
 }
 
+# The dashboard's tests drive a real browser: Debian's Chromium and its driver, for selenium.
+browser_tools() {
+  local missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
   demo)  setup; exec "$VENV/bin/w3gate" demo "$@" ;;
-  test)  setup; image_tools; exec "$VENV/bin/python" -m pytest "$@" ;;
+  test)  setup; image_tools; browser_tools; exec "$VENV/bin/python" -m pytest "$@" ;;
   soak)  setup; exec "$VENV/bin/python" -m pytest -m slow "$@" ;;
   bench) setup; exec "$VENV/bin/python" -m bench "$@" ;;
   fuzz)  setup; "$VENV/bin/pip" install -q "atheris>=2.3"; exec "$VENV/bin/python" -m tests.fuzz "$@" ;;

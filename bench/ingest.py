@@ -132,6 +132,22 @@ def wait_durable(trace: Trace, messages: list, timeout: float) -> dict:
             "last_durable": max(got) if got else 0.0}
 
 
+def start_traced_gateway(work: Path, data_dir: Path, env: dict, trace_path: Path,
+                         profile: list[str] = ()) -> subprocess.Popen:
+    """`w3gate run` with the durability trace; back once it is connected to the broker."""
+    status_file = DataDir(data_dir).status
+    status_file.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, *profile, "-m", "gateway", "run", "--data-dir", str(data_dir),
+                             "--trace", str(trace_path)], env=env, stdout=open(work / "gateway.log", "ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if status_file.exists() and json.loads(status_file.read_text()).get("mqtt", {}).get("connected"):
+            return proc
+        time.sleep(0.05)
+    raise SystemExit(f"gateway did not come up: {(work / 'gateway.log').read_text()}")
+
+
 def run_phase(name: str, work: Path, port: int, messages: list[tuple[str, bytes, str]], *, rate: float,
               publishers: int, trace: Trace, timeout: float, tls: list[Path] | None = None) -> dict:
     """Publish ``messages`` from ``publishers`` processes at ``rate`` in total; wait until all are durable."""
@@ -217,7 +233,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=ROOT))
     data_dir = work / "data"
-    env = {**os.environ, "W3GATE_LOG_LEVEL": "warning", "W3GATE_MQTT_CLIENT_ID": "w3gate-bench", "W3GATE_API_PORT": "0"}
+    env = {**os.environ, "W3GATE_LOG_LEVEL": "warning", "W3GATE_MQTT_CLIENT_ID": "w3gate-bench", "W3GATE_API_PORT": "0",
+           "W3GATE_DASHBOARD_PORT": "0"}
     gateway = None
     if args.secure:
         broker, publish_port, tls = secure_broker(work, data_dir, env)
@@ -245,16 +262,7 @@ def main() -> None:
         profile = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
 
         def start_gateway() -> subprocess.Popen:
-            status_file.unlink(missing_ok=True)
-            proc = subprocess.Popen([sys.executable, *profile, "-m", "gateway", "run", "--data-dir", str(data_dir),
-                                     "--trace", str(trace_path)], env=env, stdout=open(work / "gateway.log", "ab"),
-                                    stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
-            deadline = time.time() + 20
-            while time.time() < deadline:
-                if status_file.exists() and json.loads(status_file.read_text()).get("mqtt", {}).get("connected"):
-                    return proc
-                time.sleep(0.05)
-            raise SystemExit(f"gateway did not come up: {(work / 'gateway.log').read_text()}")
+            return start_traced_gateway(work, data_dir, env, trace_path, profile)
 
         n = args.messages
         gateway = start_gateway()  # creates the persistent session

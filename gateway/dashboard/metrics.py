@@ -36,6 +36,23 @@ def metrics_registry(node: Any) -> CollectorRegistry:
     return registry
 
 
+def link_states(legacy: Any) -> dict[str, bool]:
+    """Every legacy link (``serial:<port>``, ``ble:<name>``) and whether it is up now: the open
+    serial ports, the wanted BLE sensors, and the links devices spoke on (down unless open)."""
+    states: dict[str, bool] = {}
+    for link in legacy.bridge.heard_on.values():
+        states[link] = False
+    if legacy.serial is not None:
+        for port in legacy.serial.ports:
+            states["serial:" + port] = True
+    if legacy.ble is not None:
+        for name in legacy.ble.wanted():
+            states.setdefault("ble:" + name, False)
+        for name, link in legacy.ble.links.items():
+            states["ble:" + name] = link.client is not None and link.client.is_connected
+    return states
+
+
 class NodeCollector(Collector):
     """The ``Node``'s figures (gateway/node.py) as metric families; each group is read on its own,
     so a failure in one (a bug: logged once) leaves the others in the scrape."""
@@ -134,21 +151,7 @@ class NodeCollector(Collector):
         up = GaugeMetricFamily(PREFIX + "legacy_link_up", "1 while a legacy sensor's link (serial port, BLE "
                                "connection) is up, 0 while it is down", labels=["transport", "link"])
         legacy = self.node.legacy
-        if legacy is None:
-            yield up
-            return
-        states: dict[str, bool] = {}
-        for link in legacy.bridge.heard_on.values():  # links devices spoke on: down unless open below
-            states[link] = False
-        if legacy.serial is not None:
-            for port in legacy.serial.ports:
-                states["serial:" + port] = True
-        if legacy.ble is not None:
-            for name in legacy.ble.wanted():
-                states.setdefault("ble:" + name, False)
-            for name, link in legacy.ble.links.items():
-                states["ble:" + name] = link.client is not None and link.client.is_connected
-        for link, is_up in sorted(states.items()):
+        for link, is_up in sorted(link_states(legacy).items()) if legacy is not None else ():
             up.add_metric([link.split(":", 1)[0], link], int(is_up))
         yield up
 

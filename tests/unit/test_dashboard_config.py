@@ -145,3 +145,17 @@ def test_with_a_password_file_every_route_but_healthz_asks_for_the_password(tmp_
                                          ("/healthz", None)])
     assert [code for code, _ in answers] == [401, 401, 401, 200, 200]
     assert b"process_cpu_seconds_total" in answers[3][1]  # the metrics, once the password is given
+
+
+def test_after_five_wrong_passwords_an_address_is_told_to_wait_and_not_even_checked(tmp_path):
+    password = tmp_path / "password"
+    password.write_text("s3cret horse\n")
+    password.chmod(0o600)
+    server = DashboardServer(SimpleNamespace(), password_file=str(password))
+    _, answers = _serve_and_get(server, [("/metrics", None)] * 3 + [("/metrics", _basic(f"guess {i}")) for i in range(5)]
+                                + [("/metrics", _basic("guess 6")), ("/metrics", _basic("s3cret horse")),
+                                   ("/healthz", None)])
+    codes = [code for code, _ in answers]
+    assert codes == [401] * 8 + [429, 429, 200]  # asking without a password is free; /healthz never waits
+    assert answers[-2][1].startswith(b"too many wrong passwords: try again in ")
+    assert server.attempts.refused == 2
