@@ -159,6 +159,28 @@ class BrokerFiles:
 
 
 @dataclass(frozen=True)
+class DashboardFiles:
+    """``dashboard/``: what `w3gate dashboard setup` makes for serving the dashboard on the network."""
+
+    dir: Path
+
+    @property
+    def tls_cert(self) -> Path:
+        """tls.crt: the dashboard's certificate, issued by the gateway's local CA (broker/ca.crt)."""
+        return self.dir / "tls.crt"
+
+    @property
+    def tls_key(self) -> Path:
+        """tls.key: its private key, 0600."""
+        return self.dir / "tls.key"
+
+    @property
+    def password(self) -> Path:
+        """password: the dashboard's password on its first line, 0600 (``[dashboard] password_file``)."""
+        return self.dir / "password"
+
+
+@dataclass(frozen=True)
 class DataDir:
     """The data directory (``data_dir``, ``W3GATE_DATA_DIR``) and what the gateway keeps in it."""
 
@@ -233,6 +255,11 @@ class DataDir:
     def broker(self) -> BrokerFiles:
         """broker/: the managed broker's configuration, identities and certificates."""
         return BrokerFiles(self.root / "broker")
+
+    @property
+    def dashboard(self) -> DashboardFiles:
+        """dashboard/: the dashboard's certificate, key and password, when served on the network."""
+        return DashboardFiles(self.root / "dashboard")
 
     def module(self, sha256: str) -> Path:
         """modules/<sha256>.wasm: one deployed module."""

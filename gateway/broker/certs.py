@@ -106,11 +106,13 @@ def _general_name(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
-def issue_server(files: BrokerFiles, names: list[str]) -> x509.Certificate:
-    """A TLS certificate for the broker, naming ``names`` (DNS names or IP addresses)."""
+def issue_server(files: BrokerFiles, names: list[str], cert_path: Path | None = None,
+                 key_path: Path | None = None) -> x509.Certificate:
+    """A TLS server certificate from the local CA, naming ``names`` (DNS names or IP addresses):
+    the broker's (by default), or another server's of ours at ``cert_path`` and ``key_path``."""
     key, cert = _issue(files, names[0], ExtendedKeyUsageOID.SERVER_AUTH, [_general_name(n) for n in names])
-    atomic_write(files.server_key, _key_pem(key), mode=0o600)
-    atomic_write(files.server_cert, _cert_pem(cert), mode=0o600)
+    atomic_write(key_path or files.server_key, _key_pem(key), mode=0o600)
+    atomic_write(cert_path or files.server_cert, _cert_pem(cert), mode=0o600)
     return cert
 
 

@@ -29,7 +29,7 @@ COMMAND_MODULES = {
     "run": "run", "demo": "demo", "config": "config", "device": "device", "pebble": "pebble",
     "records": "records", "status": "status", "sim": "sim", "project": "project", "applet": "project",
     "publisher": "project", "key": "key", "proof": "proof", "buffer": "buffer", "broker": "broker",
-    "chain": "chain", "service": "service", "doctor": "doctor",
+    "chain": "chain", "service": "service", "doctor": "doctor", "dashboard": "dashboard",
 }
 
 
