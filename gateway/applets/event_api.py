@@ -40,6 +40,7 @@ from gateway.applets.publishers import Publishers
 from gateway.applets.runtime import AppletRuntime, Event
 from gateway.codec.record import FAMILY_EVENTS
 from gateway.errors import ConfigError
+from gateway.ingest.http import ConnectionCap
 from gateway.status import RejectLog
 
 log = logging.getLogger("w3gate.api")
@@ -52,7 +53,6 @@ MAX_MQTT_EVENTS_RUNNING = 1000  # events over MQTT waiting for their applets; mo
 RESERVED_PREFIXES = tuple(sorted({e.split("_")[0] + "_" for events in FAMILY_EVENTS.values() for e in events}))
 MONITOR_DEFAULT = "MONITOR_DEFAULT"
 UNAUTHORIZED = {"error": "InvalidEventToken: a publisher token of this project is required"}
-BUSY_RESPONSE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 def reserved_event_type(project: Project, event_type: str) -> bool:
@@ -98,7 +98,8 @@ class EventAPI:
                          "busy": 0, "connections_refused": 0, "internal": 0}
         self._runner = None  # aiohttp's AppRunner while the HTTP API serves
         self._server: asyncio.AbstractServer | None = None
-        self._connections: dict[_Counted, None] = {}  # open, oldest first
+        self.connections = ConnectionCap(max_connections, self.body_timeout_s if self.tls else None,
+                                         on_refused=self._refused)
         self.port: int | None = None
 
     def authorize(self, project: str, token: str | None, event_type: str) -> tuple[str | None, Reply | None]:
@@ -210,7 +211,7 @@ class EventAPI:
         await self._runner.setup()
         try:
             self._server = await asyncio.get_running_loop().create_server(
-                self._connection, host, port, ssl=self.tls, reuse_address=True,
+                self.connections.factory(self._runner.server), host, port, ssl=self.tls, reuse_address=True,
                 ssl_handshake_timeout=self.body_timeout_s if self.tls else None)
         except BaseException:
             await self._runner.cleanup()  # so a later attempt starts clean
@@ -227,22 +228,13 @@ class EventAPI:
         if self._runner is not None:
             await self._runner.cleanup()  # closes the connections it holds
             self._runner = None
-        for connection in list(self._connections):
-            connection.abort()  # still in a TLS handshake or never a request
+        self.connections.abort_all()  # still in a TLS handshake or never a request
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
 
-    def _connection(self) -> asyncio.Protocol:
-        """A connection accepted: aiohttp's handler, counted; at the cap the oldest connection that
-        has not sent a request head is dropped for it, or, if there is none, it is answered 503."""
-        if len(self._connections) >= self.max_connections:
-            idle = next((c for c in self._connections if c.idle()), None)
-            if idle is None:
-                self.counters["connections_refused"] += 1
-                return _Refused()
-            idle.abort()
-        return _Counted(self._runner.server(), self._connections, self.body_timeout_s if self.tls else None)
+    def _refused(self) -> None:
+        self.counters["connections_refused"] += 1
 
     async def _http_did(self, request):
         from aiohttp import web
@@ -295,61 +287,3 @@ class EventAPI:
             self.reject_log.internal(e, None, project[:64] + " (HTTP)")
             reply = Reply(500, {"error": "internal: the gateway failed on this event (logged)"})
         return answer(reply)
-
-
-class _Counted(asyncio.Protocol):
-    """aiohttp's protocol for one connection, kept in ``open`` while the connection is; ``idle``
-    until the connection has sent a request head. A TLS connection whose handshake fails never
-    reaches ``connection_made``: it leaves ``open`` once the handshake timeout has passed."""
-
-    def __init__(self, inner: asyncio.Protocol, open: dict, handshake_s: float | None) -> None:
-        self.inner, self.open = inner, open
-        self.transport: asyncio.Transport | None = None
-        self.head_seen = False
-        self._tail = b""
-        open[self] = None
-        if handshake_s is not None:
-            asyncio.get_running_loop().call_later(handshake_s + 1.0, self._handshake_over)
-
-    def idle(self) -> bool:
-        return self.transport is not None and not self.head_seen
-
-    def abort(self) -> None:
-        self.open.pop(self, None)
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _handshake_over(self) -> None:
-        if self.transport is None:
-            self.open.pop(self, None)
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        self.inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if not self.head_seen:
-            seen = self._tail + data
-            self.head_seen, self._tail = b"\r\n\r\n" in seen, seen[-3:]
-        self.inner.data_received(data)
-
-    def eof_received(self):
-        return self.inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-    def connection_lost(self, exc) -> None:
-        self.open.pop(self, None)
-        self.inner.connection_lost(exc)
-
-
-class _Refused(asyncio.Protocol):
-    """A connection over the cap: 503, closed."""
-
-    def connection_made(self, transport) -> None:
-        transport.write(BUSY_RESPONSE)
-        transport.close()

@@ -37,12 +37,14 @@ from gateway.dashboard.access import REALM, Attempts, Login
 from gateway.dashboard.metrics import metrics_registry
 from gateway.dashboard.views import DashboardError, DashboardViews
 from gateway.errors import ConfigError
+from gateway.ingest.http import ConnectionCap
 
 log = logging.getLogger("w3gate.dashboard")
 
 PUBLIC_PATHS = frozenset({"/healthz"})  # answered without the password
 IDLE_TIMEOUT_S = 30.0  # a keep-alive connection without a request for this long is closed
 TICK_S = 1.0  # live updates: how often the views are refreshed and sent
+MAX_CONNECTIONS = 64  # connections held at once; at the cap one that never sent a request makes room, else 503
 MAX_STREAMS = 8  # server-sent event streams open at once; more are answered 503
 WRITE_TIMEOUT_S = 10.0  # a stream whose client takes no data for this long is ended
 KEEPALIVE_S = 15.0  # a comment line on an idle stream, so proxies and phones keep it open
@@ -103,6 +105,7 @@ class DashboardServer:
         self.login = Login.from_file(password_file) if password_file else None
         self.attempts = Attempts()  # wrong passwords per client address
         self.tls = tls_context(tls_cert, tls_key) if tls_cert else None
+        self.connections = ConnectionCap(MAX_CONNECTIONS, IDLE_TIMEOUT_S if self.tls else None)
         self.views = DashboardViews(node)
         self.assets = load_assets()
         self.host: str | None = None
@@ -184,7 +187,7 @@ class DashboardServer:
         await self._runner.setup()
         try:
             self._server = await asyncio.get_running_loop().create_server(
-                self._runner.server, host, port, ssl=self.tls, reuse_address=True,
+                self.connections.factory(self._runner.server), host, port, ssl=self.tls, reuse_address=True,
                 ssl_handshake_timeout=IDLE_TIMEOUT_S if self.tls else None)
         except BaseException:
             await self._runner.cleanup()  # so a later attempt starts clean
@@ -203,6 +206,7 @@ class DashboardServer:
         if self._runner is not None:
             await self._runner.cleanup()  # closes the connections it holds
             self._runner = None
+        self.connections.abort_all()  # still in a TLS handshake or never a request
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

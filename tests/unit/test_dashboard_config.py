@@ -159,3 +159,28 @@ def test_after_five_wrong_passwords_an_address_is_told_to_wait_and_not_even_chec
     assert codes == [401] * 8 + [429, 429, 200]  # asking without a password is free; /healthz never waits
     assert answers[-2][1].startswith(b"too many wrong passwords: try again in ")
     assert server.attempts.refused == 2
+
+
+def test_a_flood_of_idle_connections_neither_keeps_a_browser_out_nor_holds_more_than_the_cap():
+    from gateway.dashboard.server import MAX_CONNECTIONS
+
+    server = DashboardServer(SimpleNamespace())
+
+    async def go():
+        stop = asyncio.Event()
+        task = asyncio.create_task(server.serve("127.0.0.1", 0, stop))
+        while server.port is None:
+            await asyncio.sleep(0.01)
+        idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(200)]  # never a request
+        await asyncio.sleep(0.2)
+        held = len(server.connections.open)
+        answer = await asyncio.to_thread(_get, server.status()["url"] + "/healthz")
+        for _, writer in idle:
+            writer.close()
+        stop.set()
+        await task
+        return held, answer
+
+    held, answer = asyncio.run(go())
+    assert held <= MAX_CONNECTIONS
+    assert answer == (200, b"ok")

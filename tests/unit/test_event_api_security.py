@@ -196,13 +196,13 @@ def test_300_slow_connections_neither_keep_a_publisher_out_nor_stay_open(tmp_pat
                         except ConnectionError:  # displaced already
                             writer.close()
                 await asyncio.sleep(0.05)
-            held = len(gw.api._connections)
+            held = len(gw.api.connections.open)
             during = process.memory_info().rss
             good = await gw.post(gw.url + "events", token=gw.token)
             closed = await asyncio.wait_for(asyncio.gather(*(_ended(reader) for reader, _ in slow)), 10)
             for _, writer in slow:
                 writer.close()
-            after = len(gw.api._connections)
+            after = len(gw.api.connections.open)
             return good, held, closed, after, baseline, during
 
     good, held, closed, after, baseline, during = asyncio.run(go())

@@ -1,0 +1,102 @@
+"""A cap on an HTTP server's connections, for the servers any LAN client may reach (the event
+API, the dashboard): a flood of connections that never send a request must not take the
+gateway's file descriptors or keep a real client out.
+
+``ConnectionCap.factory`` wraps aiohttp's protocol factory for ``loop.create_server``: at most
+``limit`` connections are held; at the cap a new one displaces the oldest that has not sent a
+request head yet, or is answered 503 and closed. Closing connections without a complete request
+head in time is aiohttp's ``keepalive_timeout`` (counted from the connection's start and between
+requests); a TLS handshake that never completes leaves the count after ``handshake_s``.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+BUSY_RESPONSE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class ConnectionCap:
+    def __init__(self, limit: int, handshake_s: float | None = None, *,
+                 on_refused: Callable[[], None] = lambda: None) -> None:
+        self.limit = limit
+        self.handshake_s = handshake_s  # with TLS: how long a handshake may take
+        self.on_refused = on_refused
+        self.open: dict[_Counted, None] = {}  # open, oldest first
+        self.refused = 0  # connections answered 503 at the cap
+
+    def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for ``create_server`` that counts what ``inner`` makes."""
+        def connection() -> asyncio.Protocol:
+            if len(self.open) >= self.limit:
+                idle = next((c for c in self.open if c.idle()), None)
+                if idle is None:
+                    self.refused += 1
+                    self.on_refused()
+                    return _Refused()
+                idle.abort()
+            return _Counted(inner(), self.open, self.handshake_s)
+        return connection
+
+    def abort_all(self) -> None:
+        """When the server stops: connections still in a TLS handshake or that never sent a request."""
+        for connection in list(self.open):
+            connection.abort()
+
+
+class _Counted(asyncio.Protocol):
+    """The inner protocol for one connection, kept in ``open`` while the connection is; ``idle``
+    until the connection has sent a request head. A TLS connection whose handshake fails never
+    reaches ``connection_made``: it leaves ``open`` once the handshake timeout has passed."""
+
+    def __init__(self, inner: asyncio.Protocol, open: dict, handshake_s: float | None) -> None:
+        self.inner, self.open = inner, open
+        self.transport: asyncio.Transport | None = None
+        self.head_seen = False
+        self._tail = b""
+        open[self] = None
+        if handshake_s is not None:
+            asyncio.get_running_loop().call_later(handshake_s + 1.0, self._handshake_over)
+
+    def idle(self) -> bool:
+        return self.transport is not None and not self.head_seen
+
+    def abort(self) -> None:
+        self.open.pop(self, None)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _handshake_over(self) -> None:
+        if self.transport is None:
+            self.open.pop(self, None)
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.head_seen:
+            seen = self._tail + data
+            self.head_seen, self._tail = b"\r\n\r\n" in seen, seen[-3:]
+        self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        self.open.pop(self, None)
+        self.inner.connection_lost(exc)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: 503, closed."""
+
+    def connection_made(self, transport) -> None:
+        transport.write(BUSY_RESPONSE)
+        transport.close()
