@@ -40,7 +40,7 @@ from gateway.applets.publishers import Publishers
 from gateway.applets.runtime import AppletRuntime, Event
 from gateway.codec.record import FAMILY_EVENTS
 from gateway.errors import ConfigError
-from gateway.ingest.http import ConnectionCap
+from gateway.ingest.http import ConnectionCap, close_server
 from gateway.status import RejectLog
 
 log = logging.getLogger("w3gate.api")
@@ -223,15 +223,8 @@ class EventAPI:
         return self.port
 
     async def stop_http(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        if self._runner is not None:
-            await self._runner.cleanup()  # closes the connections it holds
-            self._runner = None
-        self.connections.abort_all()  # still in a TLS handshake or never a request
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        await close_server(self._server, self._runner, self.connections)
+        self._server = self._runner = None
 
     def _refused(self) -> None:
         self.counters["connections_refused"] += 1

@@ -37,7 +37,7 @@ from gateway.dashboard.access import REALM, Attempts, Login
 from gateway.dashboard.metrics import metrics_registry
 from gateway.dashboard.views import DashboardError, DashboardViews
 from gateway.errors import ConfigError
-from gateway.ingest.http import ConnectionCap
+from gateway.ingest.http import ConnectionCap, close_server
 
 log = logging.getLogger("w3gate.dashboard")
 
@@ -201,15 +201,8 @@ class DashboardServer:
     async def stop(self) -> None:
         self._closing = True
         self._changed.set()  # every open stream wakes, sees it and ends
-        if self._server is not None:
-            self._server.close()
-        if self._runner is not None:
-            await self._runner.cleanup()  # closes the connections it holds
-            self._runner = None
-        self.connections.abort_all()  # still in a TLS handshake or never a request
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        await close_server(self._server, self._runner, self.connections)
+        self._server = self._runner = None
         self.port = None
 
     def make_app(self):

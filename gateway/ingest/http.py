@@ -44,6 +44,18 @@ class ConnectionCap:
             connection.abort()
 
 
+async def close_server(server: asyncio.AbstractServer | None, runner, cap: ConnectionCap) -> None:
+    """Stop a server made on ``cap.factory``: no new connections, aiohttp's closed by ``runner``
+    (its AppRunner), then those still in a TLS handshake or that never sent a request."""
+    if server is not None:
+        server.close()
+    if runner is not None:
+        await runner.cleanup()
+    cap.abort_all()
+    if server is not None:
+        await server.wait_closed()
+
+
 class _Counted(asyncio.Protocol):
     """The inner protocol for one connection, kept in ``open`` while the connection is; ``idle``
     until the connection has sent a request head. A TLS connection whose handshake fails never
