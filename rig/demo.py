@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,10 +78,32 @@ def w3gate(*args: str) -> list[str]:
     return [sys.executable, "-m", "gateway", *args]
 
 
+MARKER = ".w3gate-demo"  # in a directory the demo made: the next run may clear it
+
+
+def fresh_workdir(path: str, console: Console) -> Path:
+    """The demo's directory, empty: each run has a new local chain and new emulated sensors, so a
+    previous run's anchoring journal and pairings would only stall this one. A directory the demo
+    did not make is never cleared."""
+    work = Path(path).resolve()
+    if work.exists() and any(work.iterdir()):
+        made_by_demo = (work / MARKER).is_file() or (  # or a run from before the marker
+            (work / "gateway").is_dir() and (work / "fleet").is_dir() and (work / "gateway.log").is_file())
+        if not made_by_demo:
+            raise click.ClickException(f"{work} is not empty and is not a demo's directory: give --data-dir "
+                                       "a new or empty one")
+        shutil.rmtree(work)
+        console.print(f"[dim]cleared the previous demo run in {work} (its chain, and so its proofs, ended "
+                      "with it)[/]")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).write_text("made by `w3gate demo`; the next demo run clears this directory\n")
+    return work
+
+
 def run(options: Options) -> None:
     """Run the whole data path on this machine until Ctrl-C or ``options.duration``."""
     console = Console(highlight=False)
-    work = Path(options.data_dir).resolve()
+    work = fresh_workdir(options.data_dir, console)
     rig = Rig(console, work)
     stopping = _stop_on_signals()
     try:
