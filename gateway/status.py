@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from bisect import bisect_left
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from pathlib import Path
 
 from gateway.storage import FILE_MODE
@@ -101,6 +101,9 @@ class Buckets:
 UNKNOWN_FAMILY = "unknown"
 
 
+MAX_REJECTING_DEVICES = 1024  # device ids whose rejections are kept (the most recent)
+
+
 class Counters:
     """Accepted by kind and rejected by reason (and by device family and reason), cumulative
     across restarts."""
@@ -116,14 +119,23 @@ class Counters:
             if missing > 0:
                 self.rejected_by_family.setdefault(UNKNOWN_FAMILY, Counter())[reason] += missing
         self.redelivered: int = previous.get("redelivered", 0)  # broker resent what was already stored
+        # by the device a refused message claims to be from, since this start (for the dashboard,
+        # not status.json): a claim, not a proof; a flood of made-up ids keeps only the latest
+        self.rejected_by_device: OrderedDict[str, Counter[str]] = OrderedDict()
 
-    def reject(self, family: str, reason: str) -> None:
-        """One refused message or frame of ``family`` ("pebble", "legacy")."""
+    def reject(self, family: str, reason: str, device: str | None = None) -> None:
+        """One refused message or frame of ``family`` ("pebble", "legacy"), claiming ``device``."""
         self.rejected[reason] += 1
         by_reason = self.rejected_by_family.get(family)
         if by_reason is None:
             by_reason = self.rejected_by_family[family] = Counter()
         by_reason[reason] += 1
+        if device:
+            reasons = self.rejected_by_device.pop(device, None) or Counter()
+            reasons[reason] += 1
+            self.rejected_by_device[device] = reasons  # the most recent last
+            if len(self.rejected_by_device) > MAX_REJECTING_DEVICES:
+                self.rejected_by_device.popitem(last=False)
 
     def snapshot(self) -> dict:
         return {"accepted": dict(self.accepted), "rejected": dict(self.rejected), "redelivered": self.redelivered,

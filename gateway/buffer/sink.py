@@ -77,7 +77,7 @@ class RecordSink:
     def rejected(self, rejection: Rejection, where: str, family: str = "pebble") -> None:
         """Count and log a refused message or frame (``where``: its topic or link) of a device
         ``family`` ("pebble", "legacy"): the source knows it, the rejection may not name a device."""
-        self.counters.reject(family, rejection.reason)
+        self.counters.reject(family, rejection.reason, rejection.device)
         if rejection.reason == "internal" and rejection.__cause__ is not None:
             self.reject_log.internal(rejection.__cause__, rejection.device, where)
         else:

@@ -201,6 +201,9 @@ class DashboardViews:
         for device, summary in summaries.items():  # heard from, no longer registered
             if device not in listed:
                 rows.append({"id": device, "name": device, "trust": None, "registration": "removed", **summary})
+        rejected = self.node.counters.rejected_by_device
+        for row in rows:
+            row["rejected"] = dict(rejected.get(row["id"], {}))
         rows.sort(key=lambda r: (-(r.get("last_seen") or 0), r["id"]))
         return {"total": len(rows), "rows": rows[:MAX_DEVICE_ROWS]}
 

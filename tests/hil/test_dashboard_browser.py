@@ -257,6 +257,9 @@ def test_devices_appear_plots_grow_live_and_a_proof_is_one_click_away(site, brow
         "--faults", "bad_signature=1")
     wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#rejections [data-reason="bad_signature"]'),
                "the bad signatures counted on the page")
+    wait_until(browser, lambda d: any("bad_signature" in td.text for td in
+                                      d.find_elements(By.CSS_SELECTOR, "#devices td.rejected")),
+               "the bad signatures on the row of the device they claimed to be from")
 
     # anchoring: batches listed, and a record's proof one click away
     wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#batches td.state-anchored"), "an anchored batch")

@@ -121,3 +121,17 @@ def test_the_applet_runtime_counts_each_projects_runs_and_their_latency_where_th
     counts = runtime.per_project["probe-project"]
     assert (counts.events, counts.failed) == (runtime.counters["events"], runtime.counters["failed"]) == (3, 0)
     assert counts.latency.cumulative()[-1] == ("+Inf", 3) and counts.latency.sum > 0
+
+
+def test_rejections_by_claimed_device_are_kept_for_the_latest_devices_only_and_not_in_status():
+    from gateway.status import MAX_REJECTING_DEVICES
+
+    counters = Counters()
+    counters.reject("pebble", "bad_signature", "350916067070535")
+    for i in range(MAX_REJECTING_DEVICES + 500):  # a flood of made-up ids
+        counters.reject("pebble", "unknown_device", f"9{i:014d}")
+    counters.reject("pebble", "replay", "350916067070535")
+    assert len(counters.rejected_by_device) == MAX_REJECTING_DEVICES
+    assert dict(counters.rejected_by_device["350916067070535"]) == {"replay": 1}  # evicted once, then back
+    assert "rejected_by_device" not in counters.snapshot()  # status.json stays small
+    assert counters.rejected["unknown_device"] == MAX_REJECTING_DEVICES + 500

@@ -95,8 +95,9 @@ class Bench:
             workers={}, store=SimpleNamespace(files=lambda n: SimpleNamespace(applet_log=tmp_path / "projects" / n
                                                                                / "applet.log")))
         counters = Counters({"accepted": {"data": 3}})
-        counters.reject("pebble", "bad_signature")
+        counters.reject("pebble", "bad_signature", imeis[0] if imeis else None)
         counters.reject("legacy", "bad_mac")
+        counters.reject("pebble", "replay", "999999999999999")  # a claim from nowhere: on no row
         self.node = SimpleNamespace(
             config=SimpleNamespace(data_dir=tmp_path, mqtt=SimpleNamespace(host="127.0.0.1", port=1883)),
             started=time.time() - 60, health=Health(), registry=registry, store=self.store, committer=self.committer,
@@ -288,7 +289,9 @@ def test_the_snapshot_lists_every_device_with_its_facts_and_hostile_strings_stay
     assert legacy_row["name"] == HOSTILE and legacy_row["trust"] == "gateway-attested"
     assert legacy_row["firmware"] == HOSTILE[:readings_module.MAX_TEXT] and legacy_row["link"] == "serial:/dev/ttyACM0"
     assert sensor.key not in json.dumps(snapshot)  # the HMAC key never leaves the registry
-    assert snapshot["rejections"] == {"pebble": {"bad_signature": 1}, "legacy": {"bad_mac": 1}}
+    assert snapshot["rejections"] == {"pebble": {"bad_signature": 1, "replay": 1}, "legacy": {"bad_mac": 1}}
+    assert pebble["rejected"] == {"bad_signature": 1} and legacy_row["rejected"] == {}
+    assert "999999999999999" not in rows
     assert snapshot["legacy"]["links"] == [{"link": "serial:/dev/ttyACM0", "transport": "serial", "up": True,
                                             "devices": [HOSTILE]}]
     (alerts,) = snapshot["applets"]

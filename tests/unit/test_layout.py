@@ -7,7 +7,7 @@ import inspect
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.layout import BrokerFiles, ClientFiles, DataDir, ProjectFiles
+from gateway.layout import BrokerFiles, ClientFiles, DashboardFiles, DataDir, ProjectFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = ROOT / "gateway"
@@ -28,6 +28,7 @@ DATA_DIR = {
     "proofs": "proofs",
     "fleet": "fleet",
     "broker": "broker",
+    "dashboard": "dashboard",
 }
 BROKER = {
     "conf": "mosquitto.conf",
@@ -42,6 +43,7 @@ BROKER = {
     "clients": "clients",
 }
 CLIENT = {"ca": "ca.crt", "cert": "client.crt", "key": "client.key"}
+DASHBOARD = {"tls_cert": "tls.crt", "tls_key": "tls.key", "password": "password"}
 PROJECT = {
     "definition": "project.json",
     "state": "state.sqlite",
@@ -70,7 +72,7 @@ def test_every_path_of_the_layout(tmp_path):
     assert sorted(_properties(DataDir)) == sorted(DATA_DIR), "a new path needs its entry here (and its name)"
     for prop, name in DATA_DIR.items():
         path = getattr(layout, prop)
-        assert (path.dir if isinstance(path, BrokerFiles) else path) == tmp_path / name, prop
+        assert (path.dir if isinstance(path, (BrokerFiles, DashboardFiles)) else path) == tmp_path / name, prop
     assert layout.module("ab" * 32) == tmp_path / "modules" / f"{'ab' * 32}.wasm"
     assert layout.operator_key("minter") == tmp_path / "operators" / "minter.json"
     assert layout.operator_txjournal("minter") == tmp_path / "operators" / "minter.txjournal.json"
@@ -86,6 +88,10 @@ def test_every_path_of_the_layout(tmp_path):
     assert sorted(_properties(BrokerFiles)) == sorted(BROKER)
     for prop, name in BROKER.items():
         assert getattr(broker, prop) == tmp_path / "broker" / name, prop
+    dashboard = layout.dashboard
+    assert sorted(_properties(DashboardFiles)) == sorted(DASHBOARD)
+    for prop, name in DASHBOARD.items():
+        assert getattr(dashboard, prop) == tmp_path / "dashboard" / name, prop
     client = broker.client("350000000000001")
     assert client == ClientFiles(tmp_path / "broker" / "clients" / "350000000000001")
     assert sorted(_properties(ClientFiles)) == sorted(CLIENT)
@@ -94,7 +100,8 @@ def test_every_path_of_the_layout(tmp_path):
 
 
 def test_every_path_says_what_it_holds():
-    for cls, props in ((DataDir, DATA_DIR), (ProjectFiles, PROJECT), (BrokerFiles, BROKER), (ClientFiles, CLIENT)):
+    for cls, props in ((DataDir, DATA_DIR), (ProjectFiles, PROJECT), (BrokerFiles, BROKER), (ClientFiles, CLIENT),
+                       (DashboardFiles, DASHBOARD)):
         for prop in props:
             doc = getattr(cls, prop).__doc__ or ""
             assert doc.startswith(props[prop].split(".")[0]) and len(doc.splitlines()) == 1, prop

@@ -156,6 +156,12 @@ function deviceName(row) {
   return name;
 }
 
+// A device's rejections since the start, by reason ("bad_signature 3 · replay 1"), or "–".
+function rejectedCell(reasons) {
+  const parts = Object.entries(reasons || {}).sort((a, b) => b[1] - a[1]).map(([r, n]) => r + " " + n);
+  return el("span", {class: parts.length ? "bad" : "muted", text: parts.length ? parts.join(" · ") : "–"});
+}
+
 function renderDevices(s) {
   const devices = s.devices.rows;
   $("devices-count").textContent = s.devices.total > devices.length
@@ -172,6 +178,7 @@ function renderDevices(s) {
     d.registration || "–",
     {sig: "f:" + (d.firmware || d.profile || ""), make: () => el("bdi", {text: d.firmware || d.profile || "–"})},
     d.records || 0,
+    {class: "rejected", sig: "r:" + JSON.stringify(d.rejected || {}), make: () => rejectedCell(d.rejected)},
   ], "no device registered", (id) => select(id, true));
   for (const tr of tbody.rows) {
     if (tr.dataset.key === undefined) continue;
