@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -39,8 +38,7 @@ from gateway.applets.project import NAME, Project
 from gateway.applets.publishers import Publishers
 from gateway.applets.runtime import AppletRuntime, Event
 from gateway.codec.record import FAMILY_EVENTS
-from gateway.errors import ConfigError
-from gateway.ingest.http import ConnectionCap, close_server
+from gateway.ingest.http import ConnectionCap, close_server, tls_context
 from gateway.status import RejectLog
 
 log = logging.getLogger("w3gate.api")
@@ -60,16 +58,6 @@ def reserved_event_type(project: Project, event_type: str) -> bool:
     return (event_type.upper().startswith(RESERVED_PREFIXES)
             or any(job.event == event_type for job in project.cron)
             or any(m.get("event", MONITOR_DEFAULT) == event_type for m in project.monitors))
-
-
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """A server context for the PEM certificate chain and key; ConfigError if they do not load."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError(f"api.tls_cert / api.tls_key: cannot load {cert} and {key}: {e}") from None
-    return context
 
 
 @dataclass
@@ -93,7 +81,7 @@ class EventAPI:
         self.max_bytes = max_bytes
         self.body_timeout_s = body_timeout_s
         self.max_connections = max_connections
-        self.tls = tls_context(tls_cert, tls_key) if tls_cert else None  # fails now, not at every restart
+        self.tls = tls_context(tls_cert, tls_key, "api") if tls_cert else None  # fails now, not at every restart
         self.counters = {"accepted": 0, "unauthorized": 0, "reserved": 0, "too_large": 0, "too_slow": 0,
                          "busy": 0, "connections_refused": 0, "internal": 0}
         self._runner = None  # aiohttp's AppRunner while the HTTP API serves

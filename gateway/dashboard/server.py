@@ -29,7 +29,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from gateway.dashboard.access import REALM, Attempts, Login
 from gateway.dashboard.metrics import metrics_registry
 from gateway.dashboard.views import DashboardError, DashboardViews
 from gateway.errors import ConfigError
-from gateway.ingest.http import ConnectionCap, close_server
+from gateway.ingest.http import ConnectionCap, close_server, tls_context
 
 log = logging.getLogger("w3gate.dashboard")
 
@@ -85,16 +84,6 @@ def _sse(event: str, data: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + _json(data) + b"\n\n"
 
 
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """A server context for the PEM certificate chain and key; ConfigError if they do not load."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError(f"dashboard.tls_cert / dashboard.tls_key: cannot load {cert} and {key}: {e}") from None
-    return context
-
-
 class DashboardServer:
     """``node``: the running ``Node`` (gateway/node.py), read at request time, never written."""
 
@@ -104,7 +93,7 @@ class DashboardServer:
         # both read now, so a bad file stops the start rather than failing at every restart
         self.login = Login.from_file(password_file) if password_file else None
         self.attempts = Attempts()  # wrong passwords per client address
-        self.tls = tls_context(tls_cert, tls_key) if tls_cert else None
+        self.tls = tls_context(tls_cert, tls_key, "dashboard") if tls_cert else None
         self.connections = ConnectionCap(MAX_CONNECTIONS, IDLE_TIMEOUT_S if self.tls else None)
         self.views = DashboardViews(node)
         self.assets = load_assets()

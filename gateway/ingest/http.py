@@ -11,9 +11,23 @@ requests); a TLS handshake that never completes leaves the count after ``handsha
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Callable
 
+from gateway.errors import ConfigError
+
 BUSY_RESPONSE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+def tls_context(cert: str, key: str, section: str) -> ssl.SSLContext:
+    """A server context for the PEM certificate chain and key of ``[section]``; ConfigError naming
+    its settings if they do not load (so the start fails, not every connection)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"{section}.tls_cert / {section}.tls_key: cannot load {cert} and {key}: {e}") from None
+    return context
 
 
 class ConnectionCap:

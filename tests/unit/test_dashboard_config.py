@@ -184,3 +184,10 @@ def test_a_flood_of_idle_connections_neither_keeps_a_browser_out_nor_holds_more_
     held, answer = asyncio.run(go())
     assert held <= MAX_CONNECTIONS
     assert answer == (200, b"ok")
+
+
+def test_a_certificate_that_does_not_load_stops_the_start_naming_the_settings(tmp_path):
+    bad = tmp_path / "d.crt"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    with pytest.raises(ConfigError, match=r"dashboard.tls_cert / dashboard.tls_key: cannot load"):
+        DashboardServer(SimpleNamespace(), tls_cert=str(bad), tls_key=str(bad))
