@@ -8,7 +8,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.gateway import sim
+from tests.support.gateway import cli, sim
 
 
 def dashboard_url(gateway) -> str:
@@ -77,6 +77,8 @@ def test_a_bad_signature_shows_up_as_a_rejection_with_its_reason_and_is_not_acce
 
 def test_the_gateway_reports_its_health_links_and_process_beside_the_counters(gateway):
     url = dashboard_url(gateway)
+    shown = cli("status", data_dir=gateway.data_dir).stdout
+    assert f"dashboard  {url}/  (metrics at /metrics)" in shown.splitlines()  # where to look, in `w3gate status`
     with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
         assert (response.status, response.read()) == (200, b"ok")
     samples = scrape(url)
