@@ -419,6 +419,58 @@ def run_segment(data: bytes) -> object:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# -- what the dashboard takes from stored records -------------------------------------------------
+
+_history: list = []
+
+
+@st.composite
+def stored_record(draw) -> bytes:
+    """A record as the buffer holds it: a legacy sensor's verified frame whose JSON it chose (a
+    sensor with its key can send anything), or a Pebble's signed data package. First byte: which."""
+    if draw(st.booleans()):
+        return b"\x00" + draw(binpackage())
+    kind = draw(st.sampled_from([wire.READING, wire.HELLO, wire.CONFIG_ACK]))
+    value = st.one_of(JSON_NUMBER_TEXT, st.sampled_from(['"x"', "true", "null", "[]", "{}", '"' + "\u202e" * 90 + '"',
+                                                         "9" * 5000, "-0", "1e400", "[" * 200 + "]" * 200]))
+    fields = draw(st.dictionaries(st.sampled_from(["temperature", "humidity", "pressure", "battery", "vbat", "snr",
+                                                   "latitude", "longitude", "gps_fix", "fw", "board"]),
+                                  value, max_size=8))
+    body = ("{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}").encode()
+    body = draw(st.one_of(st.just(body), st.binary(max_size=40)))
+    return bytes([1 + kind]) + wire.encode(kind, LEGACY_ID, 1, body[:wire.MAX_PAYLOAD], LEGACY_KEY)
+
+
+def run_dashboard(data: bytes) -> object:
+    """The dashboard's reading of a record: plotted values only finite numbers in range, text cut,
+    and what the page receives plain JSON (no NaN), whatever the record says."""
+    import base64
+
+    from gateway.dashboard.readings import MAX_TEXT, ReadingHistory, reading_of
+
+    if not data:
+        return None
+    kinds = {wire.READING: "data", wire.HELLO: "hello", wire.CONFIG_ACK: "config_ack"}
+    if data[0] == 0:
+        doc = {"wire": "protobuf", "kind": "data", "device": IMEI}
+    else:
+        doc = {"wire": "legacy", "kind": kinds.get(data[0] - 1, "data"), "device": LEGACY_ID.hex()}
+    doc.update(seq=1, rx=float(NOW), payload=base64.b64encode(data[1:]).decode())
+    reading = reading_of(doc, "riverrock-1.0.14")
+    if reading is None:
+        return None
+    if not _history:
+        _history.append(ReadingHistory())
+    history = _history[0]
+    history.add([reading])
+    page = {"series": history.series(reading.device), "summaries": history.summaries()}
+    json.dumps(page, allow_nan=False)  # raises on NaN or infinity
+    if reading.position is not None:
+        assert -90 <= reading.position[2] <= 90 and -180 <= reading.position[3] <= 180, reading.position
+    assert all(len(v) <= MAX_TEXT for v in reading.facts.values() if isinstance(v, str)), reading.facts
+    return reading
+
+
 # -- the node's message handler, end to end ---------------------------------------------------------
 
 NODE_TOPICS = [f"device/{IMEI}/data", f"device/nrf-{G1_IMEI}/data", f"device/{IMEI}/confirm",
@@ -506,6 +558,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("applet_module", run_module, wasm_module()),
     Target("buffer_segment", run_segment, segment_file()),
     Target("node_handler", run_node, node_input),
+    Target("dashboard_reading", run_dashboard, stored_record()),
 )}
 
 
