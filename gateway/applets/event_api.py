@@ -38,7 +38,7 @@ from gateway.applets.project import NAME, Project
 from gateway.applets.publishers import Publishers
 from gateway.applets.runtime import AppletRuntime, Event
 from gateway.codec.record import FAMILY_EVENTS
-from gateway.ingest.http import ConnectionCap, close_server, tls_context
+from gateway.ingest.http import ConnectionCap, close_server, quiet_protocol_errors, tls_context
 from gateway.status import RejectLog
 
 log = logging.getLogger("w3gate.api")
@@ -187,6 +187,7 @@ class EventAPI:
         await stop.wait()
 
     async def start_http(self, host: str, port: int) -> int:
+        quiet_protocol_errors()  # a client sending garbage gets 400s, not the journal full of tracebacks
         from aiohttp import web  # 13 MB of memory: loaded only when the HTTP API is on
 
         app = web.Application(client_max_size=self.max_bytes + 1)

@@ -36,7 +36,7 @@ from gateway.dashboard.access import REALM, Attempts, Login
 from gateway.dashboard.metrics import metrics_registry
 from gateway.dashboard.views import DashboardError, DashboardViews
 from gateway.errors import ConfigError
-from gateway.ingest.http import ConnectionCap, close_server, tls_context
+from gateway.ingest.http import ConnectionCap, close_server, quiet_protocol_errors, tls_context
 
 log = logging.getLogger("w3gate.dashboard")
 
@@ -170,6 +170,7 @@ class DashboardServer:
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: a free port); returns the port."""
+        quiet_protocol_errors()  # a client sending garbage gets 400s, not the journal full of tracebacks
         from aiohttp import web  # loaded only when served
 
         self._runner = web.AppRunner(self.make_app(), access_log=None, keepalive_timeout=IDLE_TIMEOUT_S)

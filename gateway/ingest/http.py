@@ -11,12 +11,51 @@ requests); a TLS handshake that never completes leaves the count after ``handsha
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
+import time
 from typing import Callable
 
 from gateway.errors import ConfigError
 
 BUSY_RESPONSE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class QuietProtocolErrors(logging.Filter):
+    """On aiohttp's ``aiohttp.server`` logger, which logs every malformed request with its
+    traceback at ERROR: a client sending garbage would fill the journal. A malformed request (the
+    client's fault, answered 400) becomes one WARNING line without traceback; and at most
+    ``burst`` lines of that logger pass per ``period``, the rest counted in the next one."""
+
+    def __init__(self, burst: int = 20, period: float = 10.0) -> None:
+        super().__init__()
+        self.burst, self.period = burst, period
+        self._start, self._count, self._dropped = 0.0, 0, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "malformed HTTP request refused (%s): %s", (exc.code, str(exc.message)[:160])
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"
+        now = time.monotonic()
+        if now - self._start > self.period:
+            if self._dropped:
+                record.msg = f"{record.msg} (and {self._dropped} more such lines in the last {self.period:.0f} s)"
+            self._start, self._count, self._dropped = now, 0, 0
+        self._count += 1
+        if self._count > self.burst:
+            self._dropped += 1
+            return False
+        return True
+
+
+def quiet_protocol_errors() -> None:
+    """Install ``QuietProtocolErrors`` once (each HTTP server calls this when it starts)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, QuietProtocolErrors) for f in logger.filters):
+        logger.addFilter(QuietProtocolErrors())
 
 
 def tls_context(cert: str, key: str, section: str) -> ssl.SSLContext:

@@ -191,3 +191,44 @@ def test_a_certificate_that_does_not_load_stops_the_start_naming_the_settings(tm
     bad.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
     with pytest.raises(ConfigError, match=r"dashboard.tls_cert / dashboard.tls_key: cannot load"):
         DashboardServer(SimpleNamespace(), tls_cert=str(bad), tls_key=str(bad))
+
+
+def test_garbage_requests_get_400_and_leave_a_few_log_lines_without_tracebacks(caplog):
+    import logging
+    import os
+
+    from gateway.ingest.http import QuietProtocolErrors, quiet_protocol_errors
+
+    quiet_protocol_errors()
+    for f in logging.getLogger("aiohttp.server").filters:  # a new window: earlier tests' garbage forgotten
+        if isinstance(f, QuietProtocolErrors):
+            f._start = 0.0
+    server = DashboardServer(SimpleNamespace())
+
+    async def send(port: int, data: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        answer = await asyncio.wait_for(reader.read(12), 5)
+        writer.close()
+        return answer
+
+    async def go():
+        stop = asyncio.Event()
+        task = asyncio.create_task(server.serve("127.0.0.1", 0, stop))
+        while server.port is None:
+            await asyncio.sleep(0.01)
+        answers = [await send(server.port, garbage) for garbage in
+                   [os.urandom(200) for _ in range(100)] + [b"GET / HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n"] * 100]
+        healthy = await asyncio.to_thread(_get, server.status()["url"] + "/healthz")
+        stop.set()
+        await task
+        return answers, healthy
+
+    with caplog.at_level(logging.INFO, logger="aiohttp.server"):
+        answers, healthy = asyncio.run(go())
+    assert {a for a in answers} <= {b"HTTP/1.0 400", b"HTTP/1.1 400", b""}
+    assert healthy == (200, b"ok")
+    lines = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert 0 < len(lines) <= 20  # a burst per 10 s, not one per request
+    assert all(r.exc_info is None and r.levelno == logging.WARNING for r in lines)
+    assert lines[0].getMessage().startswith("malformed HTTP request refused (400): ")
