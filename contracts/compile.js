@@ -1,11 +1,12 @@
 #!/usr/bin/env node
-// Compile contracts/ProofRegistry.sol with solcjs (npm `solc`, pinned in package.json) through the
+// Compile the contracts (contracts/<Name>.sol) with solcjs (npm `solc`, pinned in package.json) through the
 // standard-JSON interface: the solcjs command line has no --evm-version, and the artifact must not
 // depend on the compiler's default EVM version.
 //
-//   node contracts/compile.js            write gateway/proofs/ProofRegistry.json (committed package data:
-//                                        an installed gateway loads it with importlib.resources)
-//   node contracts/compile.js --stdout   print the artifact instead (tests compare it to the file)
+//   node contracts/compile.js [Name]            write each artifact (or Name's) where CONTRACTS says:
+//                                               committed package data, which an installed gateway
+//                                               loads with importlib.resources
+//   node contracts/compile.js Name --stdout     print Name's artifact instead (tests compare it to the file)
 "use strict";
 
 const crypto = require("crypto");
@@ -13,15 +14,15 @@ const fs = require("fs");
 const path = require("path");
 const solc = require("solc");
 
-const NAME = "ProofRegistry";
-const SOURCE_KEY = `contracts/${NAME}.sol`; // the name recorded in the metadata: keep it fixed
-const OUT = path.join(__dirname, "..", "gateway", "proofs", `${NAME}.json`);
+// contract -> the package that ships its artifact
+const CONTRACTS = { ProofRegistry: "proofs", DataMarket: "market" };
 const SETTINGS = {
   optimizer: { enabled: true, runs: 200 },
   evmVersion: "cancun",
 };
 
-function compile() {
+function compile(NAME) {
+  const SOURCE_KEY = `contracts/${NAME}.sol`; // the name recorded in the metadata: keep it fixed
   const source = fs.readFileSync(path.join(__dirname, `${NAME}.sol`), "utf8");
   const input = {
     language: "Solidity",
@@ -48,10 +49,20 @@ function compile() {
   };
 }
 
-const text = JSON.stringify(compile(), null, 2) + "\n";
-if (process.argv.includes("--stdout")) {
-  process.stdout.write(text);
-} else {
-  fs.writeFileSync(OUT, text);
-  process.stderr.write(`wrote ${path.relative(process.cwd(), OUT)}\n`);
+const names = process.argv.slice(2).filter((a) => !a.startsWith("--"));
+for (const name of names) {
+  if (!(name in CONTRACTS)) {
+    process.stderr.write(`unknown contract ${name} (known: ${Object.keys(CONTRACTS).join(", ")})\n`);
+    process.exit(2);
+  }
+}
+for (const name of names.length ? names : Object.keys(CONTRACTS)) {
+  const text = JSON.stringify(compile(name), null, 2) + "\n";
+  if (process.argv.includes("--stdout")) {
+    process.stdout.write(text);
+  } else {
+    const out = path.join(__dirname, "..", "gateway", CONTRACTS[name], `${name}.json`);
+    fs.writeFileSync(out, text);
+    process.stderr.write(`wrote ${path.relative(process.cwd(), out)}\n`);
+  }
 }

@@ -101,6 +101,12 @@ batch_records_max = 50000           # ... or more, up to this, when a backlog bu
 max_inflight = 8                    # batches sent and not yet confirmed at once
 poll_s = 1.0                        # how often the anchorer looks at the buffer and the chain
 
+[market]
+contract = ""                       # a DataMarket contract address (contracts/): deliver the streams
+                                    # buyers paid for (needs [chain]); "": off
+allow_private_endpoints = false     # also deliver to buyers' brokers on loopback or private networks
+max_purchases = 64                  # purchases delivered at once; later ones wait for a free slot
+
 [serial]
 ports = []                          # legacy sensors: glob patterns or pyserial URLs of their ports,
                                     # e.g. ["/dev/serial/by-id/usb-*"]; opened as they appear
@@ -258,6 +264,9 @@ SETTINGS: dict[str, Setting] = {
     "chain.batch_records_max": _count(1, 0xFFFFFFFF),
     "chain.max_inflight": _count(1, 64),
     "chain.poll_s": _positive(),
+    "market.contract": Setting(str, rule=_address_or_empty, rule_text="\"\" or a 0x address (40 hex digits)"),
+    "market.allow_private_endpoints": Setting(bool),
+    "market.max_purchases": _count(1, 4096),
     "serial.ports": Setting(list),
     "serial.baudrate": _count(1, 100_000_000),
     "serial.rescan_s": _positive(),
@@ -367,6 +376,13 @@ class ChainConfig:
 
 
 @dataclass(frozen=True)
+class MarketConfig:
+    contract: str
+    allow_private_endpoints: bool
+    max_purchases: int
+
+
+@dataclass(frozen=True)
 class SerialConfig:
     ports: list
     baudrate: int
@@ -404,6 +420,7 @@ class Config:
     api: ApiConfig
     dashboard: DashboardConfig
     chain: ChainConfig
+    market: MarketConfig
     serial: SerialConfig
     ble: BleConfig
     legacy: LegacyConfig
@@ -416,7 +433,7 @@ class Config:
 
 
 _SECTIONS = {"mqtt": MqttConfig, "broker": BrokerConfig, "verify": VerifyConfig, "buffer": BufferConfig, "applets": AppletsConfig,
-             "api": ApiConfig, "dashboard": DashboardConfig, "chain": ChainConfig, "serial": SerialConfig,
+             "api": ApiConfig, "dashboard": DashboardConfig, "chain": ChainConfig, "market": MarketConfig, "serial": SerialConfig,
              "ble": BleConfig, "legacy": LegacyConfig, "log": LogConfig}
 
 
@@ -596,6 +613,9 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
                           f"must not exceed mqtt.reconnect_max_s ({mqtt['reconnect_max_s']:g})")
     _check_api_tls(merged["api"], sources)
     _check_dashboard_access(merged["dashboard"], sources)
+    if merged["market"]["contract"] and not merged["chain"]["enabled"]:
+        raise ConfigError(f"{sources['market.contract']}: market.contract is set but [chain] is not enabled: "
+                          "the market is followed and settled on the chain")
     sections = {name: cls(**{f.name: merged[name][f.name] for f in fields(cls)})
                 for name, cls in _SECTIONS.items()}
     return Config(data_dir=Path(merged["data_dir"]).expanduser(), **sections)

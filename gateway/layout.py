@@ -247,6 +247,11 @@ class DataDir:
         return self.root / "proofs"
 
     @property
+    def market(self) -> Path:
+        """market/: the purchases this gateway delivers (journal.json) and each one's delivery log."""
+        return self.root / "market"
+
+    @property
     def fleet(self) -> Path:
         """fleet/: the emulated Pebbles' keys and devices.json (`w3gate sim pebble` without --fleet-dir)."""
         return self.root / "fleet"

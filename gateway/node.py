@@ -78,6 +78,7 @@ class Node:
                                     a.worker_recycle_mb),
             publish=lambda topic, payload: self.link.publish(topic, payload, qos=1), max_batch=a.batch)
         self.chain = self.anchoring = self.monitors = None  # the chain, anchoring, monitors: when [chain] is enabled
+        self.market = None  # the purchases this gateway delivers: when [market] names a contract
         if config.chain.enabled:
             from gateway.chain.service import ChainService  # web3 is imported only when used
 
@@ -90,6 +91,10 @@ class Node:
             else:
                 log.info("[chain] has no proof registry: records are not anchored; applets reach the chain")
             self.monitors = MonitorScheduler(self.runtime, self.chain, interval_s=config.chain.poll_s)
+            if config.market.contract:
+                from gateway.market.service import MarketService
+                self.market = MarketService(self.chain, config.market, config.layout, self.store, self.registry,
+                                            self.committer.call)
         self.runtime.host_call = HostCalls(self.runtime, self.chain.applet_call if self.chain else None)
         if self.chain is not None:
             self.runtime.settle, self.runtime.void_unclaimed = self.chain.settle_applet_txs, self.chain.void_held
@@ -161,6 +166,8 @@ class Node:
         if self.chain is not None:
             tasks["chain senders"] = self.chain.run
             tasks["chain monitors"] = self.monitors.run
+        if self.market is not None:
+            tasks["market"] = self.market.run
         if self.legacy is not None:
             tasks.update(self.legacy.links())
         running = {name: asyncio.create_task(supervise(name, lambda run=run: run(stop), stop, self.health))
@@ -189,6 +196,8 @@ class Node:
             await self.event_api.stop_http()
             if self.anchoring is not None:
                 await running["anchoring"]  # ends after its current step
+            if self.market is not None:
+                await running["market"]  # ends after its current step, before the chain thread closes
             if self.chain is not None:
                 await running["chain senders"]
                 self.chain.close()

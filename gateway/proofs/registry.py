@@ -29,16 +29,18 @@ class Sent:
     contract: str | None = None  # the address it created, for a deployment
 
 
-def _send(w3: Web3, account: LocalAccount, call, what: str) -> Sent:
-    """Sign ``call`` with ``account``, send it and wait for it to be mined; AnchorError with the
-    contract's own error name when it would revert or did."""
+def send_and_wait(w3: Web3, account: LocalAccount, call, what: str, *, value: int = 0, abi: list | None = None) -> Sent:
+    """Sign ``call`` with ``account`` (paying ``value`` wei), send it and wait for it to be mined;
+    AnchorError with the contract's own error name (from ``abi``, the registry's by default)
+    when it would revert or did."""
     try:
-        tx = call.build_transaction({"from": account.address, "chainId": w3.eth.chain_id,
+        tx = call.build_transaction({"from": account.address, "chainId": w3.eth.chain_id, "value": value,
                                      "nonce": w3.eth.get_transaction_count(account.address, "pending")})
         tx_hash = w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
     except (ContractCustomError, ContractLogicError) as e:
-        raise AnchorError(f"{what} refused by the contract: {_error_name(e)}", reason="reverted") from None
+        raise AnchorError(f"{what} refused by the contract: {_error_name(e, abi or artifact()['abi'])}",
+                          reason="reverted") from None
     except (Web3Exception, ValueError) as e:
         raise AnchorError(f"{what} failed: {e}", reason="rejected") from None
     if receipt["status"] != 1:
@@ -47,11 +49,11 @@ def _send(w3: Web3, account: LocalAccount, call, what: str) -> Sent:
                 int(receipt["gasUsed"]), receipt.get("contractAddress"))
 
 
-def _error_name(e: Exception) -> str:
-    """The registry's custom error (``NotOwner``, ``NotGateway(0x…)``…) from a revert's data."""
+def _error_name(e: Exception, abi: list) -> str:
+    """The contract's custom error (``NotOwner``, ``NotGateway``…) from a revert's data."""
     data = getattr(e, "data", None) or (e.args[1] if len(e.args) > 1 else None) or ""
     data = data if isinstance(data, str) else ""
-    for item in artifact()["abi"]:
+    for item in abi:
         if item.get("type") == "error":
             signature = f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"
             if data.startswith("0x" + Web3.keccak(text=signature)[:4].hex().removeprefix("0x")):
@@ -62,7 +64,7 @@ def _error_name(e: Exception) -> str:
 def deploy(w3: Web3, owner: LocalAccount) -> Sent:
     """A new ProofRegistry owned by ``owner``."""
     contract = w3.eth.contract(abi=artifact()["abi"], bytecode=artifact()["bytecode"])
-    return _send(w3, owner, contract.constructor(), "deploying the registry")
+    return send_and_wait(w3, owner, contract.constructor(), "deploying the registry")
 
 
 def _registry(w3: Web3, address: str):
@@ -73,12 +75,12 @@ def _registry(w3: Web3, address: str):
 
 
 def add_gateway(w3: Web3, owner: LocalAccount, registry: str, gateway: str) -> Sent:
-    return _send(w3, owner, _registry(w3, registry).functions.addGateway(Web3.to_checksum_address(gateway)),
+    return send_and_wait(w3, owner, _registry(w3, registry).functions.addGateway(Web3.to_checksum_address(gateway)),
                  f"adding gateway {gateway}")
 
 
 def remove_gateway(w3: Web3, owner: LocalAccount, registry: str, gateway: str) -> Sent:
-    return _send(w3, owner, _registry(w3, registry).functions.removeGateway(Web3.to_checksum_address(gateway)),
+    return send_and_wait(w3, owner, _registry(w3, registry).functions.removeGateway(Web3.to_checksum_address(gateway)),
                  f"removing gateway {gateway}")
 
 

@@ -13,31 +13,40 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "contracts" / "ProofRegistry.sol"
 ARTIFACT = ROOT / "gateway" / "proofs" / "ProofRegistry.json"  # package data, written by contracts/compile.js
+CONTRACTS = {"ProofRegistry": "proofs", "DataMarket": "market"}  # contract -> the package shipping it
 
 
-@pytest.fixture(scope="module")
-def recompiled() -> str:
+@pytest.fixture(scope="module", params=sorted(CONTRACTS))
+def recompiled(request) -> tuple[str, str]:
     node = shutil.which("node")
     if node is None or not (ROOT / "node_modules" / "solc").is_dir():
         pytest.fail("node and node_modules/solc are needed: run `npm ci` (./dev.sh setup does)")
-    result = subprocess.run([node, "contracts/compile.js", "--stdout"], cwd=ROOT, capture_output=True,
+    result = subprocess.run([node, "contracts/compile.js", request.param, "--stdout"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    return result.stdout
+    return request.param, result.stdout
+
+
+def _artifact_path(name: str):
+    return ROOT / "gateway" / CONTRACTS[name] / f"{name}.json"
 
 
 def test_artifact_is_exactly_what_the_source_compiles_to(recompiled):
-    assert recompiled == ARTIFACT.read_text(), "run `node contracts/compile.js` and commit gateway/proofs/ProofRegistry.json"
+    name, text = recompiled
+    assert text == _artifact_path(name).read_text(), f"run `node contracts/compile.js` and commit {name}.json"
 
 
-def test_artifact_names_the_source_it_was_built_from():
-    artifact = json.loads(ARTIFACT.read_text())
-    assert artifact["sourceSha256"] == hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+@pytest.mark.parametrize("name", sorted(CONTRACTS))
+def test_artifact_names_the_source_it_was_built_from(name):
+    artifact = json.loads(_artifact_path(name).read_text())
+    assert artifact["sourceSha256"] == hashlib.sha256((ROOT / "contracts" / f"{name}.sol").read_bytes()).hexdigest()
 
 
-def test_the_gateway_loads_the_artifact_as_package_data():
-    from gateway.proofs.contract import artifact  # what an installed gateway anchors with
-    assert artifact() == json.loads(ARTIFACT.read_text())
+@pytest.mark.parametrize("name", sorted(CONTRACTS))
+def test_the_gateway_loads_the_artifact_as_package_data(name):
+    import importlib
+    module = importlib.import_module(f"gateway.{CONTRACTS[name]}.contract")  # what an installed gateway uses
+    assert module.artifact() == json.loads(_artifact_path(name).read_text())
 
 
 def test_compiler_and_settings_are_pinned():
