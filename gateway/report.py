@@ -28,6 +28,7 @@ def node_status(node: Any) -> dict:
         "legacy": node.legacy.status() if node.legacy is not None else None,
         "verify_worker_restarts": node.checker.restarts,
         "chain": node.anchoring.status() if node.anchoring is not None else None,
+        "market": node.market.status() if node.market is not None else None,
         "api": {"url": (f"{'https' if config.api.tls_cert else 'http'}://{config.api.listen}:{node.event_api.port}"
                         if node.event_api.port else None),
                 **node.event_api.counters},
@@ -61,6 +62,8 @@ def degraded(node: Any, now: float) -> dict[str, str]:
     trouble = node.anchoring.trouble() if node.anchoring is not None else None
     if trouble:
         out["anchoring"] = trouble
+    if node.market is not None and node.market.trouble:
+        out["market"] = node.market.trouble
     if not node.link.connected:
         out["mqtt"] = f"not connected to {node.config.mqtt.host}:{node.config.mqtt.port}"
     waiting = node.checker.backlog + node.committer.backlog

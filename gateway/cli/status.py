@@ -74,6 +74,16 @@ def status(as_json, config_path, data_dir) -> None:
     if running and chain:
         for line in chain_lines(chain):
             click.echo(line)
+    market = info.get("market")
+    if running and market:
+        live = market["purchases"]
+        click.echo(f"market     {market['contract']}: {len(live)} purchase(s) being delivered or settled, "
+                   f"{market['done']} done" + (f"; {market['trouble']}" if market["trouble"] else ""))
+        for pid, p in sorted(live.items(), key=lambda item: int(item[0])):
+            click.echo(f"  purchase {pid}: {p['device']} blocks {p['blocks'][0]}..{p['blocks'][1] - 1}, {p['status']}, "
+                       f"{p['delivered']} delivered to {p['endpoint']}"
+                       + ("" if p["connected"] or p["status"] != "open" else " (not connected)")
+                       + (f"; {p['problem']}" if p.get("problem") else ""))
     for label, key in (("verified", "latency_receive_to_verified"), ("durable", "latency_receive_to_durable")):
         lat = info.get(key) or {}
         if lat:

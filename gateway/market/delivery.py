@@ -88,13 +88,17 @@ def check_reading(plaintext: bytes, leaf: bytes) -> dict:
         computed = merkle.leaf(f["address"], bytes.fromhex(f["signature"]), bytes.fromhex(f["payload_sha256"]),
                                int(f["received_ms"]))
         payload = base64.b64decode(record["payload"], validate=True)
-    except (ValueError, KeyError, TypeError) as e:
-        raise DeliveryError(f"not a reading: {e}", reason="malformed") from None
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:  # hostile shapes and values
+        raise DeliveryError(f"not a reading: {type(e).__name__}: {e}", reason="malformed") from None
     if computed != leaf:
         raise DeliveryError("the reading's fields do not hash to the leaf it was sent with", reason="wrong_leaf")
     if hashlib.sha256(payload).hexdigest() != f["payload_sha256"]:
         raise DeliveryError("the payload is not the one the leaf commits to", reason="wrong_payload")
-    if received_ms(float(record["rx"])) != int(f["received_ms"]):
+    try:
+        same_time = received_ms(float(record["rx"])) == int(f["received_ms"])
+    except (ValueError, KeyError, TypeError, OverflowError):
+        same_time = False
+    if not same_time:
         raise DeliveryError("the record's receive time is not the leaf's", reason="wrong_time")
     return r
 

@@ -52,8 +52,8 @@ def parse_endpoint(url: str, purchase_id: int) -> Endpoint:
     """``mqtt[s]://[user[:password]@]host[:port][/topic]``; the topic defaults to ``w3gate/market/<id>``."""
     if not url:
         raise EndpointError("no endpoint: this gateway delivers only to the buyer's own broker", reason="no_endpoint")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
-        raise EndpointError("control characters in the endpoint")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url) or "#" in url or "?" in url:
+        raise EndpointError("control characters, a wildcard or a query in the endpoint")
     try:
         parts = urlsplit(url)
         port = parts.port

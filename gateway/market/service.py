@@ -46,6 +46,7 @@ MAX_LOG_RANGE = 5_000  # blocks per eth_getLogs
 SETTLE_MARGIN_MS = 3_000  # after a window's last second, for records still being committed
 READ_LIMIT = 2_000  # records per store read
 RESOLVE_RETRY_S = 60.0
+FINAL = ("settled", "refunded", "paid")
 
 
 class MarketService:
@@ -271,15 +272,19 @@ class MarketService:
     # -- status ----------------------------------------------------------------------------------
 
     def status(self) -> dict:
-        purchases = {}
+        """The purchases still being delivered or settled, and how many are done."""
+        purchases, done = {}, 0
         for pid, p in self.journal["purchases"].items():
+            if p["status"] in FINAL:
+                done += 1
+                continue
             publisher = self.publishers.get(pid)
             purchases[pid] = {"device": p["device"], "blocks": [p["start"], p["end"]], "status": p["status"],
                               "delivered": len(self.logs[pid].entries) if pid in self.logs else p.get("delivered", 0),
                               "endpoint": _display(p["endpoint"], int(pid)),
                               "connected": publisher.connected if publisher else False,
                               "problem": p.get("problem") or (publisher.error if publisher else None)}
-        return {"contract": self.address, "trouble": self.trouble, "purchases": purchases}
+        return {"contract": self.address, "trouble": self.trouble, "purchases": purchases, "done": done}
 
 
 def _display(url: str, pid: int) -> str:
