@@ -6,9 +6,11 @@
 #   device.json  written at pairing: {"id": 16 hex, "key": 64 hex, "name", "link": "stdio" |
 #                "uart:<n>:<baud>:<tx>:<rx>" | <tty path>, "ble": false, "period_ms": 1000,
 #                "sensors": ["sim"], optional wiring "i2c": {"id", "scl", "sda"}, "dht_pin",
-#                "sim_seed"}. A BLE device without "id" and "key" waits to be provisioned.
+#                "relay_pin", "sim_seed"}. A BLE device without "id" and "key" waits to be provisioned.
 #   state.json   kept by the firmware: {"seq": reserved upper bound, "config_seq", "boot",
-#                "config": the settings the gateway sent}
+#                "config": the settings the gateway sent, "command_seq": the last COMMAND applied,
+#                "outputs": {"relay": 0 | 1} as the commands left them, driven again at boot}
+#   relay.out    on the unix port only: the relay's level, as a pin would show it (hal.output)
 #
 # Memory: everything the loop needs is made once; a frame costs a few short-lived bytes
 # objects, and gc.collect() runs between readings (docs/firmware.md has the heap figures).
@@ -23,6 +25,7 @@ DEVICE_FILE = "device.json"
 STATE_FILE = "state.json"
 SEQ_BLOCK = 256  # seqs reserved per write of state.json (flash wear: one write per 256 frames)
 MIN_PERIOD_MS = 10
+OUTPUTS = ("relay",)  # what a COMMAND may set
 
 
 def _compact(values):
@@ -47,6 +50,8 @@ class Firmware:
         self.sensors = {}
         self.errors = {}
         self._make_sensors()
+        self.outputs = {}
+        self._make_outputs()
         self.links = []
         self.deframer = frame.Deframer()
         self.stop = False
@@ -66,6 +71,17 @@ class Firmware:
                 self.sensors[name] = sensors.make(name, self.device)
             except (OSError, ImportError, ValueError) as e:
                 self.errors[name] = str(e)
+
+    def _make_outputs(self):
+        # the outputs this board has, driven to the level the last commands left them at
+        for name in OUTPUTS:
+            try:
+                self.outputs[name] = hal.output(name, self.device.get(name + "_pin"))
+            except OSError:
+                continue  # commanding it is answered with an error
+            level = (self.state.get("outputs") or {}).get(name)
+            if level is not None:
+                self.outputs[name].value(level)
 
     # -- uplink ------------------------------------------------------------------------------
 
@@ -96,6 +112,7 @@ class Firmware:
                 self.errors[name] = str(e)
         if self.errors:
             values["errors"] = self.errors
+        values.update(self.state.get("outputs") or {})
         values["up"] = uptime_s
         self.send(frame.READING, values)
 
@@ -110,6 +127,9 @@ class Firmware:
             frame_type, _, seq, payload = frame.decode(raw, self._key_of, self.mac)
         except frame.FrameError:
             self.bad_frames += 1  # REPL echo, noise, or a frame for another device on the bus
+            return
+        if frame_type == frame.COMMAND:
+            self.command(seq, payload)
             return
         if frame_type != frame.CONFIG:
             return
@@ -133,6 +153,50 @@ class Firmware:
         hal.save_json(STATE_FILE, self.state)
         self._make_sensors()
         self.send(frame.CONFIG_ACK, {"period_ms": new["period_ms"], "sensors": new["sensors"], "config_seq": seq})
+
+    def command(self, seq, payload):
+        # set outputs; answered with their state, or an error that changed nothing
+        last = self.state.get("command_seq", 0)
+        if seq < last or seq == 0:
+            return  # an old command played back
+        if seq == last:  # the gateway resends a command whose ACK it did not get
+            ack = dict(self.state.get("outputs") or {})
+            ack["command_seq"] = seq
+            ack["repeat"] = True
+            self.send(frame.COMMAND_ACK, ack)
+            return
+        self.state["command_seq"] = seq
+        try:
+            levels = self._checked_command(json.loads(payload))
+            for name in levels:
+                self.outputs[name].value(levels[name])
+        except (ValueError, TypeError, KeyError, OSError) as e:
+            hal.save_json(STATE_FILE, self.state)
+            self.send(frame.COMMAND_ACK, {"error": str(e) or "bad command", "command_seq": seq})
+            return
+        outputs = dict(self.state.get("outputs") or {})
+        outputs.update(levels)
+        self.state["outputs"] = outputs
+        hal.save_json(STATE_FILE, self.state)
+        ack = dict(outputs)
+        ack["command_seq"] = seq
+        self.send(frame.COMMAND_ACK, ack)
+
+    def _checked_command(self, command):
+        # every key an output this board has, every value 0 or 1: all or nothing is applied
+        if not isinstance(command, dict) or not command:
+            raise ValueError("a command is a JSON object naming outputs: " + ",".join(OUTPUTS))
+        levels = {}
+        for name in command:
+            if name not in OUTPUTS:
+                raise ValueError("unknown output " + str(name)[:32] + " (" + ",".join(OUTPUTS) + ")")
+            if name not in self.outputs:
+                raise ValueError("no " + name + " on this board")
+            level = command[name]
+            if level not in (0, 1) or not isinstance(level, (int, bool)):
+                raise ValueError(name + " must be 0 or 1")
+            levels[name] = int(level)
+        return levels
 
     def _key_of(self, device_id):
         return self.key if device_id == self.id else None

@@ -8,7 +8,8 @@
 # frame  ver u8 = 1 | type u8 | device id 8 bytes | seq u32 | len u16 | payload | crc32 u32 | mac
 #        (integers big-endian; crc32 and mac cover ver..payload; mac = HMAC-SHA256(key)[:16])
 # types  1 reading (payload: compact JSON), 2 hello (payload: JSON firmware info),
-#        3 config ack, 0x81 config (gateway -> device, payload JSON, also authenticated)
+#        3 config ack, 4 command ack, 0x81 config and 0x82 command (gateway -> device, payload
+#        JSON, also authenticated)
 #
 # payloads (compact JSON; unknown keys are ignored by both sides)
 #   READING     {"temperature": 21.53, "humidity": 45.2, "pressure": 1013.25, "up": <uptime s>}
@@ -21,10 +22,18 @@
 #               keys left out keep their value
 #   CONFIG_ACK  the settings now in force {"period_ms", "sensors", "config_seq": <the CONFIG's seq>}
 #               or {"error": "<reason>", "config_seq": n}
+#   COMMAND     {"relay": 0 | 1}: outputs to set now (sent for a project's applet, reacting to a
+#               contract log, say: docs/applets.md); an unknown output, a board without it or a bad
+#               value changes nothing and is answered with an error
+#   COMMAND_ACK the outputs' state now {"relay": 0 | 1, "command_seq": <the COMMAND's seq>}, or
+#               {"error": "<reason>", "command_seq": n}; the last applied COMMAND received again
+#               (a resend whose ACK was lost) is answered with the state and "repeat": true
+#   READING also carries the outputs' state ("relay": 0 | 1) once a COMMAND has set one
 # seq    a device's frames carry a u32 that only grows, across reboots too: the firmware keeps a
 #        reservation in flash and writes it once per block of seqs. The gateway refuses a seq it
 #        has seen (replay). CONFIG frames carry the gateway's own growing counter for the device,
-#        and the device ignores one whose seq is not above the last it applied.
+#        and the device ignores one whose seq is not above the last it applied; COMMAND frames
+#        likewise, with a counter of their own (a command played back is never applied twice).
 #
 # Why both a CRC and a MAC: line noise (bad CRC) is counted apart from a wrong key or a forgery
 # (good CRC, bad MAC). Why a MAC and not a signature: MicroPython has SHA-256 but no ECDSA; the
@@ -38,7 +47,9 @@ VERSION = 1
 READING = 1
 HELLO = 2
 CONFIG_ACK = 3
+COMMAND_ACK = 4
 CONFIG = 0x81
+COMMAND = 0x82
 HEADER = 16  # ver, type, device id, seq, len
 MAC_BYTES = 16
 MAX_PAYLOAD = 512

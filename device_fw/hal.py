@@ -134,6 +134,28 @@ def pin(n):
     return machine.Pin(n)
 
 
+class FileOutput:
+    # A digital output on the unix port, which has no GPIO: its level ("0" or "1") is kept in a
+    # file in the working directory, where a bench reads what the firmware drove.
+
+    def __init__(self, path):
+        self.path = path
+
+    def value(self, level):
+        with open(self.path, "w") as f:
+            f.write(str(level))
+
+
+def output(name, pin_no=None):
+    # A digital output the gateway may command (a relay's driver): machine.Pin(pin, OUT) on a
+    # board, where device.json names the pin ("relay_pin"); "<name>.out" on the unix port.
+    if not ON_BOARD:
+        return FileOutput(name + ".out")
+    if pin_no is None:
+        raise OSError("no " + name + " on this board (device.json has no " + name + "_pin)")
+    return machine.Pin(pin_no, machine.Pin.OUT)
+
+
 def unique_id():
     if ON_BOARD and hasattr(machine, "unique_id"):
         return machine.unique_id()

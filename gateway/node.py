@@ -113,6 +113,9 @@ class Node:
             from gateway.legacy.source import LegacySource
 
             self.legacy = LegacySource(config, self.sink)
+            # applets command legacy devices through the system API (POST /system/device_command)
+            self.runtime.host_call.devices = self.legacy.bridge
+            self.runtime.command_device = self.legacy.command
         self.dispatcher = DeviceDispatcher(self.runtime, self.store, self.committer, self.registry,
                                            legacy_names=self.legacy.names if self.legacy else dict)
         self.cron = CronScheduler(self.runtime)

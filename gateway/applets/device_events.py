@@ -18,12 +18,13 @@ Event types and payload (JSON, what ``ws_get_data`` returns):
     The reading of a config message is the device's settings; of a confirm, ``{"owner", "channel"}``.
     The event's publisher is the IMEI, its timestamp the device time in milliseconds.
 
-    LEGACY_DATA, LEGACY_HELLO, LEGACY_CONFIG (a serial or BLE sensor: device_fw/frame.py)
+    LEGACY_DATA, LEGACY_HELLO, LEGACY_CONFIG, LEGACY_COMMAND (a serial or BLE sensor: device_fw/frame.py)
     {"seq": 43, "device": "<16 hex id>", "name": "greenhouse", "kind": "data", "wire": "legacy",
      "device_seq": 1207, "timestamp": <gateway time, s>, "received": <gateway time, s>,
      "trust": "gateway-attested", "attested_by": "did:io:0x<gateway>", "digest": "<sha256 of the frame>",
      "reading": {"temperature": 21.5, "humidity": 45.1, "pressure": 1013.2, "up": 3600}}
-    A hello's reading is the firmware's report, a config's the settings it applied.
+    A hello's reading is the firmware's report, a config's the settings it applied, a command's
+    the outputs' state it left (``{"relay": 1, "command_seq": n}``) or why it refused.
     The publisher is the device id, the timestamp the receive time in milliseconds.
 """
 from __future__ import annotations

@@ -14,6 +14,8 @@ into the data directory.
     handler = "start"             # the default
     operators = ["minter"]        # keys its applets may send with (w3gate key new --operator minter);
                                   # the first is ws_send_tx's, others by ws_send_tx_with_operator's name
+    command_devices = ["door"]    # legacy devices (names or ids) its applets may command through
+                                  # POST /system/device_command; none unless listed
     [env]
     REWARD_EVERY = "10"
     [database]
@@ -94,6 +96,7 @@ class Project:
     monitors: list[dict] = field(default_factory=list)  # chain monitors (gateway/chain/monitors.py)
     operators: list[str] = field(default_factory=list)  # operator keys its applets send with; first = default
     reuse_instances: bool = False  # opt-in: instances keep their memory across events (not W3bstream's rule)
+    command_devices: list[str] = field(default_factory=list)  # legacy devices its applets may command
 
     def takes(self, record: Record) -> bool:
         """Whether a buffered record is an event of this project."""
@@ -113,7 +116,7 @@ class Project:
                    dict(data.get("env") or {}), list(data.get("schema") or []), bool(data.get("pebble")),
                    bool(data.get("legacy")), [CronJob(**c) for c in data.get("cron") or []],
                    list(data.get("monitors") or []), list(data.get("operators") or []),
-                   bool(data.get("reuse_instances")))
+                   bool(data.get("reuse_instances")), list(data.get("command_devices") or []))
 
 
 class ProjectStore:
@@ -250,12 +253,16 @@ def parse_project_file(path: Path) -> tuple[Project, dict[str, bytes]]:
     if not isinstance(operators, list) or not all(isinstance(o, str) and re.match(r"^[A-Za-z0-9_-]{1,32}$", o)
                                                   for o in operators):
         raise ProjectError(f"{path}: 'operators' is a list of operator key names (w3gate key new --operator NAME)")
+    command_devices = data.get("command_devices") or []
+    if not isinstance(command_devices, list) or not all(isinstance(d, str) and d for d in command_devices):
+        raise ProjectError(f"{path}: 'command_devices' is a list of legacy device names or ids "
+                           "(w3gate device sensors) its applets may command")
     instances = data.get("instances", "fresh")
     if instances not in ("fresh", "reuse"):
         raise ProjectError(f"{path}: 'instances' is \"fresh\" (every event sees a freshly instantiated module, "
                            f"as on W3bstream) or \"reuse\" (memory carries over between events), not {instances!r}")
     return Project(name, applets, strategies, {str(k): str(v) for k, v in env.items()}, schema, pebble,
-                   legacy, cron, monitors, operators, instances == "reuse"), modules
+                   legacy, cron, monitors, operators, instances == "reuse", command_devices), modules
 
 
 HANDLER_SIGNATURE = "i(i)"  # handler(rid i32) -> i32, as W3bstream calls every strategy's handler

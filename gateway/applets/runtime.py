@@ -7,9 +7,10 @@ so a slow or hostile applet delays only its own project. What applets log goes t
 ``<data>/projects/<name>/applet.log`` (JSON lines, written by the worker, read by ``w3gate applet
 logs``).
 
-Effects happen once, and only for events that are kept: MQTT messages an applet sends and the
-transactions it asks for are committed with its state (the project's outbox) and carried out
-after the commit; a transaction the chain signed for an event that failed is voided, never sent.
+Effects happen once, and only for events that are kept: MQTT messages an applet sends, the
+transactions and the legacy device commands it asks for are committed with its state (the
+project's outbox) and carried out after the commit; a transaction the chain signed for an event
+that failed is voided, never sent.
 ``recover`` carries out what a crash left between a commit and its effects.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Awaitable, Callable
 from gateway.applets.abi import EventMeta
 from gateway.applets.pool import AppletEvent, AppletResult, HostCall, Limits, ProjectWorker, WorkerDied
 from gateway.applets.project import Project, ProjectStore
+from gateway.errors import W3gateError
 from gateway.status import Buckets
 from gateway.storage import create_private, open_private
 
@@ -43,6 +45,8 @@ _EVENT_NUMBERS = itertools.count(1)
 Settle = Callable[[str, list[dict], list[dict]], Awaitable[None]]
 # (operator names): void every transaction still held, once no outbox claims it
 VoidUnclaimed = Callable[[list[str]], Awaitable[None]]
+# (project, effect {"device", "command", "seq"}): send a legacy device command (gateway/legacy/source.py)
+CommandDevice = Callable[[str, dict], None]
 
 
 @dataclass
@@ -112,6 +116,7 @@ class AppletRuntime:
         self.publish = publish
         self.settle: Settle | None = None
         self.void_unclaimed: VoidUnclaimed | None = None
+        self.command_device: CommandDevice | None = None
         self.max_batch = max_batch
         self.projects: dict[str, Project] = {}
         self.workers: dict[str, ProjectWorker] = {}
@@ -175,15 +180,31 @@ class AppletRuntime:
 
     async def _carry_out(self, project: str, committed: list[dict], voided: list[dict]) -> None:
         """A batch's effects, after its commit: transactions released (and those of events that
-        did not commit voided) first, then MQTT messages published."""
+        did not commit voided) first, then device commands sent, then MQTT messages published."""
         txs = [e for e in committed if e.get("kind") == "tx"]
         if txs or voided:
             if self.settle is None:
                 raise RuntimeError("transactions to settle, and no chain")
             await self.settle(project, txs, voided)
         for effect in committed:
+            if effect.get("kind") == "device_command":
+                self._command(project, effect)
+        for effect in committed:
             if effect.get("kind") == "mqtt" and self.publish is not None:
                 self.publish(effect["topic"], base64.b64decode(effect["payload"]))
+
+    def _command(self, project: str, effect: dict) -> None:
+        """Send a committed device command; one that can no longer be sent (the device was unpaired
+        since) is logged and dropped: the applet was told only that it is pending."""
+        if self.command_device is None:
+            log.warning("project %s: a command for device %s dropped: no legacy devices on this gateway now",
+                        project, effect.get("device"))
+            return
+        try:
+            self.command_device(project, effect)
+        except W3gateError as e:
+            log.warning("project %s: command %s for device %s not sent: %s", project, effect.get("seq"),
+                        effect.get("device"), e)
 
     async def close(self) -> None:
         for worker in self.workers.values():

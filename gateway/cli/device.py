@@ -249,7 +249,18 @@ def sensors_(as_json, config_path, data_dir) -> None:
     if not devices:
         click.echo("no sensors paired (w3gate device pair --serial PORT --name NAME)")
     for d in devices:
-        click.echo(f"{d.device_id}  {d.name:<16} {d.transport:<6} {d.address or '-':<30} {json.dumps(d.config)}")
+        click.echo(f"{d.device_id}  {d.name:<16} {d.transport:<6} {d.address or '-':<30} {json.dumps(d.config)}"
+                   + _last_command(d))
+
+
+def _last_command(d) -> str:
+    """The newest command an applet sent the sensor, and what the sensor answered."""
+    if not d.command:
+        return ""
+    ack = d.command_ack if d.command_ack.get("seq") == d.command["seq"] else {}
+    answer = {k: v for k, v in (ack.get("result") or {}).items() if k != "command_seq"}
+    return (f"  command {d.command['seq']} {json.dumps(d.command['command'])}: "
+            + (json.dumps(answer) if ack else "not acknowledged yet"))
 
 
 @device.command("set")

@@ -10,7 +10,8 @@ records through ``Record``, and each wire has one adapter saying how its payload
     wire        kinds                    signature                   event types
     protobuf    data, config, confirm    the Pebble's, in the payload  PEBBLE_DATA|CONFIG|CONFIRM
     json (G1)   data                     the Pebble's, in the payload  PEBBLE_DATA
-    legacy      data, hello, config_ack  the gateway's attestation     LEGACY_DATA|HELLO|CONFIG
+    legacy      data, hello, config_ack, the gateway's attestation    LEGACY_DATA|HELLO|CONFIG|
+                command_ack                                            COMMAND
 
 It lives with the codecs, below everything that stores or reads records, so the sources that
 make records and the layers that read them import it without importing each other.
@@ -103,7 +104,8 @@ class LegacyWire(Wire):
     the gateway: the signature is the attestation's r||s, kept beside the frame."""
 
     name, family = "legacy", "legacy"
-    events = {"data": "LEGACY_DATA", "hello": "LEGACY_HELLO", "config_ack": "LEGACY_CONFIG"}
+    events = {"data": "LEGACY_DATA", "hello": "LEGACY_HELLO", "config_ack": "LEGACY_CONFIG",
+              "command_ack": "LEGACY_COMMAND"}
 
     def decode(self, payload: bytes, kind: str) -> bytes:
         if len(payload) < legacy_frame.HEADER:

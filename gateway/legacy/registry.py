@@ -31,6 +31,9 @@ class LegacyDevice:
     config: dict = field(default_factory=dict)  # the settings the gateway wants: period_ms, sensors
     config_seq: int = 0  # seq of the last CONFIG frame sent; the device only applies growing ones
     added: float = 0.0
+    command_seq: int = 0  # seq of the last COMMAND frame taken; a counter apart from config_seq
+    command: dict = field(default_factory=dict)  # the newest command: {"seq", "command", "project", "at"}
+    command_ack: dict = field(default_factory=dict)  # the device's answer to it: {"seq", "result", "at"}
 
     @property
     def key_bytes(self) -> bytes:
@@ -100,6 +103,17 @@ class LegacyRegistry(WatchedTable[LegacyDevice]):
     def find(self, name_or_id: str) -> LegacyDevice | None:
         """By id, or by name (what a user types)."""
         return self.get(name_or_id) or next((d for d in self if d.name == name_or_id), None)
+
+    def next_command(self, device_id: str) -> int:
+        """Take the next COMMAND seq for a device, stored before any frame carries it: a command
+        is never sent twice under two seqs, and the device applies each seq once."""
+        with self._table() as table:
+            docs = table.search(Query().device_id == device_id)
+            if not docs:
+                raise RegistryError(f"legacy device {device_id} is not paired", reason="unknown_device")
+            seq = max(int(docs[0].get("command_seq", 0)) + 1, int(time.time()))  # grows even if the file was restored
+            table.update({"command_seq": seq}, Query().device_id == device_id)
+        return seq
 
     def next_config(self, device_id: str) -> tuple[LegacyDevice, int]:
         """Take the next CONFIG seq for a device (stored before the frame is sent, so it only grows)."""

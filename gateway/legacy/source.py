@@ -79,6 +79,11 @@ class LegacySource:
             self.bridge.registry_changed()
         self.bridge.save_seqs()
 
+    def command(self, project: str, effect: dict) -> None:
+        """Carry out a project's committed device command (gateway/applets/system_api.py): under
+        the seq it was given when asked for, so carrying it out again sends the same command."""
+        self.bridge.send_command(effect["device"], effect["command"], seq=int(effect["seq"]), project=project)
+
     def status(self) -> dict:
         return {**self.bridge.status(), "serial": self.serial.status() if self.serial else None,
                 "ble": self.ble.status() if self.ble else None}

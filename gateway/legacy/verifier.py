@@ -20,7 +20,8 @@ from gateway.legacy.registry import LegacyDevice, LegacyRegistry
 
 log = logging.getLogger("w3gate.legacy")
 
-FRAME_KINDS = {wire.READING: "data", wire.HELLO: "hello", wire.CONFIG_ACK: "config_ack"}
+FRAME_KINDS = {wire.READING: "data", wire.HELLO: "hello", wire.CONFIG_ACK: "config_ack",
+               wire.COMMAND_ACK: "command_ack"}
 
 SEQ_MOD = 1 << 32  # the wire's u32
 SEQ_HALF = 1 << 31  # serial-number arithmetic (RFC 1982): ahead means less than half the circle ahead
@@ -99,7 +100,7 @@ class LegacyFrame:
     """A frame whose MAC, seq and rate were checked: ready to be attested and buffered."""
 
     device: LegacyDevice
-    kind: str  # "data", "hello", "config_ack"
+    kind: str  # "data", "hello", "config_ack", "command_ack"
     seq: int
     frame: bytes  # the decoded frame (header, payload, CRC, MAC): the evidence, kept as received
     payload: bytes  # its JSON payload

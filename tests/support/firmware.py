@@ -30,6 +30,7 @@ class FirmwareProcess:
         self.deframer = wire.Deframer()
         self.pending: list = []  # frames read but not yet asked for
         self.config_seq = 1000
+        self.command_seq = 2000
 
     def start(self) -> "FirmwareProcess":
         master, slave = os.openpty()
@@ -90,6 +91,17 @@ class FirmwareProcess:
         self.write(wire.encode(wire.CONFIG, self.device_id, self.config_seq, json.dumps(settings).encode(),
                                key or self.key))
         return self.config_seq
+
+    def send_command(self, command: dict | bytes, *, seq: int | None = None, key: bytes | None = None) -> int:
+        self.command_seq = seq if seq is not None else self.command_seq + 1
+        payload = command if isinstance(command, bytes) else json.dumps(command).encode()
+        self.write(wire.encode(wire.COMMAND, self.device_id, self.command_seq, payload, key or self.key))
+        return self.command_seq
+
+    def relay(self) -> str | None:
+        """The relay's level as the firmware drove it ("0", "1"), None if never driven."""
+        path = self.directory / "relay.out"
+        return path.read_text() if path.exists() else None
 
     def _stderr(self) -> str:
         if self.proc.poll() is None or self.proc.stderr is None:

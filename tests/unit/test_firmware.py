@@ -59,6 +59,54 @@ def test_stale_forged_and_invalid_configs_change_nothing(firmware):
     assert firmware.until(wire.CONFIG_ACK)[3] == {"period_ms": 30, "sensors": ["sim"], "config_seq": ok}
 
 
+def test_a_command_sets_the_relay_is_acknowledged_reported_and_kept_across_a_restart(firmware):
+    firmware.start().frames(1)
+    assert firmware.relay() is None  # never driven
+    seq = firmware.send_command({"relay": 1})
+    assert firmware.until(wire.COMMAND_ACK)[3] == {"relay": 1, "command_seq": seq}
+    assert firmware.relay() == "1"
+    assert firmware.until(wire.READING)[3]["relay"] == 1  # readings report it from then on
+    firmware.stop()
+    (firmware.directory / "relay.out").unlink()  # a board's pins come up low after a reset
+    hello = firmware.start().frames(1)[0]
+    assert hello[0] == wire.HELLO and firmware.relay() == "1"  # driven again at boot
+    firmware.send_command({"relay": 0}, seq=seq)  # played back after the reboot: not applied again
+    off = firmware.send_command({"relay": 0}, seq=seq - 1)  # older still: ignored without a word
+    assert off < seq
+    newer = firmware.send_command({"relay": 0}, seq=seq + 1)
+    acks = [firmware.until(wire.COMMAND_ACK)[3] for _ in range(2)]
+    assert acks == [{"relay": 1, "command_seq": seq, "repeat": True}, {"relay": 0, "command_seq": newer}]
+    assert firmware.relay() == "0"
+
+
+def test_forged_unknown_and_invalid_commands_change_nothing(firmware):
+    firmware.start().frames(1)
+    ok = firmware.send_command({"relay": 1})
+    assert firmware.until(wire.COMMAND_ACK)[3]["relay"] == 1
+    firmware.send_command({"relay": 0}, key=os.urandom(32))  # wrong key: no answer at all
+    unknown = firmware.send_command({"relay": 0, "valve": 1})
+    assert firmware.until(wire.COMMAND_ACK)[3] == {"error": "unknown output valve (relay)", "command_seq": unknown}
+    for bad in ({"relay": 2}, {"relay": "on"}, {}, [1], b"not json", b'"relay"'):
+        seq = firmware.send_command(bad)
+        ack = firmware.until(wire.COMMAND_ACK)[3]
+        assert ack["command_seq"] == seq and ack["error"], (bad, ack)
+    assert firmware.relay() == "1" and ok < seq
+    assert firmware.proc.poll() is None
+
+
+def test_an_output_that_cannot_be_driven_is_answered_with_an_error(tmp_path):
+    fw = FirmwareProcess(tmp_path / "board")
+    try:
+        fw.start().frames(1)
+        (fw.directory / "relay.out").mkdir()  # the output cannot be driven: as a missing pin would
+        seq = fw.send_command({"relay": 1})
+        ack = fw.until(wire.COMMAND_ACK)[3]
+        assert ack["command_seq"] == seq and ack["error"]
+        assert fw.proc.poll() is None
+    finally:
+        fw.stop()
+
+
 def test_garbage_and_a_torn_frame_on_the_line_do_not_stop_the_firmware(firmware):
     firmware.start().frames(1)
     firmware.write(os.urandom(500))
@@ -77,13 +125,16 @@ def test_a_repl_request_ends_the_firmware_cleanly(firmware):
 
 
 def test_the_firmware_runs_in_a_small_heap(tmp_path):
-    """docs/firmware.md: the firmware runs its loop, with config changes, in 56 KiB of heap (48 KiB is not enough)."""
+    """docs/firmware.md: the firmware runs its loop, with config changes and commands, in 56 KiB of
+    heap (48 KiB is not enough)."""
     fw = FirmwareProcess(tmp_path / "small", heap_kb=56, period_ms=10)
     try:
         frames = fw.start().frames(40)
         for n in range(3):
             fw.send_config({"period_ms": 10 + n})
             fw.until(wire.CONFIG_ACK)
+            fw.send_command({"relay": n % 2})
+            assert fw.until(wire.COMMAND_ACK)[3]["relay"] == n % 2
         more = fw.frames(40)
         assert more[-1][2] > frames[-1][2] and fw.proc.poll() is None
     finally:

@@ -121,3 +121,26 @@ def test_frames_made_by_micropython_verify_in_the_gateway_and_back(micropython, 
                            f"print(t, binascii.hexlify(d).decode(), s, p.decode())")
     assert seen == f"129 {dev_hex} 3 {{\"period\":30}}"
     assert binascii.hexlify(DEVICE).decode() == dev_hex
+
+
+def test_commands_and_their_acks_are_frames_like_any_other_with_their_own_types():
+    assert len({frame.READING, frame.HELLO, frame.CONFIG_ACK, frame.COMMAND_ACK, frame.CONFIG, frame.COMMAND}) == 6
+    assert frame.COMMAND & 0x80 and not frame.COMMAND_ACK & 0x80  # gateway -> device types have the top bit
+    command = frame.encode(frame.COMMAND, DEVICE, 2**32 - 1, b'{"relay":1}', KEY)
+    assert frame.decode(raw(command), keys) == (frame.COMMAND, DEVICE, 2**32 - 1, b'{"relay":1}')
+    ack = frame.encode(frame.COMMAND_ACK, DEVICE, 7, b'{"relay":1,"command_seq":4294967295}', KEY)
+    assert frame.decode(raw(ack), keys)[0] == frame.COMMAND_ACK
+    with pytest.raises(FrameError) as forged:
+        frame.decode(raw(frame.encode(frame.COMMAND, DEVICE, 3, b'{"relay":1}', b"a guess")), keys)
+    assert forged.value.reason == "bad_mac"
+    with pytest.raises(ValueError):
+        frame.encode(frame.COMMAND, DEVICE, 3, b"x" * (frame.MAX_PAYLOAD + 1), KEY)
+
+
+def test_a_command_made_by_the_gateway_decodes_under_micropython(micropython, tmp_path):
+    command = frame.encode(frame.COMMAND, DEVICE, 5, b'{"relay":0}', KEY)
+    seen = run_micropython(micropython, tmp_path,
+                           f"k = binascii.unhexlify('{KEY.hex()}')\n"
+                           f"t, d, s, p = frame.decode(binascii.unhexlify('{raw(command).hex()}'), lambda d: k)\n"
+                           f"print(t == frame.COMMAND, s, p.decode())")
+    assert seen == 'True 5 {"relay":0}'

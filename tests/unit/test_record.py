@@ -56,7 +56,8 @@ def test_values_and_nonce_come_from_the_payload_in_units(vectors):
 
 def attested(kind_type: int, payload: bytes) -> Record:
     frame = wire.cobs_decode(wire.encode(kind_type, bytes(8), 7, payload, bytes(32))[1:-1])
-    kind = {wire.READING: "data", wire.HELLO: "hello", wire.CONFIG_ACK: "config_ack"}[kind_type]
+    kind = {wire.READING: "data", wire.HELLO: "hello", wire.CONFIG_ACK: "config_ack",
+            wire.COMMAND_ACK: "command_ack"}[kind_type]
     doc = legacy_doc(device=bytes(8).hex(), attester="0x" + "ab" * 20, kind=kind, device_seq=7, frame=frame,
                      digest=hashlib.sha256(frame).digest(), received_ms=1767225600123, attestation=bytes(range(65)))
     return Record({**doc, "seq": 9})
@@ -70,6 +71,7 @@ def test_a_legacy_record_is_signed_by_the_gateways_attestation_and_reads_its_fra
     assert record.doc["rx"] == 1767225600.123 and record.doc["ts"] == 1767225600
     assert attested(wire.HELLO, b'{"fw":"w3gate-fw 0.1"}').event_type == "LEGACY_HELLO"
     assert attested(wire.CONFIG_ACK, b'[1]').values() == {"value": [1]}
+    assert attested(wire.COMMAND_ACK, b'{"relay":1,"command_seq":3}').event_type == "LEGACY_COMMAND"
 
 
 def test_a_record_says_which_family_made_it_even_when_edited(vectors):
@@ -80,7 +82,7 @@ def test_a_record_says_which_family_made_it_even_when_edited(vectors):
 
 def test_every_event_type_belongs_to_one_family():
     assert FAMILY_EVENTS == {"pebble": ["PEBBLE_CONFIG", "PEBBLE_CONFIRM", "PEBBLE_DATA"],
-                             "legacy": ["LEGACY_CONFIG", "LEGACY_DATA", "LEGACY_HELLO"]}
+                             "legacy": ["LEGACY_COMMAND", "LEGACY_CONFIG", "LEGACY_DATA", "LEGACY_HELLO"]}
 
 
 @pytest.mark.parametrize("edit", [
