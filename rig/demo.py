@@ -59,6 +59,7 @@ class Rig:
     env: dict[str, str] = field(default_factory=dict)  # the gateway's settings, as W3GATE_* variables
     rpc_url: str | None = None
     registry: str | None = None  # the proof registry's address on the local chain
+    buy_command: str | None = None  # a buyer's purchase of a Pebble's stream, printed for the user to run
 
     @property
     def gw_data(self) -> Path:
@@ -112,6 +113,7 @@ def run(options: Options) -> None:
         applet_log = deploy_demo_project(rig)
         if options.chain or (options.chain is None and _anvil_installed()):
             start_chain(rig)
+            open_market(rig, min(profiles))
         pairings = start_legacy_sensors(rig) if options.sensors else []
         applet_offset = applet_log.stat().st_size if applet_log and applet_log.exists() else 0
         start_gateway(rig)
@@ -120,6 +122,9 @@ def run(options: Options) -> None:
                 pair_sensor(rig, name, args)
             else:
                 show_pairing(rig, name, args)
+        if rig.buy_command:
+            rig.console.print(f"buy a Pebble's readings yourself, in another terminal: [bold]{rig.buy_command}[/] "
+                              "(it prints the command that receives them)")
         start_fleet(rig, options)
         watch(rig, Watch(profiles, applet_log, applet_offset), options.duration, stopping)
     finally:
@@ -208,7 +213,7 @@ def start_chain(rig: Rig) -> None:
     """A local chain (anvil) with the proof registry; the gateway anchors there with a dev key."""
     from rig.chain import DEV_ADDRESSES, DEV_KEYS, deploy_registry, start_anvil
 
-    chain = start_anvil(rig.work / "chain")
+    chain = start_anvil(rig.work / "chain", "--block-time", "1")  # a block a second, as a chain makes them
     rig.procs.append(chain.proc)
     rig.rpc_url, rig.registry = chain.url, deploy_registry(chain.url, DEV_KEYS[0], [DEV_ADDRESSES[1]])
     save_node_key(rig, DEV_KEYS[1])
@@ -216,6 +221,37 @@ def start_chain(rig: Rig) -> None:
                       f"records are anchored in batches, and proven below")
     rig.env.update(W3GATE_CHAIN_ENABLED="true", W3GATE_CHAIN_NETWORK=chain.url, W3GATE_CHAIN_REGISTRY=rig.registry,
                    W3GATE_CHAIN_CONFIRMATIONS="1", W3GATE_CHAIN_BATCH_RECORDS="50", W3GATE_CHAIN_BATCH_AGE_S="5")
+
+
+def open_market(rig: Rig, device: str) -> None:
+    """A DataMarket beside the registry with one Pebble's stream for sale (the gateway vouches for
+    its owner, the owner lists it), and a buyer with a wallet, an X25519 key and a broker of their
+    own: the command a buyer runs is printed once the gateway runs (docs/market.md)."""
+    from eth_account import Account
+    from web3 import Web3
+
+    from gateway.market import contract
+    from gateway.market.seal import new_key_file
+    from gateway.storage import atomic_write
+    from rig.broker import start_broker
+    from rig.chain import DEV_KEYS
+
+    w3 = Web3(Web3.HTTPProvider(rig.rpc_url))
+    gateway, owner = Account.from_key(DEV_KEYS[1]), Account.from_key(DEV_KEYS[2])
+    market = contract.deploy(w3, Account.from_key(DEV_KEYS[0]), rig.registry, challenge_blocks=10,
+                             grace_blocks=120).contract
+    contract.vouch(w3, gateway, market, device, owner.address)  # before the gateway sends with its key
+    contract.list_stream(w3, owner, market, device, 10**12)
+    buyer_broker = start_broker(rig.work / "buyer-broker")
+    rig.procs.append(buyer_broker.proc)
+    wallet, key = rig.work / "buyer.wallet", rig.work / "buyer.x25519"
+    atomic_write(wallet, (DEV_KEYS[3] + "\n").encode())  # anvil's fourth dev account pays
+    new_key_file(key)
+    rig.env.update(W3GATE_MARKET_CONTRACT=market, W3GATE_MARKET_ALLOW_PRIVATE_ENDPOINTS="true")
+    rig.buy_command = (f"w3gate market buy {device} --blocks 20 --endpoint mqtt://127.0.0.1:{buyer_broker.port}/buyer "
+                       f"--key-file {key} --wallet {wallet} --rpc {rig.rpc_url} --market {market}")
+    rig.console.print(f"data market {market}: {device}'s readings for sale at 10^12 wei a block "
+                      f"(owner {owner.address}); a buyer's broker on 127.0.0.1:{buyer_broker.port}")
 
 
 def start_legacy_sensors(rig: Rig) -> list[tuple[str, list[str]]]:
@@ -343,8 +379,8 @@ def watch(rig: Rig, seen: Watch, duration: float | None, stopping: list[bool]) -
 def print_readings(rig: Rig, seen: Watch, paired: LegacyRegistry) -> None:
     """Each record made durable since the last look, Pebbles and legacy sensors alike."""
     from gateway.buffer.store import RecordStore
-    from gateway.codec.record import Record
     from gateway.cli.records import summary
+    from gateway.codec.record import Record
 
     if not rig.layout.records.exists():
         return

@@ -274,8 +274,8 @@ def receive(purchase_id, key_file, endpoint, count, timeout, network, market_add
         except (SealError, DeliveryError) as e:
             refused[e.reason] = refused.get(e.reason, 0) + 1
             return
-        if opened["n"] in seen:
-            return  # a resend after the gateway restarted
+        if opened["n"] in seen or count and len(seen) >= count:
+            return  # a resend after the gateway restarted, or one more than asked for
         seen.add(opened["n"])
         line = {"n": opened["n"], "seq": r["seq"], "device": r["device"], "leaf": "0x" + opened["leaf"].hex(),
                 "received_ms": r["leaf_fields"]["received_ms"], "record": r["record"]}

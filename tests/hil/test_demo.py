@@ -5,6 +5,7 @@ work, readings proven against the local chain, and the two legacy sensors paired
 command each, their readings next to the Pebbles' with their trust level."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -12,12 +13,30 @@ import subprocess
 from tests.support.gateway import w3gate_exe
 
 
-def test_the_demo_shows_verified_readings_applets_proofs_and_paired_sensors(tmp_path, built_applets):
-    result = subprocess.run([*w3gate_exe(), "demo", "--duration", "24", "--devices", "8", "--time-scale", "120",
-                             "--data-dir", str(tmp_path / "demo")], capture_output=True, text=True, timeout=180,
-                            env={**os.environ, "COLUMNS": "200"})  # wide: one reading per line
-    out = result.stdout
-    assert result.returncode == 0, out + result.stderr
+def test_the_demo_shows_verified_readings_applets_proofs_paired_sensors_and_a_stream_to_buy(tmp_path,
+                                                                                           built_applets):
+    import shlex
+
+    demo = subprocess.Popen([*w3gate_exe(), "demo", "--duration", "24", "--devices", "8", "--time-scale", "120",
+                             "--data-dir", str(tmp_path / "demo")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "COLUMNS": "600"})  # wide: one reading per line
+    lines = []
+    for line in demo.stdout:  # the buyer's side, in the two commands the demo and `buy` print
+        lines.append(line)
+        if "buy a Pebble's readings yourself, in another terminal:" in line:
+            words = shlex.split(line.split("another terminal: ", 1)[1].split(" (it prints", 1)[0])
+            bought = subprocess.run([*w3gate_exe(), *words[1:]], capture_output=True, text=True, timeout=60)
+            assert bought.returncode == 0 and bought.stdout.startswith("purchase 1:"), bought.stdout + bought.stderr
+            receive = shlex.split(bought.stdout.splitlines()[-1].removeprefix("receive: "))
+            received = subprocess.run([*w3gate_exe(), *receive[1:], "--count", "2", "--json", "--rpc",
+                                       words[words.index("--rpc") + 1], "--market", words[words.index("--market") + 1]],
+                                      capture_output=True, text=True, timeout=60)
+            assert received.returncode == 0, received.stdout + received.stderr
+            readings = [json.loads(x) for x in received.stdout.splitlines()[:-1]]
+            assert len(readings) == 2 and all(r["leaf"].startswith("0x") and r["record"]["payload"] for r in readings)
+            break
+    out = "".join(lines) + demo.stdout.read()
+    assert demo.wait(timeout=120) == 0, out + demo.stderr.read()
     assert "project pebble-demo deployed" in out
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/ ", out)  # where to look, on a port of its own
     assert out.count("✔") >= 10  # verified readings as they became durable
