@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
-/// The part of ProofRegistry the market needs: who is a gateway.
+/// The part of ProofRegistry the market needs: who is a gateway, and what it anchored.
 interface IGatewayRegistry {
     function isGateway(address gateway) external view returns (bool);
+    function anchorOf(bytes32 root) external view returns (address gateway, uint64 sequence, uint32 count,
+                                                          uint48 firstTime, uint48 lastTime, uint32 anchoredAt);
 }
 
 /// @title DataMarket: a device's verified readings sold by the block, delivered by its gateway.
@@ -14,12 +16,16 @@ interface IGatewayRegistry {
 /// delivered and the root of their sorted Merkle tree. The payment is held until a challenge
 /// period after settlement has passed; then it is the owner's to withdraw. A purchase the gateway
 /// never settles is refunded to the buyer.
+/// During the challenge period, anyone holding an anchored reading of the device received inside
+/// the window and absent from the delivery tree can prove it withheld (`claimWithheld`): the
+/// buyer is refunded and the gateway named in a `Withheld` event.
 /// @dev Every payout is pulled (`withdraw`), never pushed: no call to an unknown address is made
-/// while state is half-updated.
+/// while state is half-updated. The leaf and tree rules are those of docs/proofs.md.
 contract DataMarket {
     struct Stream {
         address owner; // vouched for by `gateway`
         address gateway; // the registered gateway that serves the device and delivers
+        address signer; // the address the device's record leaves carry (a Pebble's own); 0: none of its own
         uint256 pricePerBlock; // wei; 0 while not for sale
     }
 
@@ -36,6 +42,26 @@ contract DataMarket {
         uint32 delivered; // readings the gateway says it delivered
         bytes32 deliveryRoot; // root of the sorted Merkle tree of their record leaves
         uint256 amount; // wei held
+        address signer; // the stream's signer when bought
+        uint48 startTime; // the purchase block's timestamp, s: the window's first second
+        uint48 lastTime; // the window's last block's timestamp, s, as the settlement states it
+    }
+
+    /// A record leaf's fields (docs/proofs.md) and its Merkle path in an anchored batch.
+    struct AnchoredReading {
+        bytes signature; // r || s, 64 bytes, as the leaf commits to them
+        bytes32 payloadSha256;
+        uint64 receivedMs;
+        bytes32 root; // the anchored batch
+        uint256 index;
+        bytes32[] path;
+    }
+
+    /// A leaf of the delivery tree with its position and path.
+    struct Neighbour {
+        uint256 index;
+        bytes32 leaf;
+        bytes32[] path;
     }
 
     uint64 public constant MAX_BLOCKS = 10_000_000; // about 1.6 years of IoTeX blocks
@@ -47,7 +73,7 @@ contract DataMarket {
 
     uint64 public purchaseCount;
     mapping(bytes32 => Stream) private streams; // keccak256(device id) -> stream
-    mapping(uint64 => Purchase) public purchases;
+    mapping(uint64 => Purchase) private purchases;
     mapping(address => uint256) public balanceOf; // withdrawable wei
 
     event Vouched(string device, bytes32 indexed deviceKey, address indexed owner, address indexed gateway);
@@ -56,7 +82,8 @@ contract DataMarket {
     /// the buyer, owner and amount are in `purchases(id)`.
     event Purchased(uint64 indexed id, bytes32 indexed deviceKey, address indexed gateway, string device,
                     uint64 end, bytes32 key, string endpoint);
-    event Settled(uint64 indexed id, uint32 delivered, bytes32 deliveryRoot);
+    event Settled(uint64 indexed id, uint32 delivered, bytes32 deliveryRoot, uint48 lastTime);
+    event Withheld(uint64 indexed id, address indexed gateway, bytes32 leaf);
     event Released(uint64 indexed id, address indexed owner, uint256 amount);
     event Refunded(uint64 indexed id, address indexed buyer, uint256 amount);
     event Withdrawn(address indexed account, uint256 amount);
@@ -73,6 +100,11 @@ contract DataMarket {
     error TooLate(uint64 id, uint64 untilBlock);
     error NothingToWithdraw();
     error TransferFailed();
+    error BadLastTime(uint48 lastTime);
+    error NoSigner(uint64 id);
+    error NotInWindow(uint64 receivedMs);
+    error NotAnchored(bytes32 leaf);
+    error NotWithheld(bytes32 leaf);
 
     constructor(IGatewayRegistry registry_, uint64 challengeBlocks_, uint64 graceBlocks_) {
         registry = registry_;
@@ -84,22 +116,26 @@ contract DataMarket {
         return keccak256(bytes(device));
     }
 
-    /// @notice The stream of `device`: its owner, serving gateway and price (0: not for sale).
-    function streamOf(string calldata device) external view returns (address owner, address gateway,
-                                                                     uint256 pricePerBlock) {
-        Stream memory s = streams[deviceKey(device)];
-        return (s.owner, s.gateway, s.pricePerBlock);
+    /// @notice The stream of `device`: its owner, serving gateway, signer and price (0: not for sale).
+    function streamOf(string calldata device) external view returns (Stream memory) {
+        return streams[deviceKey(device)];
     }
 
-    /// @notice A registered gateway states that it serves `device` and that `owner` owns it (the
-    /// binding only the serving gateway knows first-hand). A changed binding ends any listing.
-    function vouch(string calldata device, address owner) external {
+    function purchaseOf(uint64 id) external view returns (Purchase memory) {
+        return purchases[id];
+    }
+
+    /// @notice A registered gateway states that it serves `device`, that `owner` owns it (the
+    /// binding only the serving gateway knows first-hand) and that its record leaves carry
+    /// `signer` (0 for a device whose leaves the gateway signs). A changed binding ends any listing.
+    function vouch(string calldata device, address owner, address signer) external {
         if (!registry.isGateway(msg.sender)) revert NotGateway(msg.sender);
         bytes32 key = deviceKey(device);
         Stream storage s = streams[key];
-        if (s.owner != owner || s.gateway != msg.sender) {
+        if (s.owner != owner || s.gateway != msg.sender || s.signer != signer) {
             s.owner = owner;
             s.gateway = msg.sender;
+            s.signer = signer;
             s.pricePerBlock = 0;
         }
         emit Vouched(device, key, owner, msg.sender);
@@ -130,24 +166,96 @@ contract DataMarket {
         if (msg.value != price) revert WrongPayment(price, msg.value);
         id = ++purchaseCount;
         uint64 start = uint64(block.number);
-        purchases[id] = Purchase(msg.sender, s.gateway, s.owner, start, start + blocks, 0, State.Open, 0,
-                                 bytes32(0), msg.value);
+        Purchase storage p = purchases[id];
+        p.buyer = msg.sender;
+        p.gateway = s.gateway;
+        p.owner = s.owner;
+        p.start = start;
+        p.end = start + blocks;
+        p.state = State.Open;
+        p.amount = msg.value;
+        p.signer = s.signer;
+        p.startTime = uint48(block.timestamp);
         emit Purchased(id, dk, s.gateway, device, start + blocks, key, endpoint);
     }
 
     /// @notice The serving gateway reports, after the window and within the grace period, how
-    /// many readings it delivered and the root of the sorted Merkle tree of their record leaves.
-    function settle(uint64 id, uint32 delivered, bytes32 deliveryRoot) external {
+    /// many readings it delivered, the root of the sorted Merkle tree of their record leaves, and
+    /// the timestamp of the window's last block (anyone can check it against that block's header).
+    function settle(uint64 id, uint32 delivered, bytes32 deliveryRoot, uint48 lastTime) external {
         Purchase storage p = purchases[id];
         if (p.state != State.Open) revert NotOpen(id);
         if (msg.sender != p.gateway) revert NotServingGateway(id, msg.sender);
         if (block.number < p.end) revert TooEarly(id, p.end);
         if (block.number >= p.end + graceBlocks) revert TooLate(id, p.end + graceBlocks);
+        if (lastTime < p.startTime || lastTime > block.timestamp) revert BadLastTime(lastTime);
         p.state = State.Settled;
         p.settledAt = uint64(block.number);
         p.delivered = delivered;
         p.deliveryRoot = deliveryRoot;
-        emit Settled(id, delivered, deliveryRoot);
+        p.lastTime = lastTime;
+        emit Settled(id, delivered, deliveryRoot, lastTime);
+    }
+
+    /// @notice Prove, before the challenge period ends, that the gateway withheld a reading: one
+    /// of the device's records, anchored by the serving gateway, received inside the window, that
+    /// is not in the delivery tree (shown by the neighbours that bracket its leaf: one at either
+    /// end of the tree, none when nothing was delivered). The buyer is refunded.
+    function claimWithheld(uint64 id, AnchoredReading calldata r, Neighbour[] calldata gap) external {
+        Purchase storage p = purchases[id];
+        if (p.state != State.Settled) revert NotOpen(id);
+        if (block.number >= p.settledAt + challengeBlocks) revert TooLate(id, p.settledAt + challengeBlocks);
+        if (p.signer == address(0)) revert NoSigner(id);
+        if (r.receivedMs < uint64(p.startTime) * 1000 || r.receivedMs > uint64(p.lastTime) * 1000 + 999) {
+            revert NotInWindow(r.receivedMs);
+        }
+        bytes32 leaf = keccak256(abi.encodePacked(bytes1(0x00), p.signer, r.signature, r.payloadSha256,
+                                                  r.receivedMs));
+        (address anchoredBy,, uint32 count,,,) = registry.anchorOf(r.root);
+        if (r.signature.length != 64 || anchoredBy != p.gateway || !_included(leaf, r.index, r.path, r.root, count)) {
+            revert NotAnchored(leaf);
+        }
+        if (!_absent(leaf, gap, p.deliveryRoot, p.delivered)) revert NotWithheld(leaf);
+        p.state = State.Refunded;
+        balanceOf[p.buyer] += p.amount;
+        emit Withheld(id, p.gateway, leaf);
+        emit Refunded(id, p.buyer, p.amount);
+    }
+
+    /// Merkle inclusion with docs/proofs.md's rules: positional, an odd last node promoted.
+    function _included(bytes32 leaf, uint256 index, bytes32[] calldata path, bytes32 root, uint256 count)
+        private
+        pure
+        returns (bool)
+    {
+        if (index >= count) return false;
+        bytes32 current = leaf;
+        uint256 used;
+        for (uint256 width = count; width > 1; width = (width + 1) / 2) {
+            if (index % 2 == 1) {
+                if (used == path.length) return false;
+                current = keccak256(abi.encodePacked(bytes1(0x01), path[used++], current));
+            } else if (index + 1 < width) {
+                if (used == path.length) return false;
+                current = keccak256(abi.encodePacked(bytes1(0x01), current, path[used++]));
+            }
+            index /= 2;
+        }
+        return used == path.length && current == root;
+    }
+
+    /// `leaf` is not in the sorted tree of `count` leaves with `root`.
+    function _absent(bytes32 leaf, Neighbour[] calldata gap, bytes32 root, uint256 count) private pure returns (bool) {
+        if (count == 0) return gap.length == 0 && root == bytes32(0);
+        if (gap.length == 0 || gap.length > 2) return false;
+        for (uint256 i = 0; i < gap.length; i++) {
+            if (!_included(gap[i].leaf, gap[i].index, gap[i].path, root, count)) return false;
+        }
+        if (gap.length == 2) {  // the two neighbours, adjacent, below and above it
+            return gap[1].index == gap[0].index + 1 && gap[0].leaf < leaf && leaf < gap[1].leaf;
+        }
+        // one neighbour: the first leaf, above it, or the last, below it
+        return (gap[0].index == 0 && leaf < gap[0].leaf) || (gap[0].index == count - 1 && gap[0].leaf < leaf);
     }
 
     /// @notice Once the challenge period after settlement has passed, the payment becomes the

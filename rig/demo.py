@@ -240,7 +240,10 @@ def open_market(rig: Rig, device: str) -> None:
     gateway, owner = Account.from_key(DEV_KEYS[1]), Account.from_key(DEV_KEYS[2])
     market = contract.deploy(w3, Account.from_key(DEV_KEYS[0]), rig.registry, challenge_blocks=10,
                              grace_blocks=120).contract
-    contract.vouch(w3, gateway, market, device, owner.address)  # before the gateway sends with its key
+    from gateway.verify.registry import Registry
+
+    signer = Registry(rig.layout.devices).get(device).address  # the Pebble signs its own readings
+    contract.vouch(w3, gateway, market, device, owner.address, signer)  # before the gateway sends with its key
     contract.list_stream(w3, owner, market, device, 10**12)
     buyer_broker = start_broker(rig.work / "buyer-broker")
     rig.procs.append(buyer_broker.proc)

@@ -10,6 +10,7 @@ each party.
                              w3gate market buy IMEI --blocks N --endpoint mqtt://… --key-file … --wallet …
                              w3gate market receive ID --key-file … --endpoint mqtt://…
                              w3gate market refund ID --wallet …
+                             w3gate market claim ID --proof P.json --received R.jsonl --wallet …
 
 The operator signs with the node key (stop the gateway first: it sends with that key). Owners
 and buyers sign with their own wallet: a V3 keystore (with ``--passphrase-file``) or a file
@@ -133,18 +134,21 @@ def vouch(device, owner, owner_keystore, passphrase_file, network, market_addres
     from gateway.verify.registry import STATUS_CONFIRMED, Registry
 
     config, w3, address = _setup(network, market_address, config_path, data_dir)
+    known = Registry(config.layout.devices).get(device)  # a Pebble: its leaves carry its own address
     if owner is None:
-        known = Registry(config.layout.devices).get(device)
         if known is None or not known.owner or known.status != STATUS_CONFIRMED:
             raise click.ClickException(f"{device} has no confirmed owner at this gateway: give --owner ADDRESS "
                                        "(you vouch for it: check it first)")
         owner = known.owner
-    signer = _owner(config, owner_keystore, passphrase_file)
-    sent = _run(contract.vouch, w3, signer, address, device, owner)
+    gateway = _owner(config, owner_keystore, passphrase_file)
+    sent = _run(contract.vouch, w3, gateway, address, device, owner, known.address if known else None)
     if as_json:
-        return emit_json({"device": device, "owner": owner, "gateway": signer.address, "tx": sent.tx,
-                          "block": sent.block})
-    click.echo(f"{device}: owner {owner}, served by {signer.address} (block {sent.block})")
+        return emit_json({"device": device, "owner": owner, "gateway": gateway.address,
+                          "signer": known.address if known else None, "tx": sent.tx, "block": sent.block})
+    click.echo(f"{device}: owner {owner}, served by {gateway.address}"
+               + (f", its readings signed by {known.address}" if known else
+                  " (its readings are signed by this gateway: a withheld one cannot be proven on chain)")
+               + f" (block {sent.block})")
 
 
 @market.command()
@@ -333,6 +337,47 @@ def _actions():
 
 _simple("release", lambda *a: _actions().release(*a), "released to its owner (after the challenge period)")
 _simple("refund", lambda *a: _actions().refund_unsettled(*a), "refunded to its buyer (never settled)")
+
+
+@market.command()
+@click.argument("purchase_id", type=int)
+@click.option("--proof", "proof_file", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The withheld reading's proof (`w3gate proof SEQ --json`, from whoever holds the record).")
+@click.option("--received", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="What you received: the lines of `w3gate market receive ID --json`.")
+@_wallet_opts
+@_common
+def claim(purchase_id, proof_file, received, wallet, passphrase_file, network, market_address, as_json, config_path,
+          data_dir) -> None:
+    """Prove that the gateway withheld a reading of your window: you are refunded.
+
+    Your received readings must make the delivery root the gateway settled with (else it claims
+    readings you never got, which nobody can prove); the reading must be anchored, inside the
+    window, and not among them."""
+    from gateway.market import contract
+    from gateway.market.delivery import delivery_root, gap_proof
+
+    _, w3, address = _setup(network, market_address, config_path, data_dir)
+    proof = json.loads(Path(proof_file).read_text())
+    leaves = []
+    for line in Path(received).read_text().splitlines():
+        entry = json.loads(line)
+        if "leaf" in entry:
+            leaves.append(bytes.fromhex(entry["leaf"].removeprefix("0x")))
+    state = _run(contract.purchase, w3, address, purchase_id)
+    if state["state"] != "settled":
+        raise click.ClickException(f"purchase {purchase_id} is {state['state']}: only a settled one can be claimed")
+    if "0x" + delivery_root(leaves).hex() != state["delivery_root"]:
+        raise click.ClickException(f"the {len(leaves)} reading(s) you received do not make the settled delivery "
+                                   f"root ({state['delivered']} claimed delivered): a reading claimed and not "
+                                   "received cannot be proven on chain (docs/market.md)")
+    leaf = bytes.fromhex(proof["leaf"].removeprefix("0x"))
+    gap = _run(gap_proof, leaves, leaf)
+    sent = _run(contract.claim_withheld, w3, _wallet(wallet, passphrase_file), address, purchase_id, proof, gap)
+    if as_json:
+        return emit_json({"purchase": purchase_id, "leaf": proof["leaf"], "tx": sent.tx, "block": sent.block})
+    click.echo(f"purchase {purchase_id}: reading {proof['leaf']} proven withheld; refunded to its buyer "
+               f"(block {sent.block}): `w3gate market withdraw`")
 
 
 @market.command()

@@ -55,9 +55,20 @@ def deploy(w3: Web3, account: LocalAccount, registry: str, *, challenge_blocks: 
                  "deploying the market")
 
 
-def vouch(w3: Web3, gateway: LocalAccount, address: str, device: str, owner: str) -> Sent:
-    return _send(w3, gateway, market(w3, address).functions.vouch(device, Web3.to_checksum_address(owner)),
-                 f"vouching for {device}'s owner")
+ZERO_ADDRESS = "0x" + "00" * 20
+
+
+def vouch(w3: Web3, gateway: LocalAccount, address: str, device: str, owner: str, signer: str | None = None) -> Sent:
+    """``signer``: the address the device's record leaves carry (a Pebble's own), which lets a
+    buyer prove a withheld reading; None for a device whose leaves the gateway signs."""
+    return _send(w3, gateway, market(w3, address).functions.vouch(
+        device, Web3.to_checksum_address(owner), Web3.to_checksum_address(signer or ZERO_ADDRESS)),
+        f"vouching for {device}'s owner")
+
+
+def stream(w3: Web3, address: str, device: str) -> dict:
+    owner, gateway, signer, price = market(w3, address).functions.streamOf(device).call()
+    return {"owner": owner, "gateway": gateway, "signer": signer, "price_per_block": price}
 
 
 def list_stream(w3: Web3, owner: LocalAccount, address: str, device: str, price_per_block: int) -> Sent:
@@ -76,7 +87,7 @@ class Bought:
 def buy(w3: Web3, buyer: LocalAccount, address: str, device: str, blocks: int, key: bytes, endpoint: str) -> Bought:
     """Pay exactly the listed price for ``blocks`` blocks of ``device``."""
     contract = market(w3, address)
-    _owner, _gateway, price = contract.functions.streamOf(device).call()
+    price = stream(w3, address, device)["price_per_block"]
     if price == 0:
         raise AnchorError(f"{device} is not for sale on market {contract.address}", reason="not_listed")
     sent = _send(w3, buyer, contract.functions.buy(device, blocks, key, endpoint), f"buying {device}",
@@ -88,9 +99,9 @@ def buy(w3: Web3, buyer: LocalAccount, address: str, device: str, blocks: int, k
 
 def purchase(w3: Web3, address: str, purchase_id: int) -> dict:
     """What the contract holds about a purchase (``state`` by name)."""
-    p = market(w3, address).functions.purchases(purchase_id).call()
+    p = market(w3, address).functions.purchaseOf(purchase_id).call()
     names = ("buyer", "gateway", "owner", "start", "end", "settled_at", "state", "delivered", "delivery_root",
-             "amount")
+             "amount", "signer", "start_time", "last_time")
     out = dict(zip(names, p))
     out["state"] = STATES[out["state"]]
     out["delivery_root"] = "0x" + bytes(out["delivery_root"]).hex()
@@ -110,10 +121,25 @@ def withdraw(w3: Web3, account: LocalAccount, address: str) -> Sent:
     return _send(w3, account, market(w3, address).functions.withdraw(), "withdrawing")
 
 
-def settle_call(w3: Web3, address: str, purchase_id: int, delivered: int, root: bytes) -> str:
-    """The calldata of a settlement, for the gateway's own transaction sender."""
+def settle_call(w3: Web3, address: str, purchase_id: int, delivered: int, root: bytes, last_time: int) -> str:
+    """The calldata of a settlement, for the gateway's own transaction sender; ``last_time`` is
+    the timestamp of the window's last block."""
     contract = w3.eth.contract(address=Web3.to_checksum_address(address), abi=abi())
-    return contract.encode_abi("settle", args=[purchase_id, delivered, root])
+    return contract.encode_abi("settle", args=[purchase_id, delivered, root, last_time])
+
+
+def claim_withheld(w3: Web3, account: LocalAccount, address: str, purchase_id: int, proof: dict, gap: dict) -> Sent:
+    """Prove a reading withheld: ``proof`` is the record's proof file (`w3gate proof SEQ --json`),
+    ``gap`` the delivery tree's evidence that its leaf is absent (gateway.market.delivery.gap_proof)."""
+    record = proof["record"]
+    reading = (bytes.fromhex(record["signature"].removeprefix("0x")), bytes.fromhex(record["payload_sha256"]
+                                                                                   .removeprefix("0x")),
+               int(record["received_ms"]), bytes.fromhex(proof["root"].removeprefix("0x")), int(proof["index"]),
+               [bytes.fromhex(p.removeprefix("0x")) for p in proof["path"]])
+    neighbours = [(int(n["index"]), bytes.fromhex(n["leaf"]), [bytes.fromhex(p) for p in n["path"]])
+                  for n in gap["neighbours"]]
+    return _send(w3, account, market(w3, address).functions.claimWithheld(purchase_id, reading, neighbours),
+                 f"claiming a reading of purchase {purchase_id} withheld")
 
 
 def purchased_logs(w3: Web3, address: str, gateway: str, from_block: int, to_block: int) -> list[dict]:

@@ -47,6 +47,7 @@ SETTLE_MARGIN_MS = 3_000  # after a window's last second, for records still bein
 READ_LIMIT = 2_000  # records per store read
 RESOLVE_RETRY_S = 60.0
 FINAL = ("settled", "refunded", "paid")
+KEEP_FINAL = 1_000  # finished purchases the journal remembers
 
 
 class MarketService:
@@ -102,7 +103,8 @@ class MarketService:
 
     def _save(self) -> None:
         for pid, cursor in self._cursor.items():
-            self.journal["purchases"][pid]["cursor"] = cursor
+            if pid in self.journal["purchases"]:
+                self.journal["purchases"][pid]["cursor"] = cursor
         atomic_write(self.journal_path, json.dumps(self.journal, indent=1).encode())
 
     # -- 1. follow (chain thread) ----------------------------------------------------------------
@@ -150,19 +152,24 @@ class MarketService:
             return
         devices = {self.journal["purchases"][pid]["device"] for pid in serving}
         after = min(self._cursor_of(pid) for pid in serving)
-        docs = await self._run(self._read, devices, after)
+        docs, scanned = await self._run(self._read, devices, after)
         now_ms = int(time.time() * 1000)
         for pid in serving:
-            await self._deliver_one(pid, docs, full=len(docs) >= READ_LIMIT, now_ms=now_ms)
+            await self._deliver_one(pid, docs, scanned, full=len(docs) >= READ_LIMIT, now_ms=now_ms)
 
-    def _read(self, devices: set[str], after: int) -> list[dict]:
+    def _read(self, devices: set[str], after: int) -> tuple[list[dict], int]:
+        """The purchased devices' records after ``after``, oldest first, and the seq the read
+        covered: records of other devices up to there need no second look."""
+        scanned = self._store.stats()["last_seq"]
         out = []
         for doc in self._store.iter_records(newest_first=False, after_seq=after):
+            if doc["seq"] > scanned:
+                break
             if doc["device"] in devices:
                 out.append(doc)
                 if len(out) >= READ_LIMIT:
-                    break
-        return out
+                    return out, doc["seq"]
+        return out, scanned
 
     def _cursor_of(self, pid: str) -> int:
         if pid not in self._cursor:
@@ -194,7 +201,7 @@ class MarketService:
         # what was logged but maybe never acknowledged (a crash) goes out again, under its counter
         self._resend[pid] = [(n, seq, leaf) for n, (seq, leaf) in enumerate(self.logs[pid].entries) if seq > p["cursor"]]
 
-    async def _deliver_one(self, pid: str, docs: list[dict], *, full: bool, now_ms: int) -> None:
+    async def _deliver_one(self, pid: str, docs: list[dict], scanned: int, *, full: bool, now_ms: int) -> None:
         p, window, publisher, dlog = (self.journal["purchases"][pid], self.windows[pid], self.publishers[pid],
                                       self.logs[pid])
         resend = self._resend.pop(pid, [])
@@ -218,6 +225,8 @@ class MarketService:
                     break
                 fresh.append((doc, *reading(doc, self._address_of(doc))))
             cursor = doc["seq"]
+        if not undecided:
+            cursor = max(cursor, scanned)  # every record up to there is decided, this device's and others'
         if fresh:
             first = len(dlog.entries)
             await asyncio.to_thread(dlog.append, [(doc["seq"], leaf) for doc, leaf, _ in fresh])
@@ -261,13 +270,26 @@ class MarketService:
             dlog = self.logs.get(pid) or DeliveryLog(self.dir / f"{pid}.log")
             leaves = dlog.leaves
             root = delivery_root(leaves)
-            p["settle_tx"] = sender.submit(self.address, contract.settle_call(w3, self.address, int(pid), len(leaves),
-                                                                              root), tag=tag)
+            last_time = int(w3.eth.get_block(p["end"] - 1)["timestamp"])  # the window's last second
+            p["settle_tx"] = sender.submit(self.address, contract.settle_call(
+                w3, self.address, int(pid), len(leaves), root, last_time), tag=tag)
             p["status"] = "settling"
             changed = True
             log.info("purchase %s: settling, %d reading(s), delivery root %s", pid, len(leaves), root.hex())
         if changed:
+            self._prune()
             self._save()
+
+    def _prune(self) -> None:
+        """Forget the oldest finished purchases beyond ``KEEP_FINAL`` (the chain keeps their
+        outcome; the journal and the delivery logs must not grow with every purchase ever made)."""
+        final = [pid for pid, p in self.journal["purchases"].items() if p["status"] in FINAL]
+        for pid in sorted(final, key=int)[:max(0, len(final) - KEEP_FINAL)]:
+            del self.journal["purchases"][pid]
+            self.logs.pop(pid, None)
+            self.windows.pop(pid, None)
+            self._cursor.pop(pid, None)
+            (self.dir / f"{pid}.log").unlink(missing_ok=True)
 
     # -- status ----------------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ def market_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def test_a_buyer_receives_exactly_the_paid_window_sealed_to_them_and_a_proof_of_it_verifies(
-        tmp_path, mosquitto, buyer_broker, chain):
+        tmp_path, mosquitto, buyer_broker, chain, request):
     fleet = tmp_path / "fleet"
     sim(mosquitto, fleet, "--count", "2", "--duration", "0.2")
     devices = [d["imei"] for d in json.loads((fleet / "devices.json").read_text())]
@@ -92,6 +92,7 @@ def test_a_buyer_receives_exactly_the_paid_window_sealed_to_them_and_a_proof_of_
     on += ["--market", market]
     market_cli("sell", sold, "--price", str(PRICE), "--wallet", str(wallets["owner"]), *on)
     gw.start()
+    request.addfinalizer(lambda: gw.proc.poll() is None and gw.stop())  # also when an assertion fails
     pebbles = subprocess.Popen([*w3gate_exe(), "sim", "pebble", "--broker", mosquitto.url, "--fleet-dir", str(fleet),
                                 "--period", "10", "--time-scale", "10", "--qos", "1", "--quiet", "--duration", "90"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -46,17 +46,19 @@ def test_only_a_registered_gateway_vouches_and_only_the_vouched_owner_lists(part
     contract.vouch(w3, gateway, market, DEVICE, owner.address)
     refused(contract.list_stream, w3, stranger, market, DEVICE, PRICE, error="NotOwner")
     contract.list_stream(w3, owner, market, DEVICE, PRICE)
-    assert contract.market(w3, market).functions.streamOf(DEVICE).call() == [owner.address, gateway.address, PRICE]
+    assert contract.stream(w3, market, DEVICE) == {"owner": owner.address, "gateway": gateway.address,
+                                                   "signer": contract.ZERO_ADDRESS, "price_per_block": PRICE}
 
 
 def test_a_settled_purchase_pays_the_owner_after_the_challenge_period(parties):
     w3, market, gateway, owner, buyer, stranger = parties
     bought = listed(parties)
     assert bought.paid == 3 * PRICE and bought.end == bought.start + 3
-    settle = contract.market(w3, market).functions.settle(bought.id, 2, b"\x02" * 32)
+    functions = contract.market(w3, market).functions
     with pytest.raises(Exception, match=Web3.keccak(text="TooEarly(uint64,uint64)")[:4].hex()):
-        settle.call({"from": gateway.address})  # the window is not over
+        functions.settle(bought.id, 2, b"\x02" * 32, 0).call({"from": gateway.address})  # the window is not over
     mine(w3, 3)
+    settle = functions.settle(bought.id, 2, b"\x02" * 32, w3.eth.get_block(bought.end - 1)["timestamp"])
     with pytest.raises(Exception, match=Web3.keccak(text="NotServingGateway(uint64,address)")[:4].hex()):
         settle.call({"from": stranger.address})
     tx = settle.build_transaction({"from": gateway.address, "nonce": w3.eth.get_transaction_count(gateway.address)})
@@ -92,3 +94,54 @@ def test_a_new_owner_vouched_for_takes_the_stream_off_sale(parties):
     listed(parties)
     contract.vouch(w3, gateway, market, DEVICE, stranger.address)  # the device changed hands
     refused(contract.buy, w3, buyer, market, DEVICE, 1, b"\x01" * 32, "", error="not_listed|NotListed|not for sale")
+
+
+def test_a_reading_withheld_from_the_buyer_is_proven_from_the_anchors_and_refunded(parties, anvil):
+    """The gateway anchored three readings of the Pebble inside the window but settled with two:
+    the third, its leaf's anchored proof and the delivery tree's neighbours that bracket it, refund
+    the buyer. A delivered reading, one outside the window or one never anchored proves nothing."""
+    from gateway.market.delivery import delivery_root, gap_proof
+    from gateway.proofs import merkle
+    from gateway.proofs.registry import send_and_wait
+    from gateway.proofs.contract import artifact
+
+    w3, market, gateway, owner, buyer, stranger = parties
+    pebble = Account.create()
+    contract.vouch(w3, gateway, market, DEVICE, owner.address, pebble.address)
+    contract.list_stream(w3, owner, market, DEVICE, PRICE)
+    bought = contract.buy(w3, buyer, market, DEVICE, 3, b"\x01" * 32, "mqtt://broker.example.org/t")
+    start_ms = w3.eth.get_block(bought.start)["timestamp"] * 1000
+
+    def fields(i: int, rx_ms: int) -> dict:
+        return {"signature": bytes([i]) * 64, "payload_sha256": bytes([100 + i]) * 32, "received_ms": rx_ms}
+
+    readings = [fields(i, start_ms + 100 * i) for i in range(3)] + [fields(9, start_ms - 1)]  # the last: before
+    leaves = [merkle.leaf(pebble.address, r["signature"], r["payload_sha256"], r["received_ms"]) for r in readings]
+    root = merkle.root(leaves)
+    registry = contract.market(w3, market).functions.registry().call()
+    send_and_wait(w3, gateway, w3.eth.contract(address=registry, abi=artifact()["abi"]).functions.anchor(
+        root, 0, len(leaves), start_ms - 1, start_ms + 200), "anchoring")
+    mine(w3, 3)
+    delivered = leaves[:2]  # leaves[2] withheld
+    tx = contract.market(w3, market).functions.settle(
+        bought.id, 2, delivery_root(delivered), w3.eth.get_block(bought.end - 1)["timestamp"]).build_transaction(
+        {"from": gateway.address, "nonce": w3.eth.get_transaction_count(gateway.address)})
+    w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(gateway.sign_transaction(tx).raw_transaction))
+
+    def proof_of(i: int) -> dict:
+        r = readings[i]
+        return {"record": {"signature": r["signature"].hex(), "payload_sha256": r["payload_sha256"].hex(),
+                           "received_ms": r["received_ms"]},
+                "root": "0x" + root.hex(), "index": i, "path": ["0x" + p.hex() for p in merkle.proof(leaves, i)]}
+
+    gap = gap_proof(delivered, leaves[2])
+    refused(contract.claim_withheld, w3, stranger, market, bought.id, proof_of(3), gap_proof(delivered, leaves[3]),
+            error="NotInWindow")
+    forged = {**proof_of(2), "record": {**proof_of(2)["record"], "payload_sha256": "ee" * 32}}
+    refused(contract.claim_withheld, w3, stranger, market, bought.id, forged, gap, error="NotAnchored")
+    lying_gap = {"neighbours": [{**n, "leaf": leaves[2].hex()} for n in gap["neighbours"]]}
+    refused(contract.claim_withheld, w3, stranger, market, bought.id, proof_of(2), lying_gap, error="NotWithheld")
+    contract.claim_withheld(w3, stranger, market, bought.id, proof_of(2), gap)  # anyone may bring the evidence
+    assert contract.purchase(w3, market, bought.id)["state"] == "refunded"
+    assert contract.market(w3, market).functions.balanceOf(buyer.address).call() == 3 * PRICE
+    refused(contract.release, w3, stranger, market, bought.id, error="NotOpen")  # the owner is not paid
