@@ -2,6 +2,9 @@
 settle; when the owner is paid; when the buyer gets the money back."""
 from __future__ import annotations
 
+import json
+import subprocess
+
 import pytest
 from eth_account import Account
 from web3 import Web3
@@ -9,6 +12,7 @@ from web3 import Web3
 from gateway.market import contract
 from gateway.proofs.errors import AnchorError
 from rig.chain import deploy_registry
+from tests.support.gateway import w3gate_exe
 
 DEVICE = "351358810263514"
 PRICE = 10**12
@@ -96,7 +100,7 @@ def test_a_new_owner_vouched_for_takes_the_stream_off_sale(parties):
     refused(contract.buy, w3, buyer, market, DEVICE, 1, b"\x01" * 32, "", error="not_listed|NotListed|not for sale")
 
 
-def test_a_reading_withheld_from_the_buyer_is_proven_from_the_anchors_and_refunded(parties, anvil):
+def test_a_reading_withheld_from_the_buyer_is_proven_from_the_anchors_and_refunded(parties, anvil, tmp_path):
     """The gateway anchored three readings of the Pebble inside the window but settled with two:
     the third, its leaf's anchored proof and the delivery tree's neighbours that bracket it, refund
     the buyer. A delivered reading, one outside the window or one never anchored proves nothing."""
@@ -141,7 +145,17 @@ def test_a_reading_withheld_from_the_buyer_is_proven_from_the_anchors_and_refund
     refused(contract.claim_withheld, w3, stranger, market, bought.id, forged, gap, error="NotAnchored")
     lying_gap = {"neighbours": [{**n, "leaf": leaves[2].hex()} for n in gap["neighbours"]]}
     refused(contract.claim_withheld, w3, stranger, market, bought.id, proof_of(2), lying_gap, error="NotWithheld")
-    contract.claim_withheld(w3, stranger, market, bought.id, proof_of(2), gap)  # anyone may bring the evidence
+    # the buyer, with what `w3gate market receive --json` printed and the record's proof file
+    proof_file, received = tmp_path / "proof.json", tmp_path / "received.jsonl"
+    proof_file.write_text(json.dumps({**proof_of(2), "leaf": "0x" + leaves[2].hex()}))
+    received.write_text("".join(json.dumps({"n": n, "leaf": "0x" + leaf.hex()}) + "\n"
+                                for n, leaf in enumerate(delivered)) + json.dumps({"received": 2}) + "\n")
+    wallet = tmp_path / "buyer.key"
+    wallet.write_text(buyer.key.hex())
+    claimed = subprocess.run([*w3gate_exe(), "market", "claim", str(bought.id), "--proof", str(proof_file),
+                              "--received", str(received), "--wallet", str(wallet), "--rpc", anvil.url,
+                              "--market", market], capture_output=True, text=True, timeout=60)
+    assert claimed.returncode == 0 and "proven withheld" in claimed.stdout, claimed.stdout + claimed.stderr
     assert contract.purchase(w3, market, bought.id)["state"] == "refunded"
     assert contract.market(w3, market).functions.balanceOf(buyer.address).call() == 3 * PRICE
     refused(contract.release, w3, stranger, market, bought.id, error="NotOpen")  # the owner is not paid
