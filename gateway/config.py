@@ -58,6 +58,8 @@ full_policy = "refuse"              # "refuse" new records, or "drop-anchored" (
 retention_s = 604800                # anchored (or processed, without a chain) records expire after this
 max_batch = 2000                    # most records in one group commit
 commit_interval_s = 0.005           # under load, group commits start at most this often
+encrypt_at_rest = false             # encrypt buffered payloads with a data key sealed to the node key
+                                    # (needs [chain] key_passphrase_file; lose the node key, lose the history)
 
 [applets]
 time_limit_s = 1.0                  # per event; an applet running longer is stopped
@@ -232,6 +234,7 @@ SETTINGS: dict[str, Setting] = {
     "buffer.retention_s": _positive(),
     "buffer.max_batch": _count(),
     "buffer.commit_interval_s": Setting(float, lo=0),
+    "buffer.encrypt_at_rest": Setting(bool),
     "applets.time_limit_s": _positive(),
     "applets.max_memory_pages": _count(1, 65536),  # wasm32's limit
     "applets.recycle_events": _count(),
@@ -326,6 +329,7 @@ class BufferConfig:
     retention_s: float
     max_batch: int
     commit_interval_s: float
+    encrypt_at_rest: bool
 
 
 @dataclass(frozen=True)
@@ -613,6 +617,10 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
                           f"must not exceed mqtt.reconnect_max_s ({mqtt['reconnect_max_s']:g})")
     _check_api_tls(merged["api"], sources)
     _check_dashboard_access(merged["dashboard"], sources)
+    if merged["buffer"]["encrypt_at_rest"] and not merged["chain"]["key_passphrase_file"]:
+        raise ConfigError(f"{sources['buffer.encrypt_at_rest']}: buffer.encrypt_at_rest needs "
+                          "chain.key_passphrase_file: the data key is sealed to the node key, which is unlocked "
+                          "with that file")
     if merged["market"]["contract"] and not merged["chain"]["enabled"]:
         raise ConfigError(f"{sources['market.contract']}: market.contract is set but [chain] is not enabled: "
                           "the market is followed and settled on the chain")

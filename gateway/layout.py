@@ -232,6 +232,11 @@ class DataDir:
         return self.root / "node-key.json"
 
     @property
+    def data_key(self) -> Path:
+        """datakey.json: the data key of [buffer] encrypt_at_rest, sealed to the node key, 0600 (`w3gate run`)."""
+        return self.root / "datakey.json"
+
+    @property
     def operators(self) -> Path:
         """operators/: operator keys (`w3gate key new --operator NAME`) and their senders' journals."""
         return self.root / "operators"

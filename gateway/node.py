@@ -63,7 +63,8 @@ class Node:
         self.verifier = Verifier(self.registry, Policy(v.max_payload, v.max_age_s, v.max_future_s, v.nonce_memory))
         self.store = RecordStore(config.layout.records, StoreConfig(
             segment_records=b.segment_records, max_records=b.max_records,
-            full_policy=FullPolicy(b.full_policy), retention_s=b.retention_s))
+            full_policy=FullPolicy(b.full_policy), retention_s=b.retention_s),
+            cipher=self._cipher(config))
         self.committer = GroupCommitter(self.store, max_batch=b.max_batch, min_interval_s=b.commit_interval_s)
         self.counters = Counters(read_status(config.layout.status))
         self.sink = RecordSink(self.committer, self.counters, notify=lambda: self.dispatcher.notify(),
@@ -230,6 +231,15 @@ class Node:
                 source.remember(record)
         if docs:
             log.info("replay protection restored from %d recent records", len(docs))
+
+    @staticmethod
+    def _cipher(config: Config):
+        """The store's cipher ([buffer] encrypt_at_rest, or records encrypted before); None when off.
+        Imported only then: cryptography's bindings cost a few MB the common case does without."""
+        if not (config.buffer.encrypt_at_rest or config.layout.data_key.exists()):
+            return None
+        from gateway.chain.datakey import cipher_from_config
+        return cipher_from_config(config, create=True)
 
     def _did_document(self) -> dict | None:
         from gateway.chain.keystore import did_document  # eth_account, only when asked

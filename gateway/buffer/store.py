@@ -29,6 +29,13 @@ Why it is shaped like this (see platform-notes §8):
   empty segment is kept when everything has expired) and in the records themselves. After a
   damaged or lost active segment, seqs go on above its whole reserved range.
 
+With a ``RecordCipher`` (``[buffer] encrypt_at_rest``; ``cipher``), each record's payload is
+encrypted as it is written and opened as it is read: every reader sees the plaintext record, and
+a payload that does not open is listed in ``damage`` (``unreadable``) and read without its
+``payload`` (with ``payload_error`` saying why), never raised; the file is left as it is. Older
+records written in the clear read as before. A store opened without a cipher (readers that need
+no payload) reads encrypted records with ``payload_error`` only.
+
 One thread owns a writable store, and one store per directory may write (``writer.lock``, an
 flock the kernel releases when the process dies). Other processes may open the same directory
 with ``readonly=True`` at any time: each file is replaced atomically, so they see a consistent,
@@ -55,6 +62,7 @@ from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
 from gateway import storage
+from gateway.buffer.cipher import ENCRYPTED, RecordCipher, RecordCipherError
 from gateway.buffer.integrity import (EMPTY_SEGMENT, TABLE, Damage, check_segment, is_seq, load_segment,
                                       keep_aside, quick_check, salvage_ints)
 from gateway.storage import (FILE_MODE, TMP_SUFFIX, AtomicJSONStorage, StoreError, atomic_write, dump_json,
@@ -108,13 +116,15 @@ class RecordStore:
     """Append-only record buffer in a directory; see the module docstring for the layout."""
 
     def __init__(self, path: str | os.PathLike, config: StoreConfig = StoreConfig(), *,
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, cipher: RecordCipher | None = None) -> None:
         if config.segment_records < 1 or config.max_records < 1 or config.retention_s < 0:
             raise StoreError(f"segment_records and max_records must be >= 1 and retention_s >= 0: {config}",
                              reason="bad_config")
         self.path = Path(path)
         self.config = config
         self.readonly = readonly
+        self.cipher = cipher
+        self._unreadable: dict[int, Damage] = {}  # records whose encrypted payload did not open, by seq
         try:
             self._policy = FullPolicy(config.full_policy)
         except ValueError:
@@ -145,10 +155,11 @@ class RecordStore:
         self._lock_fd: int | None = None
         try:
             self._open()
+            self._opening = False
+            self._check_data_key()
         except BaseException:
             self.close()
             raise
-        self._opening = False
 
     @property
     def damage(self) -> list[Damage]:
@@ -422,6 +433,8 @@ class RecordStore:
                 record = Document(doc, doc_id=seq)  # a copy: the caller's dict is left alone
                 record["seq"] = seq
                 record.pop("state", None)  # derived on read, never stored
+                if self.cipher is not None and self.cipher.encrypt_new and isinstance(record.get("payload"), str):
+                    record[ENCRYPTED] = self.cipher.seal(seq, record.get("device"), record.pop("payload"))
                 batch.append(record)
             try:
                 self._active.insert_multiple(batch)
@@ -499,7 +512,11 @@ class RecordStore:
         """Read and check every segment in full (open checks full segments only cheaply), recovering
         what is damaged as a read would; returns all damage found since the store opened."""
         for k in range(len(self._firsts)):
-            self._table(k)
+            table = self._table(k)
+            if self.cipher is not None:  # every encrypted payload must open
+                for doc in table.all():
+                    if ENCRYPTED in doc:
+                        self._with_state(doc)
         return self.damage
 
     def close(self) -> None:
@@ -717,7 +734,55 @@ class RecordStore:
         out = dict(doc)
         out["seq"] = doc.doc_id
         out["state"] = self.state_of(doc.doc_id).value
+        if ENCRYPTED in out:
+            if self.cipher is None:  # a reader that needs no payload (status, doctor): not damage
+                out["payload_error"] = (f"no_data_key: record {doc.doc_id}'s payload is encrypted at rest and this "
+                                        "store was opened without the data key ([buffer] encrypt_at_rest)")
+                return out
+            try:
+                out["payload"] = self.cipher.open(doc.doc_id, out.get("device"), out[ENCRYPTED])
+                del out[ENCRYPTED]
+            except RecordCipherError as e:
+                out["payload_error"] = str(e)
+                self._note_unreadable(doc.doc_id, e)
         return out
+
+    def _note_unreadable(self, seq: int, error: RecordCipherError) -> None:
+        """A payload that does not open is damage (listed once per seq), but the file is sound and is
+        left as it is: with the right data key it opens again."""
+        if seq in self._unreadable:
+            return
+        k = bisect_right(self._firsts, seq) - 1
+        path = self._seg_dir / segment_name(self._firsts[k] if k >= 0 else seq)
+        damage = Damage(str(path), f"{error.reason}: {error.detail}", 0,
+                        f"record {seq}'s payload is unreadable; the file is left as it is", None)
+        self._unreadable[seq] = damage
+        self._note_damage(damage)
+
+    @property
+    def unreadable(self) -> dict[int, Damage]:
+        """Records met so far whose encrypted payload did not open, by seq (each also in ``damage``)."""
+        return dict(sorted(self._unreadable.items()))
+
+    def _check_data_key(self) -> None:
+        """With a cipher, the newest encrypted record must have been written with its data key: a
+        writer that went on with another key would leave a history half of which nobody can read
+        (a lost datakey.json is replaced by a new one at start; this stops the gateway instead)."""
+        if self.cipher is None:
+            return
+        for k in range(len(self._firsts) - 1, max(-1, len(self._firsts) - 3), -1):  # the newest two segments
+            for doc in sorted(self._table(k).all(), key=lambda d: d.doc_id, reverse=True):
+                stored = doc.get(ENCRYPTED)
+                kid = stored.partition(":")[0] if isinstance(stored, str) else ""
+                if not re.fullmatch(r"[0-9a-f]{8}", kid):  # not a well-formed record: a read reports it
+                    continue
+                if kid != self.cipher.key_id:
+                    raise StoreError(
+                        f"{self.path}: record {doc.doc_id} (and likely those before it) was encrypted with data "
+                        f"key {kid}, but the data key given is {self.cipher.key_id}: put back the datakey.json "
+                        f"that holds key {kid} (and the node key it is sealed to); records encrypted with it "
+                        "cannot be read with any other key", reason="wrong_data_key")
+                return
 
     def _segment_newest_rx(self, k: int) -> float | None:
         first = self._firsts[k]

@@ -5,6 +5,8 @@ checked in full, and each problem is reported with what a repair would keep. ``-
 what the gateway does when it opens the store (damaged files kept aside as
 ``<name>.damaged-<time>``, records salvaged, seqs continued above every one issued), for every
 segment; it refuses while ``w3gate run`` holds the store (the gateway repairs at start anyway).
+With ``[buffer] encrypt_at_rest`` (or a data key left from it) every encrypted payload is opened
+too; one that does not open is reported UNREADABLE and left as it is (a repair cannot help).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import time
 import click
 
 from gateway.buffer.store import FullPolicy, RecordStore, StoreConfig
+from gateway.chain.datakey import cipher_from_config
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, json_option
 from gateway.errors import W3gateError
 from gateway.status import read_status
@@ -45,7 +48,8 @@ def check(repair, as_json, config_path, data_dir) -> None:
     try:
         store = RecordStore(path, StoreConfig(segment_records=b.segment_records, max_records=b.max_records,
                                               full_policy=FullPolicy(b.full_policy),
-                                              retention_s=b.retention_s), readonly=not repair)
+                                              retention_s=b.retention_s), readonly=not repair,
+                            cipher=cipher_from_config(config))  # encrypted payloads must open too
     except OSError as e:
         raise click.ClickException(f"cannot open {path}: {e.strerror or e}") from None
     except W3gateError as e:
@@ -56,14 +60,16 @@ def check(repair, as_json, config_path, data_dir) -> None:
     try:
         damage = store.check_all()
         stats = store.stats()
+        unreadable = store.unreadable  # payloads that do not open: no repair brings them back
     except W3gateError as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot read {path}: {e.strerror or e}") from None
     finally:
         store.close()
-    report = {"path": str(path), "ok": not damage, "repaired": repair and bool(damage),
-              "damage": [d.as_dict() for d in damage],
+    unopened = [id(d) for d in unreadable.values()]
+    report = {"path": str(path), "ok": not damage, "repaired": repair and len(damage) > len(unreadable),
+              "damage": [d.as_dict() for d in damage], "unreadable": list(unreadable),
               "records": stats["records"], "segments": stats["segments"], "last_seq": stats["last_seq"]}
     if as_json:
         emit_json(report)
@@ -71,13 +77,16 @@ def check(repair, as_json, config_path, data_dir) -> None:
         click.echo(f"buffer {path}: {stats['records']} records in {stats['segments']} segments, "
                    f"last seq {stats['last_seq']}")
         for d in damage:
-            click.echo(f"{'repaired' if repair else 'DAMAGED'}  {d.line()}")
+            click.echo(f"{'UNREADABLE' if id(d) in unopened else 'repaired' if repair else 'DAMAGED'}  {d.line()}")
         if not damage:
             click.echo("ok: every file checked, no damage")
-        elif not repair:
-            click.echo(f"{len(damage)} damaged file(s); `w3gate buffer check --repair` (gateway stopped) "
+        if unreadable:
+            click.echo(f"{len(unreadable)} encrypted payload(s) do not open: no repair brings them back; they open "
+                       "only with the datakey.json (and node key) they were written with")
+        if len(damage) > len(unreadable) and not repair:
+            click.echo(f"{len(damage) - len(unreadable)} damaged file(s); `w3gate buffer check --repair` (gateway stopped) "
                        "keeps them aside and the store keeps what can be recovered")
-    if damage and not repair:
+    if damage and not repair or unreadable:
         raise click.exceptions.Exit(1)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from gateway.buffer.store import RecordStore
+from gateway.chain.datakey import cipher_from_config
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, iso, json_option
 from gateway.errors import W3gateError
 from gateway.proofs.journal import BatchJournal
@@ -48,8 +49,11 @@ def show(record_id, as_json, config_path, data_dir) -> None:
     if not layout.records.exists():
         raise click.ClickException(f"no records in {config.data_dir} yet")
     try:
-        store = RecordStore(layout.records, readonly=True)
+        store = RecordStore(layout.records, readonly=True, cipher=cipher_from_config(config))
         try:
+            doc = store.get(record_id)
+            if doc is not None and "payload_error" in doc:  # encrypted at rest, and it does not open
+                raise click.ClickException(f"record {record_id} cannot be proven: {doc['payload_error']}")
             p = BatchJournal(layout.proofs, store).proof_for(record_id)
         finally:
             store.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from gateway.buffer.store import RecordStore
+from gateway.chain.datakey import cipher_from_config
 from gateway.cli.common import config_option, data_dir_option, emit_json, get_config, iso, json_option
 from gateway.codec.record import Record
 from gateway.errors import CodecError, W3gateError
@@ -26,6 +27,9 @@ def summary(kind: str, values: dict) -> str:
         return f"firmware {values.get('fw')!r} sensors {','.join(values.get('sensors') or [])}{heap}"
     if kind == "config_ack":
         return "settings " + ", ".join(f"{k}={v}" for k, v in values.items() if k != "config_seq")
+    if kind == "command_ack":
+        return f"command {values.get('command_seq')}: " + ", ".join(
+            f"{k}={v}" for k, v in values.items() if k != "command_seq")
     if kind == "config":
         return f"firmware {values['firmware']!r} period {values['upload_period']} s channels {values['data_channel']}"
     parts = []
@@ -82,14 +86,17 @@ def _line(r: dict) -> str:
 def _read(config, imei: str | None, limit: int) -> tuple[list[dict], list]:
     """The rows to show and the damage the read-only view met (it recovers in memory, changes nothing)."""
     registry = Registry(config.layout.devices)
-    store = RecordStore(config.layout.records, readonly=True)
+    store = RecordStore(config.layout.records, readonly=True, cipher=cipher_from_config(config))
     try:
         rows = []
         for doc in store.iter_records(device=imei, limit=limit or None):
             device = registry.get(doc["device"])
             profile = device.profile if device else None
             try:
-                values = Record(doc).values(profile)
+                if "payload_error" in doc:  # encrypted at rest, and it does not open (the store says why)
+                    values = {"error": f"unreadable payload: {doc['payload_error']}"}
+                else:
+                    values = Record(doc).values(profile)
             except (KeyError, TypeError, ValueError) as e:  # a record edited by hand
                 values = {"error": f"cannot decode: {type(e).__name__}: {e}"}
             rows.append({**doc, "wire": doc.get("wire", "protobuf"), "values": values,
@@ -103,6 +110,8 @@ def _leaf(doc: dict, registered: str | None) -> dict:
     """What the record's proof leaf hashes, in the leaf's own encodings (the signature as r||s
     with G1's nibbles restored, the legacy attestation cut to 64 bytes), and the leaf itself, so
     that a verifier needs no w3gate codec; ``leaf_error`` instead when it cannot be derived."""
+    if "payload_error" in doc:
+        return {"leaf_error": f"unreadable payload: {doc['payload_error']}"}
     address = doc.get("address") or registered  # the oldest records name no address
     if not address:
         return {"leaf_error": f"device {doc.get('device')} is not in the registry: its address is unknown"}

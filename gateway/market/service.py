@@ -216,6 +216,10 @@ class MarketService:
             if doc["seq"] <= cursor or doc["device"] != p["device"]:
                 continue
             verdict = window.decide(received_ms(doc["rx"]))
+            if verdict == "deliver" and "payload_error" in doc:  # encrypted at rest and it does not open
+                log.warning("purchase %s: record %d not delivered, its payload is unreadable (%s)", pid, doc["seq"],
+                            doc["payload_error"])
+                verdict = "skip"
             if verdict is None:
                 undecided = True
                 break

@@ -23,6 +23,8 @@ DATA_DIR = {
     "modules": "modules",
     "projects": "projects",
     "node_key": "node-key.json",
+    "data_key": "datakey.json",
+    "market": "market",
     "operators": "operators",
     "txjournal": "txjournal.json",
     "proofs": "proofs",
