@@ -30,6 +30,7 @@ COMMAND_MODULES = {
     "records": "records", "status": "status", "sim": "sim", "project": "project", "applet": "project",
     "publisher": "project", "key": "key", "proof": "proof", "buffer": "buffer", "broker": "broker",
     "chain": "chain", "service": "service", "doctor": "doctor", "dashboard": "dashboard",
+    "vc": "vc", "market": "market",
 }
 
 

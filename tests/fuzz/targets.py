@@ -243,10 +243,11 @@ def _legacy_bridge():
 def legacy_stream(draw) -> bytes:
     frames = []
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.one_of(st.sampled_from([wire.READING, wire.HELLO, wire.CONFIG_ACK, wire.CONFIG]),
-                              st.integers(0, 255)))
+        kind = draw(st.one_of(st.sampled_from([wire.READING, wire.HELLO, wire.CONFIG_ACK, wire.CONFIG,
+                                               wire.COMMAND_ACK, wire.COMMAND]), st.integers(0, 255)))
         payload = draw(st.one_of(
-            st.dictionaries(st.sampled_from(["t", "h", "p", "temperature", "seq", ""]), JSON_NUMBER_TEXT,
+            st.dictionaries(st.sampled_from(["t", "h", "p", "temperature", "seq", "", "command_seq", "relay",
+                                             "error"]), st.one_of(JSON_NUMBER_TEXT, st.sampled_from(['"x"', "true"])),
                             max_size=4).map(lambda d: ("{" + ",".join(f'"{k}":{v}' for k, v in d.items()) + "}")
                                             .encode()),
             st.binary(max_size=40), st.just(b"[" * 300 + b"]" * 300)))
@@ -307,6 +308,7 @@ PROJECT_SHAPES = [
     'name = "p"\n[[applets]]\nname = "a"\nwasm = {wasm}\n[[cron]]\nexpression = {v}\nevent = {v}\n',
     'name = "p"\n[[applets]]\nname = "a"\nwasm = {wasm}\n[[monitors]]\nkind = {v}\naddress = {v}\n',
     'name = "p"\n[[applets]]\nname = "a"\nwasm = {wasm}\nevents = {v}\ndatabase = {v}\noperators = {v}\n',
+    'name = "p"\ncommand_devices = {v}\n[[applets]]\nname = "a"\nwasm = {wasm}\n',
 ]
 
 
@@ -430,11 +432,12 @@ def stored_record(draw) -> bytes:
     sensor with its key can send anything), or a Pebble's signed data package. First byte: which."""
     if draw(st.booleans()):
         return b"\x00" + draw(binpackage())
-    kind = draw(st.sampled_from([wire.READING, wire.HELLO, wire.CONFIG_ACK]))
+    kind = draw(st.sampled_from([wire.READING, wire.HELLO, wire.CONFIG_ACK, wire.COMMAND_ACK]))
     value = st.one_of(JSON_NUMBER_TEXT, st.sampled_from(['"x"', "true", "null", "[]", "{}", '"' + "\u202e" * 90 + '"',
                                                          "9" * 5000, "-0", "1e400", "[" * 200 + "]" * 200]))
     fields = draw(st.dictionaries(st.sampled_from(["temperature", "humidity", "pressure", "battery", "vbat", "snr",
-                                                   "latitude", "longitude", "gps_fix", "fw", "board"]),
+                                                   "latitude", "longitude", "gps_fix", "fw", "board", "relay",
+                                                   "command_seq"]),
                                   value, max_size=8))
     body = ("{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}").encode()
     body = draw(st.one_of(st.just(body), st.binary(max_size=40)))
@@ -450,7 +453,7 @@ def run_dashboard(data: bytes) -> object:
 
     if not data:
         return None
-    kinds = {wire.READING: "data", wire.HELLO: "hello", wire.CONFIG_ACK: "config_ack"}
+    kinds = {wire.READING: "data", wire.HELLO: "hello", wire.CONFIG_ACK: "config_ack", wire.COMMAND_ACK: "command_ack"}
     if data[0] == 0:
         doc = {"wire": "protobuf", "kind": "data", "device": IMEI}
     else:
@@ -548,6 +551,124 @@ node_input = st.lists(st.tuples(st.integers(0, len(NODE_TOPICS) - 1),
                                 st.one_of(binpackage(), confirm(), g1(), st.binary(max_size=1100))),
                       min_size=1, max_size=6).map(join_messages)
 
+# -- verifiable credentials (w3gate vc verify) ------------------------------------------------------
+
+_VC_KEY = bytes(range(3, 35))
+
+
+def _as_json(text: str) -> object:
+    """The value a JSON text reads as (Infinity and 1e999 as float inf, written back as Infinity)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@st.composite
+def credential(draw) -> bytes:
+    """A compact JWT-VC: a genuine one's header and claims with hostile values put in, then
+    re-signed by the issuer's own key (so the checks behind the signature are reached) or not."""
+    from gateway.credentials import vc
+
+    key = vc.public_jwk(_VC_KEY)
+    issuer = vc.address_of_jwk(key)[1]
+    batch = {"root": "0x" + "11" * 32, "sequence": 0, "count": 4, "firstMs": 1000, "lastMs": 2000,
+             "tx": "0x" + "22" * 32, "block": 7, "records": 2}
+    payload = {"iss": vc.did_of(issuer), "sub": vc.did_of("0x" + "ab" * 20), "nbf": NOW, "iat": NOW,
+               "vc": {"@context": vc.CONTEXT, "type": vc.TYPES, "credentialSubject": {
+                   "id": vc.did_of("0x" + "ab" * 20), "device": IMEI, "deviceKind": "pebble",
+                   "trust": "secure-element", "ownerNote": "no owner registered",
+                   "records": {"fromMs": 0, "toMs": 3000, "count": 2, "anchored": 2, "unanchored": 0,
+                               "firstReceivedMs": 1500, "lastReceivedMs": 1600},
+                   "anchors": {"chainId": 31337, "registry": "0x" + "cd" * 20, "batches": [batch]}}}}
+    header = {"alg": "ES256K", "typ": "JWT", "kid": vc.did_of(issuer) + "#key-0", "jwk": key}
+    hostile = st.one_of(JSON_NUMBER_TEXT.map(_as_json), TEXT, st.none(), st.booleans(),
+                        st.lists(st.integers(), max_size=3), st.dictionaries(TEXT, st.integers(), max_size=2))
+    places = [(payload, "iss"), (payload, "nbf"), (payload, "sub"), (payload, "exp"), (payload["vc"], "type"),
+              (payload["vc"]["credentialSubject"], "deviceKind"), (payload["vc"]["credentialSubject"], "owner"),
+              (payload["vc"]["credentialSubject"]["records"], "count"),
+              (payload["vc"]["credentialSubject"]["records"], "firstReceivedMs"),
+              (payload["vc"]["credentialSubject"]["anchors"], "batches"), (batch, "root"), (batch, "records"),
+              (header, "alg"), (header, "jwk"), (header["jwk"], "x"), (header, "kid"), (header, "crit")]
+    for i in draw(st.lists(st.integers(0, len(places) - 1), max_size=3)):
+        where, name = places[i]
+        where[name] = draw(hostile)
+    if draw(st.booleans()):
+        return vc.sign_jwt(header, payload, _VC_KEY).encode()
+    signature = draw(st.one_of(st.just(b"x" * 64), st.binary(max_size=80)))
+    return b".".join(vc.b64url(json.dumps(part).encode()).encode() for part in (header, payload)) + b"." + \
+        vc.b64url(signature).encode()
+
+
+def run_vc(data: bytes) -> object:
+    """`w3gate vc verify --offline`: a verdict with a named reason, never another exception."""
+    from gateway.credentials import vc
+
+    verdict = vc.verify(data, None, now=NOW)
+    assert verdict.reason == "valid" if verdict.ok else verdict.reason in vc.REASONS, verdict
+    if not verdict.ok:
+        raise vc.Invalid(verdict.detail, reason=verdict.reason)
+    return verdict
+
+
+_MARKET = "0x" + "ab" * 20
+_BUYER_SECRET = bytes(range(32))
+
+
+@st.composite
+def sealed_reading(draw) -> bytes:
+    """What a buyer's broker hands `w3gate market receive`: a reading sealed to the buyer (so the
+    reading's checks are reached) with hostile values in it, or a message's fields replaced."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from gateway.market.seal import Sealer, ephemeral_key, public_bytes
+
+    buyer = X25519PrivateKey.from_private_bytes(_BUYER_SECRET)
+    payload = draw(st.binary(max_size=64))
+    fields = {"address": "0x" + "22" * 20, "signature": "11" * 64,
+              "payload_sha256": hashlib.sha256(payload).hexdigest(), "received_ms": 1_700_000_000_123}
+    record = {"rx": 1_700_000_000.123, "device": IMEI, "payload": base64.b64encode(payload).decode()}
+    reading = {"seq": 1, "device": IMEI, "record": record, "leaf_fields": fields}
+    hostile = st.one_of(JSON_NUMBER_TEXT.map(_as_json), TEXT, st.none(), st.booleans(), st.lists(st.integers(),
+                                                                                                max_size=3))
+    places = [(fields, "address"), (fields, "signature"), (fields, "payload_sha256"), (fields, "received_ms"),
+              (record, "rx"), (record, "payload"), (reading, "record"), (reading, "leaf_fields")]
+    for i in draw(st.lists(st.integers(0, len(places) - 1), max_size=2)):
+        where, name = places[i]
+        where[name] = draw(hostile)
+    leaf = draw(st.binary(min_size=32, max_size=32))
+    sealer = Sealer(ephemeral_key(b"node", 31337, _MARKET, 1), public_bytes(buyer), 31337, _MARKET, 1)
+    message = json.loads(sealer.seal(draw(st.integers(0, 2**64 - 1)), leaf, json.dumps(reading).encode()))
+    for name in draw(st.lists(st.sampled_from(sorted(message)), max_size=2)):
+        message[name] = draw(hostile)
+    return json.dumps(message).encode()
+
+
+def run_market(data: bytes) -> object:
+    """`w3gate market receive`: a message opens and checks, or a named refusal."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from gateway.market.delivery import check_reading
+    from gateway.market.seal import open_message
+
+    opened = open_message(X25519PrivateKey.from_private_bytes(_BUYER_SECRET), data, chain_id=31337, market=_MARKET,
+                          purchase=1)
+    return check_reading(opened["plaintext"], opened["leaf"])
+
+
+ENDPOINT_PART = st.one_of(TEXT, st.sampled_from(["mqtt://", "mqtts://", "http://", "@", ":", "/", "#", "+", "%00",
+                                                 "%", "[", "]", "::1", "65536", "user:pw@"]))
+
+
+def run_endpoint(data: bytes) -> object:
+    """A buyer's delivery URL, as read from the chain: parsed or refused with a reason."""
+    from gateway.market.endpoint import parse_endpoint
+
+    return parse_endpoint(data.decode("utf-8", "replace"), 1)
+
+
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("pebble_data", run_pebble_data, binpackage()),
     Target("pebble_confirm", run_confirm, confirm()),
@@ -559,6 +680,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("buffer_segment", run_segment, segment_file()),
     Target("node_handler", run_node, node_input),
     Target("dashboard_reading", run_dashboard, stored_record()),
+    Target("credential", run_vc, credential()),
+    Target("market_reading", run_market, sealed_reading()),
+    Target("market_endpoint", run_endpoint, st.lists(ENDPOINT_PART, max_size=8).map(lambda p: "".join(p).encode())),
 )}
 
 

@@ -1,0 +1,1 @@
+"""Verifiable credentials the node issues about its devices' records (docs/credentials.md)."""
