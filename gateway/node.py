@@ -94,8 +94,10 @@ class Node:
             self.monitors = MonitorScheduler(self.runtime, self.chain, interval_s=config.chain.poll_s)
             if config.market.contract:
                 from gateway.market.service import MarketService
+                prove = (partial(self.chain.call, self.anchoring.anchorer.proof_for) if self.anchoring is not None
+                         else None)  # each delivered reading's proof, streamed to its buyer once anchored
                 self.market = MarketService(self.chain, config.market, config.layout, self.store, self.registry,
-                                            self.committer.call)
+                                            self.committer.call, prove)
         self.runtime.host_call = HostCalls(self.runtime, self.chain.applet_call if self.chain else None)
         if self.chain is not None:
             self.runtime.settle, self.runtime.void_unclaimed = self.chain.settle_applet_txs, self.chain.void_held

@@ -252,41 +252,74 @@ def _open_mailbox(where, key: bytes) -> None:
 @_common
 def receive(purchase_id, key_file, endpoint, count, timeout, network, market_address, as_json, config_path,
             data_dir) -> None:
-    """Receive a purchase's readings: open each, check it against its leaf, print it (JSON lines).
+    """Receive a purchase's readings: open each, check it against its leaf, print it (JSON lines);
+    then, as the gateway anchors them, each reading's Merkle proof, checked against the chain.
 
-    Each line has the record's ``seq`` (ask the gateway for its proof: `w3gate proof SEQ`) and
-    ``leaf``. Ends when the contract says the purchase is settled, at --count or at --timeout."""
+    Reading lines carry ``n``, the record's ``seq``, ``leaf`` and the record; proof lines carry
+    ``n`` and ``proof``: "valid", or why not. The registry is the one the market trusts, the
+    anchoring gateway the purchase's. Ends when the contract says the purchase is settled, at
+    --count readings or at --timeout."""
+    import threading
+
     from gateway.market import contract
     from gateway.market.delivery import DeliveryError, check_reading
     from gateway.market.endpoint import parse_endpoint
     from gateway.market.seal import SealError, open_message, public_bytes, read_key_file
+    from gateway.proofs.verify import CannotTell, verify_proof
 
     _, w3, address = _setup(network, market_address, config_path, data_dir)
     key = _run(read_key_file, key_file)
     where = _run(parse_endpoint, endpoint, purchase_id)
-    chain_id = w3.eth.chain_id
+    chain_id, rpc_url = w3.eth.chain_id, w3.provider.endpoint_uri
     state = _run(contract.purchase, w3, address, purchase_id)
     if state["state"] == "none":
         raise click.ClickException(f"there is no purchase {purchase_id} on market {address}")
-    seen: set[int] = set()
+    registry = contract.market(w3, address).functions.registry().call()
+    leaves: dict[int, bytes] = {}  # the readings received, by n
+    proofs: dict[int, str] = {}  # their proofs' verdicts, by n
     refused: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def emit(line: dict, text: str) -> None:
+        click.echo(json.dumps(line, separators=(",", ":")) if as_json else text)
+        sys.stdout.flush()
+
+    def on_reading(n: int, leaf: bytes, plaintext: bytes) -> None:
+        r = check_reading(plaintext, leaf)
+        if n in leaves or count and len(leaves) >= count:
+            return  # a resend after the gateway restarted, or one more than asked for
+        leaves[n] = leaf
+        emit({"n": n, "seq": r["seq"], "device": r["device"], "leaf": "0x" + leaf.hex(),
+              "received_ms": r["leaf_fields"]["received_ms"], "record": r["record"]},
+             f"#{n} seq {r['seq']} {r['device']} at {r['leaf_fields']['received_ms']} ms leaf 0x{leaf.hex()[:16]}…")
+
+    def on_proof(n: int, leaf: bytes, plaintext: bytes) -> None:
+        if n in proofs or n not in leaves:
+            return
+        proof = None
+        try:
+            proof = json.loads(plaintext)
+            if proof.get("leaf") != "0x" + leaves[n].hex() or leaf != leaves[n]:
+                verdict = "INVALID (wrong_leaf): the proof is not of the reading it was sent for"
+            else:
+                checked = verify_proof(proof, rpc_url, registry, gateway=state["gateway"])
+                verdict = "valid" if checked.ok else f"INVALID ({checked.reason}): {checked.detail}"
+        except CannotTell as e:
+            verdict = f"cannot tell ({e.reason}): {e.detail}"
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            verdict = f"INVALID (malformed): {e}"
+        proofs[n] = verdict
+        emit({"n": n, "proof": verdict, "root": proof.get("root") if isinstance(proof, dict) else None},
+             f"#{n} proof {verdict}")
 
     def on_message(client, userdata, message) -> None:
-        try:
-            opened = open_message(key, message.payload, chain_id=chain_id, market=address, purchase=purchase_id)
-            r = check_reading(opened["plaintext"], opened["leaf"])
-        except (SealError, DeliveryError) as e:
-            refused[e.reason] = refused.get(e.reason, 0) + 1
-            return
-        if opened["n"] in seen or count and len(seen) >= count:
-            return  # a resend after the gateway restarted, or one more than asked for
-        seen.add(opened["n"])
-        line = {"n": opened["n"], "seq": r["seq"], "device": r["device"], "leaf": "0x" + opened["leaf"].hex(),
-                "received_ms": r["leaf_fields"]["received_ms"], "record": r["record"]}
-        click.echo(json.dumps(line, separators=(",", ":")) if as_json else
-                   f"#{opened['n']} seq {r['seq']} {r['device']} at {r['leaf_fields']['received_ms']} ms "
-                   f"leaf 0x{opened['leaf'].hex()[:16]}…")
-        sys.stdout.flush()
+        with lock:
+            try:
+                opened = open_message(key, message.payload, chain_id=chain_id, market=address, purchase=purchase_id)
+                (on_reading if opened["kind"] == "reading" else on_proof)(opened["n"], opened["leaf"],
+                                                                          opened["plaintext"])
+            except (SealError, DeliveryError) as e:
+                refused[e.reason] = refused.get(e.reason, 0) + 1
 
     client = _buyer_client(where, public_bytes(key))
     client.on_message = on_message
@@ -297,7 +330,7 @@ def receive(purchase_id, key_file, endpoint, count, timeout, network, market_add
     try:
         while True:
             time.sleep(0.2)
-            if count and len(seen) >= count or timeout and time.monotonic() - started > timeout:
+            if count and len(leaves) >= count or timeout and time.monotonic() - started > timeout:
                 break
             if time.monotonic() - last_check > 2:
                 last_check = time.monotonic()
@@ -308,10 +341,13 @@ def receive(purchase_id, key_file, endpoint, count, timeout, network, market_add
         client.disconnect()
         client.loop_stop()
     settled = contract.purchase(w3, address, purchase_id)
-    summary = {"purchase": purchase_id, "received": len(seen), "refused": refused, "state": settled["state"],
-               "settled_delivered": settled["delivered"], "delivery_root": settled["delivery_root"]}
+    with lock:
+        valid = sum(v == "valid" for v in proofs.values())
+        summary = {"purchase": purchase_id, "received": len(leaves), "proven": valid,
+                   "proofs_not_valid": len(proofs) - valid, "refused": refused, "state": settled["state"],
+                   "settled_delivered": settled["delivered"], "delivery_root": settled["delivery_root"]}
     click.echo(json.dumps(summary) if as_json else
-               f"{len(seen)} reading(s) received; purchase {settled['state']}"
+               f"{len(leaves)} reading(s) received, {valid} proven against the chain; purchase {settled['state']}"
                + (f", gateway says {settled['delivered']} delivered" if settled["state"] != "open" else "")
                + (f"; refused: {refused}" if refused else ""), err=not as_json)
 

@@ -10,10 +10,13 @@ or given another leaf does not open.
 
 A message on the wire is compact JSON::
 
-    {"v": 1, "chain": 31337, "market": "0x…", "purchase": 7, "n": 0, "leaf": "<hex>",
-     "epk": "<hex of the gateway's ephemeral X25519 public key>", "ct": "<base64>"}
+    {"v": 1, "chain": 31337, "market": "0x…", "purchase": 7, "kind": "reading", "n": 0,
+     "leaf": "<hex>", "epk": "<hex of the gateway's ephemeral X25519 public key>", "ct": "<base64>"}
 
-and its plaintext the JSON the gateway streams (gateway/market/delivery.py ``reading``).
+``kind`` "reading": the plaintext is the reading (gateway/market/delivery.py ``reading``);
+"proof": the Merkle proof of reading ``n``'s record once it is anchored (a ``w3gate proof``
+file). Each kind has its own nonce space (the kind is the nonce's first byte), so a reading and
+its proof never share a nonce, and the kind is in the associated data.
 """
 from __future__ import annotations
 
@@ -63,12 +66,15 @@ def _aead(shared: bytes, epk: bytes, buyer: bytes, context: bytes) -> ChaCha20Po
     return ChaCha20Poly1305(key)
 
 
-def _nonce(counter: int) -> bytes:
-    return counter.to_bytes(12, "big")
+KINDS = {"reading": 0, "proof": 1}
 
 
-def _aad(context: bytes, counter: int, leaf: bytes) -> bytes:
-    return context + counter.to_bytes(8, "big") + leaf
+def _nonce(kind: str, counter: int) -> bytes:
+    return bytes([KINDS[kind]]) + bytes(3) + counter.to_bytes(8, "big")
+
+
+def _aad(context: bytes, kind: str, counter: int, leaf: bytes) -> bytes:
+    return context + bytes([KINDS[kind]]) + counter.to_bytes(8, "big") + leaf
 
 
 def ephemeral_key(node_secret: bytes, chain_id: int, market: str, purchase: int) -> X25519PrivateKey:
@@ -94,9 +100,9 @@ class Sealer:
             raise SealError(f"the buyer's key is unusable: {e}", reason="bad_key") from None
         self._aead = _aead(shared, self._epk, buyer_public, self._context)
 
-    def seal(self, counter: int, leaf: bytes, plaintext: bytes) -> bytes:
-        ct = self._aead.encrypt(_nonce(counter), plaintext, _aad(self._context, counter, leaf))
-        return json.dumps({**self.header, "n": counter, "leaf": leaf.hex(), "epk": self._epk.hex(),
+    def seal(self, counter: int, leaf: bytes, plaintext: bytes, kind: str = "reading") -> bytes:
+        ct = self._aead.encrypt(_nonce(kind, counter), plaintext, _aad(self._context, kind, counter, leaf))
+        return json.dumps({**self.header, "kind": kind, "n": counter, "leaf": leaf.hex(), "epk": self._epk.hex(),
                            "ct": base64.b64encode(ct).decode()}, separators=(",", ":")).encode()
 
 
@@ -108,24 +114,25 @@ def open_message(buyer: X25519PrivateKey, raw: bytes, *, chain_id: int, market: 
     try:
         m = json.loads(raw)
         header = (m["v"], m["chain"], str(m["market"]).lower(), m["purchase"])
-        counter, leaf, epk = m["n"], bytes.fromhex(m["leaf"]), bytes.fromhex(m["epk"])
+        kind, counter, leaf, epk = m["kind"], m["n"], bytes.fromhex(m["leaf"]), bytes.fromhex(m["epk"])
         ct = base64.b64decode(m["ct"], validate=True)
     except (ValueError, KeyError, TypeError, binascii.Error) as e:
         raise SealError(f"not a sealed reading: {e}", reason="malformed") from None
     if header != (VERSION, chain_id, market.lower(), purchase):
         raise SealError(f"sealed for {header}, not for purchase {purchase} of {market} on chain {chain_id}",
                         reason="other_purchase")
-    if not (isinstance(counter, int) and 0 <= counter < 1 << 64 and len(leaf) == 32 and len(epk) == 32):
-        raise SealError("counter, leaf or key out of range", reason="malformed")
+    if not (isinstance(counter, int) and 0 <= counter < 1 << 64 and len(leaf) == 32 and len(epk) == 32
+            and isinstance(kind, str) and kind in KINDS):
+        raise SealError("kind, counter, leaf or key out of range", reason="malformed")
     context = _context(chain_id, market, purchase)
     try:
         shared = buyer.exchange(X25519PublicKey.from_public_bytes(epk))
         plaintext = _aead(shared, epk, public_bytes(buyer), context).decrypt(
-            _nonce(counter), ct, _aad(context, counter, leaf))
+            _nonce(kind, counter), ct, _aad(context, kind, counter, leaf))
     except (InvalidTag, ValueError):
         raise SealError("does not open with this key (sealed to someone else, or altered)",
                         reason="not_for_this_key") from None
-    return {"n": counter, "leaf": leaf, "plaintext": plaintext}
+    return {"kind": kind, "n": counter, "leaf": leaf, "plaintext": plaintext}
 
 
 # -- the buyer's key file --------------------------------------------------------------------------

@@ -27,10 +27,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gateway.codec.record import received_ms
+from gateway.errors import W3gateError
 from gateway.layout import DataDir
 from gateway.market import contract
 from gateway.market.delivery import DeliveryLog, Window, delivery_root, reading
@@ -46,12 +47,14 @@ MAX_LOG_RANGE = 5_000  # blocks per eth_getLogs
 SETTLE_MARGIN_MS = 3_000  # after a window's last second, for records still being committed
 READ_LIMIT = 2_000  # records per store read
 RESOLVE_RETRY_S = 60.0
+PROOF_WAIT_S = 600.0  # after a window, how long settlement waits for its readings' anchors
 FINAL = ("settled", "refunded", "paid")
 KEEP_FINAL = 1_000  # finished purchases the journal remembers
 
 
 class MarketService:
-    def __init__(self, chain, market_config, layout: DataDir, store, registry, run_on_writer: Callable) -> None:
+    def __init__(self, chain, market_config, layout: DataDir, store, registry, run_on_writer: Callable,
+                 prove: Callable[[int], Awaitable[dict]] | None = None) -> None:
         self.chain = chain
         self.address = market_config.contract
         self.allow_private = market_config.allow_private_endpoints
@@ -70,6 +73,9 @@ class MarketService:
         self.trouble: str | None = None  # why the market is not followed now (chain down...)
         self._cursor: dict[str, int] = {}  # decided up to this seq (saved once acknowledged)
         self._resend: dict[str, list[tuple[int, int, bytes]]] = {}  # logged, maybe never acknowledged
+        self._decided: dict[str, bool] = {}  # every reading of the closed window decided, last round
+        self._prove = prove  # a record's proof file, once anchored (None: no anchoring, no proofs)
+        self._proved: dict[str, int] = {}  # delivery log entries whose proof was published
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -105,6 +111,9 @@ class MarketService:
         for pid, cursor in self._cursor.items():
             if pid in self.journal["purchases"]:
                 self.journal["purchases"][pid]["cursor"] = cursor
+        for pid, proved in self._proved.items():
+            if pid in self.journal["purchases"]:
+                self.journal["purchases"][pid]["proved"] = proved
         atomic_write(self.journal_path, json.dumps(self.journal, indent=1).encode())
 
     # -- 1. follow (chain thread) ----------------------------------------------------------------
@@ -152,24 +161,26 @@ class MarketService:
             return
         devices = {self.journal["purchases"][pid]["device"] for pid in serving}
         after = min(self._cursor_of(pid) for pid in serving)
-        docs, scanned = await self._run(self._read, devices, after)
+        docs, scanned, anchored = await self._run(self._read, devices, after)
         now_ms = int(time.time() * 1000)
         for pid in serving:
             await self._deliver_one(pid, docs, scanned, full=len(docs) >= READ_LIMIT, now_ms=now_ms)
+            proved = await self._publish_proofs(pid, anchored)
+            self._maybe_due(pid, proved, now_ms)
 
-    def _read(self, devices: set[str], after: int) -> tuple[list[dict], int]:
-        """The purchased devices' records after ``after``, oldest first, and the seq the read
-        covered: records of other devices up to there need no second look."""
-        scanned = self._store.stats()["last_seq"]
-        out = []
+    def _read(self, devices: set[str], after: int) -> tuple[list[dict], int, int]:
+        """The purchased devices' records after ``after``, oldest first, the seq the read covered
+        (records of other devices up to there need no second look) and how far records are anchored."""
+        stats = self._store.stats()
+        scanned, out = stats["last_seq"], []
         for doc in self._store.iter_records(newest_first=False, after_seq=after):
             if doc["seq"] > scanned:
                 break
             if doc["device"] in devices:
                 out.append(doc)
                 if len(out) >= READ_LIMIT:
-                    return out, doc["seq"]
-        return out, scanned
+                    return out, doc["seq"], stats["anchored_upto"]
+        return out, scanned, stats["anchored_upto"]
 
     def _cursor_of(self, pid: str) -> int:
         if pid not in self._cursor:
@@ -237,13 +248,49 @@ class MarketService:
             for n, (doc, leaf, plaintext) in enumerate(fresh, start=first):
                 publisher.publish(self.sealers[pid].seal(n, leaf, plaintext))
         self._cursor[pid] = cursor
+        self._decided[pid] = window.closed and not undecided and not full
         if publisher.idle and p["cursor"] != cursor:
             self._save()
-        if (window.closed and not undecided and not full and now_ms > window.upto_ms + SETTLE_MARGIN_MS
-                and publisher.idle):
+
+    async def _publish_proofs(self, pid: str, anchored: int) -> bool:
+        """Each delivered reading's Merkle proof, once its record is anchored, in delivery order;
+        whether every delivered reading has had its proof sent."""
+        p, dlog, publisher = self.journal["purchases"][pid], self.logs[pid], self.publishers[pid]
+        if self._prove is None:
+            return True
+        proved = self._proved.setdefault(pid, p.get("proved", 0))
+        room = publisher.room
+        while proved < len(dlog.entries) and room > 0:
+            seq, leaf = dlog.entries[proved]
+            if seq > anchored:
+                break
+            try:
+                proof = await self._prove(seq)
+            except W3gateError as e:  # the record left the buffer, the journal was damaged...
+                log.warning("purchase %s: no proof for record %d (%s)", pid, seq, e)
+                proof = None
+            if proof is not None and proof.get("anchor") is None:
+                break  # sealed, its anchor not confirmed yet
+            if proof is not None:
+                publisher.publish(self.sealers[pid].seal(proved, leaf, json.dumps(proof).encode(), kind="proof"))
+                room -= 1
+            proved += 1
+        self._proved[pid] = proved
+        if publisher.idle and p.get("proved") != proved:
+            self._save()
+        return proved == len(dlog.entries)
+
+    def _maybe_due(self, pid: str, proved: bool, now_ms: int) -> None:
+        """Settle once every reading of the window is decided and acknowledged, with its proof
+        (or, when anchoring lags, ``PROOF_WAIT_S`` after the window: the settlement has a deadline)."""
+        p, window, publisher = self.journal["purchases"][pid], self.windows[pid], self.publishers[pid]
+        over_ms = now_ms - window.upto_ms
+        if (self._decided.get(pid) and over_ms > SETTLE_MARGIN_MS and publisher.idle
+                and (proved or over_ms > PROOF_WAIT_S * 1000)):
             p["status"] = "due"
             self._save()
-            log.info("purchase %s: window over, %d reading(s) delivered", pid, len(dlog.entries))
+            log.info("purchase %s: window over, %d reading(s) delivered, proofs for %d", pid,
+                     len(self.logs[pid].entries), self._proved.get(pid, 0))
 
     def _get_many(self, seqs: list[int]) -> list[dict]:
         return [d for d in map(self._store.get, seqs) if d is not None]

@@ -655,7 +655,7 @@ def run_market(data: bytes) -> object:
 
     opened = open_message(X25519PrivateKey.from_private_bytes(_BUYER_SECRET), data, chain_id=31337, market=_MARKET,
                           purchase=1)
-    return check_reading(opened["plaintext"], opened["leaf"])
+    return check_reading(opened["plaintext"], opened["leaf"]) if opened["kind"] == "reading" else opened
 
 
 ENDPOINT_PART = st.one_of(TEXT, st.sampled_from(["mqtt://", "mqtts://", "http://", "@", ":", "/", "#", "+", "%00",

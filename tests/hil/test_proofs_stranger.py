@@ -120,7 +120,8 @@ def test_the_stranger_tree_agrees_with_the_gateway_for_every_size():
 
 LEGACY_FRAMES = [(legacy_wire.HELLO, {"fw": "w3gate-fw 0.1", "board": "rp2", "sensors": ["sim"], "period_ms": 500})] \
     + [(legacy_wire.READING, {"temperature": 20 + i / 4, "humidity": 40.5, "up": i}) for i in range(6)] \
-    + [(legacy_wire.CONFIG_ACK, {"period_ms": 500, "sensors": ["sim"], "config_seq": 1})]
+    + [(legacy_wire.CONFIG_ACK, {"period_ms": 500, "sensors": ["sim"], "config_seq": 1})] \
+    + [(legacy_wire.COMMAND_ACK, {"relay": 1, "command_seq": 1})]
 
 
 @pytest.mark.skipif(shutil.which("socat") is None, reason="socat is installed by ./dev.sh setup")

@@ -29,6 +29,7 @@ def a_node(**parts) -> SimpleNamespace:
         upkeep=SimpleNamespace(stats={"records": 9, "bytes": 4096}),
         anchoring=SimpleNamespace(backlog={"unanchored_records": 4, "oldest_unanchored_rx": time.time() - 30},
                                   trouble=lambda: None),
+        market=None,
         runtime=SimpleNamespace(projects={"alerts": None, "idle": None}, per_project={"alerts": alerts}),
         link=SimpleNamespace(connected=True, connects=3, drops=2, sessions_lost=1),
         legacy=SimpleNamespace(

@@ -104,7 +104,7 @@ class Bench:
             counters=counters, sink=SimpleNamespace(handled=3, last_handled=time.time()),
             checker=SimpleNamespace(backlog=0), link=SimpleNamespace(connected=True, drops=0, connects=1,
                                                                      sessions_lost=0),
-            upkeep=SimpleNamespace(stats={}), anchoring=None, chain=None, runtime=runtime, legacy=legacy,
+            upkeep=SimpleNamespace(stats={}), anchoring=None, market=None, chain=None, runtime=runtime, legacy=legacy,
             event_api=SimpleNamespace(counters={}))
 
     async def write(self, docs: list[dict]) -> list[int]:

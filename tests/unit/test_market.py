@@ -50,7 +50,7 @@ def opened(buyer, raw, purchase: int = 7) -> dict:
 def test_the_buyer_opens_what_was_sealed_to_them():
     buyer = X25519PrivateKey.generate()
     raw = sealer_for(buyer).seal(3, b"\x11" * 32, b'{"reading": 1}')
-    assert opened(buyer, raw) == {"n": 3, "leaf": b"\x11" * 32, "plaintext": b'{"reading": 1}'}
+    assert opened(buyer, raw) == {"kind": "reading", "n": 3, "leaf": b"\x11" * 32, "plaintext": b'{"reading": 1}'}
 
 
 def test_nobody_else_opens_it():
@@ -71,6 +71,19 @@ def test_an_altered_message_does_not_open(field, value):
     message[field] = value
     with pytest.raises(SealError) as e:
         opened(buyer, json.dumps(message).encode())
+    assert e.value.reason == "not_for_this_key"
+
+
+def test_a_reading_and_its_proof_have_separate_nonces_and_neither_passes_for_the_other():
+    buyer = X25519PrivateKey.generate()
+    sealer = sealer_for(buyer)
+    reading_msg = json.loads(sealer.seal(2, b"\x11" * 32, b"the reading"))
+    proof_msg = json.loads(sealer.seal(2, b"\x11" * 32, b"its proof", kind="proof"))
+    assert opened(buyer, json.dumps(proof_msg).encode())["kind"] == "proof"
+    assert reading_msg["ct"] != proof_msg["ct"]
+    relabelled = {**reading_msg, "kind": "proof"}
+    with pytest.raises(SealError) as e:
+        opened(buyer, json.dumps(relabelled).encode())
     assert e.value.reason == "not_for_this_key"
 
 
