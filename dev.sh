@@ -6,7 +6,8 @@
 #   ./dev.sh bench   the benchmarks in bench/ (prints figures)
 #   ./dev.sh fuzz    the long fuzzing run (atheris, 1,000,000 inputs per target; grows tests/fuzz/corpus)
 #   ./dev.sh image   build the Raspberry Pi SD-card image into build/image (root; docs/image.md)
-#   ./dev.sh image-test [IMAGE]   boot the image under QEMU and check the gateway in it
+#   ./dev.sh image-test [IMAGE]   the image's w3gate layer under qemu-user (a test), then boot the
+#                                 image under QEMU and check the gateway in it
 #   ./dev.sh image-flash IMAGE DEVICE   write the image to an SD card
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -52,9 +53,9 @@ setup() {
   node applets/build.js --quiet
 }
 
-# The image tools: the test suite checks the w3gate layer in an arm64 root (mmdebstrap, qemu-user
-# through binfmt_misc); `image` assembles partitions without mounting (genimage, mtools, dosfstools);
-# `image-test` boots it (qemu-system-aarch64, ssh).
+# The image tools: `image` builds the w3gate layer in an arm64 root (mmdebstrap, qemu-user through
+# binfmt_misc) and assembles partitions without mounting (genimage, mtools, dosfstools);
+# `image-test` checks that layer (tests/hil/test_image_layer.py) and boots the image (qemu-system-aarch64, ssh).
 image_tools() {
   local want=(mmdebstrap qemu-user-static binfmt-support arch-test) missing=()
   [ "${1:-}" = full ] && want+=(genimage mtools dosfstools e2fsprogs xz-utils qemu-system-arm openssh-client)
@@ -84,12 +85,14 @@ cmd=${1:-help}
 shift || true
 case "$cmd" in
   demo)  setup; exec "$VENV/bin/w3gate" demo "$@" ;;
-  test)  setup; image_tools; browser_tools; exec "$VENV/bin/python" -m pytest "$@" ;;
+  test)  setup; browser_tools; exec "$VENV/bin/python" -m pytest "$@" ;;
   soak)  setup; exec "$VENV/bin/python" -m pytest -m slow "$@" ;;
   bench) setup; exec "$VENV/bin/python" -m bench "$@" ;;
   fuzz)  setup; "$VENV/bin/pip" install -q "atheris>=2.3"; exec "$VENV/bin/python" -m tests.fuzz "$@" ;;
   image) setup; image_tools full; as_root "$VENV/bin/python" -m image build "$@"; exit $? ;;
-  image-test) setup; image_tools full; as_root "$VENV/bin/python" -m image test "$@"; exit $? ;;
+  image-test) setup; image_tools full
+              as_root "$VENV/bin/python" -m pytest -m image tests/hil/test_image_layer.py  # the layer, under qemu-user
+              as_root "$VENV/bin/python" -m image test "$@"; exit $? ;;
   image-flash) setup; as_root "$VENV/bin/python" -m image flash "$@"; exit $? ;;
   setup) setup ;;
   *) sed -n '2,11p' "$0"; exit 2 ;;

@@ -1,7 +1,8 @@
 """The Raspberry Pi image's w3gate layer, checked without a Pi (docs/image.md): the wheelhouse
 built for arm64 (pywasm3 compiled from its sdist, everything else as published aarch64 wheels)
 installs into Debian bookworm's own arm64 Python, and runs there through qemu-user, as
-`./dev.sh image` lays it into the image. The full image is booted by `./dev.sh image-test`.
+`./dev.sh image` lays it into the image. `./dev.sh image-test` runs this test (it takes a minute
+and more, so it is not in the default run), then boots the full image.
 
 Real parts: mmdebstrap unpacks Debian's arm64 packages, the programs run under qemu-user through
 binfmt_misc; nothing is mocked. The first run takes a few minutes (compiling pywasm3 under
@@ -19,6 +20,8 @@ import pytest
 from gateway.cli import main as cli_main
 from image import rootfs
 from image.__main__ import CACHE, check
+
+pytestmark = pytest.mark.image  # a slow target of its own: `./dev.sh image-test` runs it before booting the image
 
 # (module (type (func (param i32 i32) (result i32))) (func (export "add") local.get 0 local.get 1 i32.add))
 ADD_WASM = "0061736d0100000001070160027f7f017f030201000707010361646400000a09010700200020016a0b"
