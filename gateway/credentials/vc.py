@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from gateway.errors import W3gateError
 from gateway.proofs import merkle
-from gateway.proofs.verify import ANCHOR_OF, ANCHORED_TOPIC, CannotTell, _RpcError, rpc
+from gateway.proofs.verify import ANCHOR_OF, ANCHORED_TOPIC, CannotTell, _RpcError, did_of, rpc
 
 ALG = "ES256K"
 TYPES = ["VerifiableCredential", "DeviceRecordsCredential"]
@@ -80,10 +80,6 @@ REASONS = {
     "tx_failed": "an anchor's transaction reverted",
     "block_mismatch": "an anchor's transaction is in another block",
 }
-
-
-def did_of(address: str) -> str:
-    return "did:io:0x" + address.lower().removeprefix("0x")
 
 
 # -- time ----------------------------------------------------------------------------------------
