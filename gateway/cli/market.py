@@ -20,6 +20,7 @@ holding a hex private key. ``--rpc`` and ``--market`` default to ``[chain] netwo
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -203,7 +204,8 @@ def buy(device, blocks, endpoint, key_file, wallet, passphrase_file, network, ma
     if as_json:
         return emit_json(out)
     click.echo(f"purchase {bought.id}: {device}, blocks {bought.start}..{bought.end - 1}, paid {bought.paid} wei")
-    click.echo(f"receive: w3gate market receive {bought.id} --key-file {key_file} --endpoint '{endpoint}'")
+    click.echo(f"receive: w3gate market receive {bought.id} --key-file {shlex.quote(key_file)} --endpoint "
+               f"{shlex.quote(endpoint)} --rpc {shlex.quote(w3.provider.endpoint_uri)} --market {address}")
 
 
 def _buyer_client(where, key: bytes):
