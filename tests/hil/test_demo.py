@@ -31,10 +31,10 @@ def test_the_demo_shows_verified_readings_applets_proofs_paired_sensors_and_a_st
             received = subprocess.run([*w3gate_exe(), *receive[1:], "--count", "2", "--json"],  # as printed
                                       capture_output=True, text=True, timeout=60)
             assert received.returncode == 0, received.stdout + received.stderr
-            lines = [json.loads(x) for x in received.stdout.splitlines()]
-            readings = [r for r in lines[:-1] if "leaf" in r]  # the others: proofs of them, once anchored
+            got = [json.loads(x) for x in received.stdout.splitlines()]
+            readings = [r for r in got[:-1] if "leaf" in r]  # the others: proofs of them, once anchored
             assert len(readings) == 2 and all(r["leaf"].startswith("0x") and r["record"]["payload"] for r in readings)
-            assert all(r["proof"] == "valid" for r in lines[:-1] if "proof" in r) and lines[-1]["received"] == 2
+            assert all(r["proof"] == "valid" for r in got[:-1] if "proof" in r) and got[-1]["received"] == 2
             break
     out = "".join(lines) + demo.stdout.read()
     assert demo.wait(timeout=120) == 0, out + demo.stderr.read()
